@@ -1,0 +1,23 @@
+"""The error hierarchy of supportbot.
+
+Every error says what was expected, what was found and how to fix it, so that the CLI and
+the HTTP layer can show it to a person as it is.
+"""
+
+from __future__ import annotations
+
+
+class SupportbotError(Exception):
+    """Base class of every error supportbot raises on purpose."""
+
+
+class ConfigurationError(SupportbotError):
+    """A setting, flag or path is missing or has a value that cannot work."""
+
+
+class ModelNotFoundError(SupportbotError):
+    """A model directory, version or task does not exist where it was looked for."""
+
+
+class RegistryError(SupportbotError):
+    """The model registry refused a change (unknown version, nothing to roll back, busy)."""

@@ -1,0 +1,209 @@
+"""The offline commands: `train`, `evaluate` and `models`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bot.errors import SupportbotError
+from training.arguments import TrainingArguments
+from training.data import TASKS, Columns, load_examples
+from training.registry import FileModelRegistry
+
+DEFAULT_MODELS_DIR = Path("models")
+
+
+def _add_columns(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--text-column",
+        help="text field in CSV/flat JSONL (default: text, utterance, message or query)",
+    )
+    parser.add_argument(
+        "--label-column",
+        help="label field in CSV/flat JSONL (default: the task name, label or category)",
+    )
+
+
+def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
+    """Register `train`, `evaluate` and `models` on the top-level parser."""
+    train = commands.add_parser(
+        "train",
+        help="fine-tune an intent or sentiment classifier and register a new version",
+        description="Fine-tune a classifier from support logs. The last line printed is the "
+        "new version's directory.",
+    )
+    train.add_argument("task", choices=TASKS)
+    train.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="conversations JSONL, CSV/JSONL of labelled texts, Rasa nlu.yml, or directories",
+    )
+    train.add_argument("--test", type=Path, nargs="+", default=[], help="a separate test set")
+    train.add_argument("--model", default="bundled", help="backbone: bundled, HF name or path")
+    train.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="models directory")
+    train.add_argument(
+        "--epochs", type=int, help="default: enough for ~500 optimizer steps (2 to 30)"
+    )
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    train.add_argument("--learning-rate", type=float, default=1e-4)
+    train.add_argument("--max-length", type=int, default=64)
+    train.add_argument("--seed", type=int, default=42)
+    train.add_argument("--min-examples", type=int, default=5, help="fewest examples per label")
+    train.add_argument("--class-weighting", choices=("auto", "balanced", "none"), default="auto")
+    train.add_argument("--patience", type=int, default=2, help="early-stopping patience (epochs)")
+    train.add_argument("--lora", action="store_true", help="train LoRA adapters (peft)")
+    train.add_argument(
+        "--abstain-precision",
+        type=float,
+        default=0.9,
+        help="abstain below the confidence where validation precision reaches this",
+    )
+    train.add_argument(
+        "--promote",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="make the new version live: auto = only if the task has none yet",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_columns(train)
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="print the report of a model on any labelled set"
+    )
+    evaluate.add_argument("model", help="version directory, task (its live version) or task/vN")
+    evaluate.add_argument("--data", type=Path, nargs="+", required=True)
+    evaluate.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="models directory")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--confusion-png", type=Path, help="also save a confusion matrix here")
+    _add_columns(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+    models = commands.add_parser("models", help="list, show, promote and roll back versions")
+    models.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="models directory")
+    actions = models.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="versions per task, marking the live one")
+    listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="the report of a version")
+    show.add_argument("model", help="version directory, task or task/vN")
+    promote = actions.add_parser("promote", help="make a version live")
+    promote.add_argument("task", choices=TASKS)
+    promote.add_argument("version")
+    rollback = actions.add_parser("rollback", help="make the previous live version live again")
+    rollback.add_argument("task", choices=TASKS)
+    models.set_defaults(handler=run_models)
+
+
+def run_train(ns: argparse.Namespace) -> int:
+    from training.pipeline import train_task
+
+    args = TrainingArguments(
+        model=ns.model,
+        epochs=ns.epochs,
+        batch_size=ns.batch_size,
+        gradient_accumulation_steps=ns.gradient_accumulation_steps,
+        learning_rate=ns.learning_rate,
+        max_length=ns.max_length,
+        seed=ns.seed,
+        min_examples_per_label=ns.min_examples,
+        class_weighting=ns.class_weighting,
+        early_stopping_patience=ns.patience,
+        lora=ns.lora,
+        abstain_precision=ns.abstain_precision,
+    )
+    promote = {"auto": None, "yes": True, "no": False}[ns.promote]
+    run = train_task(
+        ns.task,
+        ns.data,
+        ns.out,
+        args,
+        test=ns.test,
+        columns=Columns(ns.text_column, ns.label_column),
+        progress=not ns.no_progress,
+        promote=promote,
+    )
+    for line in run.load_report.lines():
+        print(line)
+    print()
+    print(run.report)
+    state = "live" if run.version.live else "not live (promote with `supportbot models promote`)"
+    print(f"{ns.task} {run.version.version} is {state}")
+    print(run.version.path)
+    return 0
+
+
+def run_evaluate(ns: argparse.Namespace) -> int:
+    from bot.classifier import TransformerClassifier
+    from training.evaluation import plot_confusion, render_report
+    from training.pipeline import evaluate_model
+
+    path = FileModelRegistry(ns.out).resolve(ns.model)
+    classifier = TransformerClassifier(path)
+    examples = load_examples(
+        ns.data, classifier.meta.task, Columns(ns.text_column, ns.label_column), min_examples=0
+    )
+    metrics = evaluate_model(classifier, examples)
+    metrics["model"] = str(path)
+    metrics["data"] = [str(p) for p in ns.data]
+    if ns.confusion_png:
+        plot_confusion(metrics["confusion_matrix"], classifier.labels, ns.confusion_png)
+    if ns.json:
+        json.dump(metrics, sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_report(metrics, f"{path} on {', '.join(metrics['data'])}"))
+    return 0
+
+
+def run_models(ns: argparse.Namespace) -> int:
+    registry = FileModelRegistry(ns.out)
+    if ns.action == "list":
+        listing = {
+            task: [v.summary() for v in registry.versions(task)] for task in registry.tasks()
+        }
+        if ns.json:
+            print(
+                json.dumps(
+                    {
+                        "models_dir": str(ns.out),
+                        "tasks": {
+                            task: {"live": registry.live(task), "versions": versions}
+                            for task, versions in listing.items()
+                        },
+                    }
+                )
+            )
+            return 0
+        if not listing:
+            print(f"no models in {ns.out}; train one with `supportbot train intent --data data/`")
+        for task, versions in listing.items():
+            print(f"{task}:")
+            for v in versions:
+                marker = "*" if v["live"] else " "
+                acc = "-" if v["accuracy"] is None else f"{v['accuracy']:.4f}"
+                f1 = "-" if v["macro_f1"] is None else f"{v['macro_f1']:.4f}"
+                print(
+                    f"  {marker} {v['version']:<6} accuracy {acc}  macro-F1 {f1}  {v['created_at']}"
+                )
+        return 0
+    if ns.action == "show":
+        path = registry.resolve(ns.model)
+        print(path)
+        report = path / "report.txt"
+        print(report.read_text() if report.exists() else "(no report.txt)")
+        return 0
+    if ns.action == "promote":
+        registry.promote(ns.task, ns.version)
+        print(f"{ns.task} {ns.version} is live")
+        return 0
+    if ns.action == "rollback":
+        version = registry.rollback(ns.task)
+        print(f"{ns.task} {version} is live again")
+        return 0
+    raise SupportbotError(f"unknown models action {ns.action!r}")

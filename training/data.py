@@ -1,0 +1,586 @@
+"""Reading and validating labelled support data.
+
+Three input shapes are accepted (see ARCHITECTURE.md):
+
+- conversations JSONL: one conversation per line with `messages`; customer messages may carry
+  `intent` / `sentiment`; a conversation-level `intent` labels its first customer message;
+- flat CSV / JSONL of labelled texts, the column names chosen by flags;
+- Rasa NLU YAML (`nlu:` with `intent` + `examples`).
+
+Everything is validated before any training starts. Problems are collected (not raised one at
+a time) so the user fixes a file in one pass; each names file, line, field and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bot.errors import SupportbotError
+
+TASKS = ("intent", "sentiment")
+CONVERSATION_SUFFIXES = {".jsonl", ".json", ".ndjson"}
+FLAT_SUFFIXES = {".csv", ".tsv"}
+RASA_SUFFIXES = {".yml", ".yaml"}
+SUPPORTED_SUFFIXES = CONVERSATION_SUFFIXES | FLAT_SUFFIXES | RASA_SUFFIXES
+TEXT_COLUMN_CANDIDATES = ("text", "utterance", "message", "query")
+# Rasa marks entities inline as [text](entity) or [text]{"entity": ...}; the label is the intent.
+_RASA_ENTITY = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One labelled text and where it came from."""
+
+    text: str
+    label: str
+    source: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the input, located precisely enough to fix it."""
+
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file} line {self.line}"
+        if self.field:
+            where += f': field "{self.field}"'
+        return f"{where}: {self.message}"
+
+
+class DataValidationError(SupportbotError):
+    """The input data has problems; nothing was trained.
+
+    Attributes:
+        problems: every problem found, in file order.
+    """
+
+    MAX_SHOWN = 40
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        shown = [str(p) for p in self.problems[: self.MAX_SHOWN]]
+        more = len(self.problems) - len(shown)
+        if more > 0:
+            shown.append(f"... and {more} more problems")
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(
+            f"{len(self.problems)} {noun} in the training data; nothing was trained:\n  "
+            + "\n  ".join(shown)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Which fields of a flat file hold the text and the label (None: pick by convention)."""
+
+    text: str | None = None
+    label: str | None = None
+
+
+@dataclass
+class LoadReport:
+    """What loading did besides returning examples: files read or skipped, duplicates merged."""
+
+    files: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    duplicates_merged: int = 0
+    removed_overlapping_test: int = 0
+
+    def lines(self) -> list[str]:
+        out = [f"read {len(self.files)} file(s): {', '.join(self.files)}"]
+        out += [f"skipped {s}" for s in self.skipped]
+        if self.duplicates_merged:
+            out.append(
+                f"merged {self.duplicates_merged} exact duplicate text(s) with the same label"
+            )
+        if self.removed_overlapping_test:
+            out.append(
+                f"dropped {self.removed_overlapping_test} training text(s) that also appear in "
+                "the test set"
+            )
+        return out
+
+
+def normalize(text: str) -> str:
+    """The key under which two texts count as the same (case and spacing ignored)."""
+    return _WHITESPACE.sub(" ", text).strip().casefold()
+
+
+def _decoded_lines(path: Path, problems: list[Problem]) -> list[str]:
+    """Decode a file line by line as UTF-8, reporting every undecodable line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem(str(path), None, None, f"cannot be read ({exc.strerror})"))
+        return []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            bad = chunk[exc.start : exc.start + 4]
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    None,
+                    f"bytes {bad!r} at column {exc.start + 1} are not valid UTF-8; "
+                    "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+                )
+            )
+            lines.append(chunk.decode("utf-8", errors="replace"))
+    return [line.rstrip("\r") for line in lines]
+
+
+def _label_field(task: str, columns: Columns, available: Iterable[str]) -> str | None:
+    if columns.label:
+        return columns.label
+    names = list(available)
+    for candidate in (task, "label", "category"):
+        if candidate in names:
+            return candidate
+    return None
+
+
+def _text_field(columns: Columns, available: Iterable[str]) -> str | None:
+    if columns.text:
+        return columns.text
+    names = list(available)
+    return next((c for c in TEXT_COLUMN_CANDIDATES if c in names), None)
+
+
+class _Collector:
+    """Turns raw (text, label) fields into Examples, recording problems."""
+
+    def __init__(self, path: Path, problems: list[Problem]) -> None:
+        self.path = str(path)
+        self.problems = problems
+        self.examples: list[Example] = []
+
+    def add(
+        self, line: int, text: Any, label: Any, text_field: str, label_field: str, hint: str
+    ) -> None:
+        text_value = "" if text is None else str(text).strip()
+        label_value = "" if label is None else str(label).strip()
+        if not text_value:
+            self.problems.append(
+                Problem(self.path, line, text_field, f"is empty; every {hint} needs its text")
+            )
+        if not label_value:
+            self.problems.append(
+                Problem(
+                    self.path,
+                    line,
+                    label_field,
+                    "is missing or empty; label the row or remove it",
+                )
+            )
+        if text_value and label_value:
+            self.examples.append(Example(text_value, label_value, self.path, line))
+
+
+def _read_flat_csv(
+    path: Path, task: str, columns: Columns, problems: list[Problem], explicit: bool
+) -> list[Example] | None:
+    lines = _decoded_lines(path, problems)
+    if not lines or not any(line.strip() for line in lines):
+        problems.append(Problem(str(path), None, None, "is empty; expected a header row and data"))
+        return []
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+    header = [h.strip() for h in next(reader)]
+    text_field = _text_field(columns, header)
+    label_field = _label_field(task, columns, header)
+    missing = [
+        (flag, name, default)
+        for flag, name, default in (
+            ("--text-column", text_field, "/".join(TEXT_COLUMN_CANDIDATES)),
+            ("--label-column", label_field, f"{task}/label/category"),
+        )
+        if name is None or name not in header
+    ]
+    if missing:
+        if not explicit and columns == Columns():
+            return None  # a directory member that does not carry this task's labels
+        for flag, name, default in missing:
+            wanted = f'"{name}"' if name else f"one of {default}"
+            problems.append(
+                Problem(
+                    str(path),
+                    1,
+                    name,
+                    f"unknown column: the header has no column {wanted} (columns: "
+                    f"{', '.join(header)}); name the right one with {flag}",
+                )
+            )
+        return []
+    assert text_field is not None and label_field is not None
+    ti, li = header.index(text_field), header.index(label_field)
+    collector = _Collector(path, problems)
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(
+                Problem(
+                    str(path),
+                    line,
+                    None,
+                    f"has {len(row)} fields but the header has {len(header)}; quote texts "
+                    'that contain the delimiter ("...")',
+                )
+            )
+            continue
+        collector.add(line, row[ti], row[li], text_field, label_field, "row")
+    return collector.examples
+
+
+def _json_records(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(_decoded_lines(path, problems), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    None,
+                    f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON "
+                    "object per line",
+                )
+            )
+            continue
+        if not isinstance(record, dict):
+            problems.append(
+                Problem(str(path), number, None, "is not a JSON object; write one object per line")
+            )
+            continue
+        yield number, record
+
+
+def _conversation_examples(
+    path: Path, task: str, records: Iterable[tuple[int, dict[str, Any]]], problems: list[Problem]
+) -> list[Example]:
+    collector = _Collector(path, problems)
+    for number, record in records:
+        messages = record.get("messages")
+        if not isinstance(messages, list):
+            problems.append(
+                Problem(str(path), number, "messages", "must be a list of {role, text} objects")
+            )
+            continue
+        first_customer = True
+        for index, message in enumerate(messages):
+            where = f"messages[{index}]"
+            if not isinstance(message, dict) or message.get("role") not in ("customer", "agent"):
+                problems.append(
+                    Problem(
+                        str(path),
+                        number,
+                        f"{where}.role",
+                        'must be "customer" or "agent"',
+                    )
+                )
+                continue
+            if message["role"] != "customer":
+                continue
+            label = message.get(task)
+            if task == "intent" and label is None and first_customer:
+                label = record.get("intent")
+            first_customer = False
+            if label is None:
+                continue  # unlabelled customer turns are fine: not every turn is annotated
+            collector.add(
+                number, message.get("text"), label, f"{where}.text", f"{where}.{task}", "message"
+            )
+    return collector.examples
+
+
+def _flat_json_examples(
+    path: Path,
+    task: str,
+    columns: Columns,
+    records: list[tuple[int, dict[str, Any]]],
+    problems: list[Problem],
+    explicit: bool,
+) -> list[Example] | None:
+    keys: set[str] = set()
+    for _, record in records:
+        keys.update(record)
+    text_field = _text_field(columns, keys)
+    label_field = _label_field(task, columns, keys)
+    if text_field is None or label_field is None or not {text_field, label_field} <= keys:
+        if not explicit and columns == Columns():
+            return None
+        for flag, name in (("--text-column", text_field), ("--label-column", label_field)):
+            if name is None or name not in keys:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        name,
+                        f"unknown column: no record has {'it' if name else 'a ' + flag[2:]} "
+                        f"(fields: {', '.join(sorted(keys))}); name it with {flag}",
+                    )
+                )
+        return []
+    collector = _Collector(path, problems)
+    for number, record in records:
+        collector.add(
+            number,
+            record.get(text_field),
+            record.get(label_field),
+            text_field,
+            label_field,
+            "record",
+        )
+    return collector.examples
+
+
+def _rasa_examples(
+    path: Path, task: str, problems: list[Problem], explicit: bool
+) -> list[Example] | None:
+    lines = _decoded_lines(path, problems)
+    text = "\n".join(lines)
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problems.append(
+            Problem(
+                str(path),
+                mark.line + 1 if mark else None,
+                None,
+                f"is not valid YAML ({getattr(exc, 'problem', exc)}); check the indentation",
+            )
+        )
+        return []
+    if not isinstance(document, dict) or "nlu" not in document:
+        if not explicit:
+            return None
+        problems.append(
+            Problem(
+                str(path), None, "nlu", "is missing; a Rasa NLU file has a top-level `nlu:` list"
+            )
+        )
+        return []
+    if task != "intent":
+        if not explicit:
+            return None
+        problems.append(
+            Problem(
+                str(path),
+                None,
+                None,
+                f"Rasa NLU files label intents only, not {task}; give {task} labels in a CSV "
+                "or conversations JSONL",
+            )
+        )
+        return []
+    # Map each example back to its line for error messages.
+    line_of: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if stripped.startswith("- "):
+            line_of.setdefault(stripped[2:].strip(), number)
+        elif stripped.startswith("- intent:"):
+            line_of.setdefault(stripped, number)
+    collector = _Collector(path, problems)
+    for block in document.get("nlu") or []:
+        if not isinstance(block, dict) or "intent" not in block:
+            continue  # synonyms, regexes and lookups carry no intent examples
+        intent = block.get("intent")
+        examples = block.get("examples") or ""
+        if not isinstance(examples, str):
+            problems.append(
+                Problem(
+                    str(path),
+                    line_of.get(f"- intent: {intent}"),
+                    "examples",
+                    "must be a block string of `- example` lines (examples: |)",
+                )
+            )
+            continue
+        for raw in examples.splitlines():
+            item = raw.strip()
+            if not item.startswith("-"):
+                continue
+            item = item[1:].strip()
+            plain = _RASA_ENTITY.sub(r"\1", item)
+            collector.add(line_of.get(item, 0), plain, intent, "examples", "intent", "example")
+    return collector.examples
+
+
+def _read_file(
+    path: Path, task: str, columns: Columns, problems: list[Problem], explicit: bool
+) -> list[Example] | None:
+    suffix = path.suffix.lower()
+    if suffix in FLAT_SUFFIXES:
+        return _read_flat_csv(path, task, columns, problems, explicit)
+    if suffix in RASA_SUFFIXES:
+        return _rasa_examples(path, task, problems, explicit)
+    records = list(_json_records(path, problems))
+    if records and any("messages" in r for _, r in records):
+        return _conversation_examples(path, task, records, problems)
+    return _flat_json_examples(path, task, columns, records, problems, explicit)
+
+
+def _expand(paths: Sequence[Path], problems: list[Problem]) -> list[tuple[Path, bool]]:
+    files: list[tuple[Path, bool]] = []
+    for path in paths:
+        if path.is_dir():
+            members = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+            )
+            if not members:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        None,
+                        "holds no .jsonl, .json, .csv, .tsv, .yml or .yaml files",
+                    )
+                )
+            files += [(p, False) for p in members]
+        elif path.is_file():
+            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        None,
+                        f"has an unsupported extension {path.suffix!r}; use .jsonl, .csv, "
+                        ".tsv or a Rasa .yml",
+                    )
+                )
+            else:
+                files.append((path, True))
+        else:
+            problems.append(Problem(str(path), None, None, "does not exist; check the path"))
+    return files
+
+
+def load_examples(
+    paths: Sequence[Path],
+    task: str,
+    columns: Columns = Columns(),
+    min_examples: int = 5,
+    report: LoadReport | None = None,
+) -> list[Example]:
+    """Load, validate and de-duplicate the labelled examples for one task.
+
+    Args:
+        paths: files or directories. In a directory, files that do not carry labels for
+            `task` (e.g. an FAQ) are skipped and listed in `report.skipped`.
+        task: `intent` or `sentiment`; decides which label field is read.
+        columns: text/label field names for flat files.
+        min_examples: every label needs at least this many distinct examples (0 disables).
+        report: filled with what was read, skipped and merged.
+
+    Returns:
+        Examples in file order, exact duplicates (same text, same label) merged.
+
+    Raises:
+        DataValidationError: anything wrong, all problems at once.
+    """
+    if task not in TASKS:
+        raise SupportbotError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    report = report if report is not None else LoadReport()
+    problems: list[Problem] = []
+    examples: list[Example] = []
+    for path, explicit in _expand(paths, problems):
+        found = _read_file(path, task, columns, problems, explicit)
+        if found is None:
+            report.skipped.append(f"{path} (no {task} labels)")
+            continue
+        report.files.append(str(path))
+        examples += found
+    if not examples and not problems:
+        problems.append(
+            Problem(
+                ", ".join(str(p) for p in paths),
+                None,
+                task,
+                f"no labelled examples for {task} were found; label customer messages with "
+                f'"{task}" or name the label column with --label-column',
+            )
+        )
+    unique = _merge_duplicates(examples, problems, report)
+    if min_examples > 0:
+        counts = Counter(e.label for e in unique)
+        first: dict[str, Example] = {}
+        for e in unique:
+            first.setdefault(e.label, e)
+        for label, count in sorted(counts.items()):
+            if count < min_examples:
+                e = first[label]
+                problems.append(
+                    Problem(
+                        e.source,
+                        e.line,
+                        task,
+                        f'label "{label}" has {count} distinct example(s); every label needs at '
+                        f"least {min_examples}: add examples, fix a misspelt label, or lower "
+                        "--min-examples",
+                    )
+                )
+    if problems:
+        raise DataValidationError(problems)
+    return unique
+
+
+def _merge_duplicates(
+    examples: list[Example], problems: list[Problem], report: LoadReport
+) -> list[Example]:
+    by_key: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        by_key[normalize(e.text)].append(e)
+    unique = []
+    for group in by_key.values():
+        labels = sorted({e.label for e in group})
+        if len(labels) > 1:
+            places = "; ".join(f"{e.source} line {e.line} says {e.label!r}" for e in group)
+            first = group[0]
+            problems.append(
+                Problem(
+                    first.source,
+                    first.line,
+                    "text",
+                    f"{first.text!r} has conflicting labels ({places}); keep one label",
+                )
+            )
+            continue
+        unique.append(group[0])
+        report.duplicates_merged += len(group) - 1
+    unique.sort(key=lambda e: (e.source, e.line))
+    return unique
+
+
+def drop_overlap(train: list[Example], test: list[Example], report: LoadReport) -> list[Example]:
+    """Remove training examples whose text also appears in the test set (no leakage)."""
+    test_keys = {normalize(e.text) for e in test}
+    kept = [e for e in train if normalize(e.text) not in test_keys]
+    report.removed_overlapping_test += len(train) - len(kept)
+    return kept

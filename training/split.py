@@ -1,0 +1,62 @@
+"""Seeded, stratified train / validation / test splits."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from training.data import Example
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """The three parts of a data set; `test` may be empty when a test file is given."""
+
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+
+
+def stratified_split(
+    examples: Sequence[Example],
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> Split:
+    """Split each label's examples in the same proportions, reproducibly.
+
+    Every label keeps at least one training example; a label with three or more examples gets
+    at least one validation (and, when asked, one test) example, so new intents with ~10
+    examples are still measured. `load_examples` has already merged exact duplicates, so a
+    text can never sit on both sides of a split.
+
+    Args:
+        examples: de-duplicated examples.
+        validation_fraction: share of each label for validation (0 for none).
+        test_fraction: share of each label for test (0 when a separate test set is given).
+        seed: the same seed and input give the same split.
+    """
+    by_label: dict[str, list[Example]] = defaultdict(list)
+    for e in examples:
+        by_label[e.label].append(e)
+    rng = random.Random(seed)
+    train: list[Example] = []
+    validation: list[Example] = []
+    test: list[Example] = []
+    for label in sorted(by_label):
+        group = sorted(by_label[label], key=lambda e: (e.text, e.source, e.line))
+        rng.shuffle(group)
+        n = len(group)
+        n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
+        n_val = (
+            max(1, round(n * validation_fraction))
+            if validation_fraction > 0 and n - n_test >= 2
+            else 0
+        )
+        test += group[:n_test]
+        validation += group[n_test : n_test + n_val]
+        train += group[n_test + n_val :]
+    rng.shuffle(train)
+    return Split(train=train, validation=validation, test=test)

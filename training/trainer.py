@@ -1,0 +1,360 @@
+"""Fine-tuning loop: AdamW, warm-up then linear decay, length-bucketed batches, early stopping.
+
+A plain PyTorch loop rather than `transformers.Trainer`: the recipe needs a separate head
+learning rate, batches of similar length and early stopping on validation macro-F1, and a
+loop this size is easier to read than the callbacks that would bend Trainer into shape.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from bot.classifier import MeanPoolingClassifier, load_model, quiet_transformers, resolve_backbone
+from bot.errors import ConfigurationError
+from training.arguments import TrainingArguments
+from training.data import Example
+
+
+@dataclass(frozen=True, slots=True)
+class EpochLog:
+    """What one epoch did."""
+
+    epoch: int
+    train_loss: float
+    validation_macro_f1: float | None
+    validation_accuracy: float | None
+    seconds: float
+
+
+@dataclass
+class FineTuneResult:
+    """The best model found (by validation macro-F1) and how training went."""
+
+    model: MeanPoolingClassifier
+    tokenizer: Any
+    labels: tuple[str, ...]
+    history: list[EpochLog] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+    class_weights: list[float] | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def encode(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated, unpadded (padding happens per batch)."""
+    if not texts:
+        return []
+    return list(tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"])
+
+
+def make_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, bucketed: bool
+) -> list[list[int]]:
+    """Index batches; with `bucketed`, texts of similar length share a batch.
+
+    Bucketing sorts within random pools of 50 batches and shuffles the batch order, so batches
+    stay varied while padding (wasted compute) shrinks.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not bucketed:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    pool = batch_size * 50
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lengths.__getitem__)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(
+    ids: Sequence[Sequence[int]], indices: Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad the chosen sequences to the longest among them."""
+    width = max(len(ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        seq = ids[i]
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+def predict_logits(
+    model: MeanPoolingClassifier,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 128,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Logits for already-encoded texts, in input order (batched by length for speed)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = torch.empty(len(ids), model.head.out_features)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            input_ids, mask = collate(ids, chunk, pad_id)
+            logits = model(input_ids.to(device), mask.to(device)).float().cpu()
+            out[chunk] = logits
+    model.train(was_training)
+    return out
+
+
+def class_weights_for(
+    labels: Sequence[str], label_ids: Sequence[int], mode: str
+) -> torch.Tensor | None:
+    """Inverse-frequency loss weights (mean 1), or None when weighting is off or not needed."""
+    counts = Counter(label_ids)
+    present = [counts.get(i, 0) for i in range(len(labels))]
+    nonzero = [c for c in present if c > 0]
+    if mode == "none" or not nonzero:
+        return None
+    if mode == "auto" and max(nonzero) <= 3 * min(nonzero):
+        return None
+    total = sum(nonzero)
+    weights = torch.tensor(
+        [total / (len(nonzero) * c) if c else 0.0 for c in present], dtype=torch.float
+    )
+    return weights / weights[weights > 0].mean()
+
+
+def build_model(
+    labels: Sequence[str], args: TrainingArguments, init_from: Path | None
+) -> tuple[MeanPoolingClassifier, Any]:
+    """A fresh head on the backbone, or a copy of an existing model with its head grown.
+
+    With `init_from`, rows of the head for labels the old model knew are copied, so
+    retraining starts from what the live model learned; new labels start fresh.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    quiet_transformers()
+    if init_from is not None:
+        old, tokenizer, meta = load_model(init_from)
+        model = MeanPoolingClassifier(old.encoder, len(labels))
+        with torch.no_grad():
+            for new_index, label in enumerate(labels):
+                if label in meta.labels:
+                    old_index = meta.labels.index(label)
+                    model.head.weight[new_index] = old.head.weight[old_index]
+                    model.head.bias[new_index] = old.head.bias[old_index]
+        return model, tokenizer
+    source = resolve_backbone(args.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        encoder = AutoModel.from_pretrained(source)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot load backbone {args.model!r} ({exc}); give a local model directory, a "
+            "Hugging Face name available offline in the cache, or `bundled`"
+        ) from exc
+    return MeanPoolingClassifier(encoder, len(labels)), tokenizer
+
+
+def _apply_lora(model: MeanPoolingClassifier, args: TrainingArguments) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
+    try:
+        model.encoder = get_peft_model(model.encoder, config)
+    except ValueError:
+        # peft knows default target modules for common architectures only; attention
+        # projections named query/value cover BERT-likes, the rest gets all linear layers.
+        config.target_modules = "all-linear"
+        model.encoder = get_peft_model(model.encoder, config)
+
+
+def _autocast(device: torch.device, args: TrainingArguments) -> tuple[Any, torch.dtype | None]:
+    if device.type != "cuda" or args.mixed_precision == "no":
+        return None, None
+    if args.mixed_precision == "bf16" or (
+        args.mixed_precision == "auto" and torch.cuda.is_bf16_supported()
+    ):
+        return None, torch.bfloat16
+    return torch.amp.GradScaler("cuda"), torch.float16
+
+
+def fine_tune(
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    labels: Sequence[str],
+    args: TrainingArguments,
+    progress: bool = True,
+    init_from: Path | None = None,
+) -> FineTuneResult:
+    """Fine-tune encoder and head end to end; return the best model by validation macro-F1.
+
+    Args:
+        train: training examples (labels must all be in `labels`).
+        validation: examples for early stopping; may be empty (then the last epoch is kept).
+        labels: the label set, in head order.
+        args: hyperparameters.
+        progress: show a progress bar with loss and ETA on stderr.
+        init_from: start from this saved model instead of the backbone.
+    """
+    started = time.perf_counter()
+    seed_everything(args.seed)
+    label_index = {label: i for i, label in enumerate(labels)}
+    model, tokenizer = build_model(labels, args, init_from)
+    if args.lora:
+        _apply_lora(model, args)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    train_ids = encode(tokenizer, [e.text for e in train], args.max_length)
+    train_y = torch.tensor([label_index[e.label] for e in train], dtype=torch.long)
+    val_ids = encode(tokenizer, [e.text for e in validation], args.max_length)
+    val_y = np.array([label_index[e.label] for e in validation])
+    weights = class_weights_for(labels, train_y.tolist(), args.class_weighting)
+
+    epochs = args.resolved_epochs(len(train))
+    micro_per_epoch = math.ceil(len(train) / args.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / args.gradient_accumulation_steps)
+    total_steps = max(1, steps_per_epoch * epochs)
+    warmup = int(total_steps * args.warmup_ratio)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    encoder_params = [(n, p) for n, p in model.encoder.named_parameters() if p.requires_grad]
+    groups = [
+        {
+            "params": [p for n, p in encoder_params if not n.endswith(no_decay)],
+            "weight_decay": args.weight_decay,
+            "lr": args.learning_rate,
+        },
+        {
+            "params": [p for n, p in encoder_params if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+            "lr": args.learning_rate,
+        },
+        {
+            "params": list(model.head.parameters()),
+            "weight_decay": 0.0,
+            "lr": args.learning_rate * args.head_learning_rate_multiplier,
+        },
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scaler, amp_dtype = _autocast(device, args)
+    loss_weights = weights.to(device) if weights is not None else None
+
+    rng = random.Random(args.seed)
+    lengths = [len(x) for x in train_ids]
+    result = FineTuneResult(
+        model=model,
+        tokenizer=tokenizer,
+        labels=tuple(labels),
+        class_weights=weights.tolist() if weights is not None else None,
+    )
+    best_f1 = -1.0
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_gain = 0
+    bar = tqdm(
+        total=micro_per_epoch * epochs,
+        desc=f"fine-tuning ({len(train)} examples, {epochs} epochs)",
+        unit="batch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    step = 0
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        model.train()
+        running, seen = 0.0, 0
+        batches = make_batches(lengths, args.batch_size, rng, args.length_bucketing)
+        for micro, indices in enumerate(batches, start=1):
+            input_ids, mask = collate(train_ids, indices, pad_id)
+            target = train_y[indices].to(device)
+            context: AbstractContextManager[Any] = (
+                torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
+            )
+            with context:
+                logits = model(input_ids.to(device), mask.to(device))
+            loss = F.cross_entropy(
+                logits.float(), target, weight=loss_weights, label_smoothing=args.label_smoothing
+            )
+            scaled = loss / args.gradient_accumulation_steps
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+            if micro % args.gradient_accumulation_steps == 0 or micro == len(batches):
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+            running += loss.item() * len(indices)
+            seen += len(indices)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
+        val_f1 = val_acc = None
+        if len(validation):
+            predicted = predict_logits(model, val_ids, pad_id, device=device).argmax(-1).numpy()
+            val_f1 = float(f1_score(val_y, predicted, average="macro", zero_division=0))
+            val_acc = float((predicted == val_y).mean())
+            bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}", val_f1=f"{val_f1:.4f}")
+        result.history.append(
+            EpochLog(
+                epoch, running / max(1, seen), val_f1, val_acc, time.perf_counter() - epoch_start
+            )
+        )
+        if val_f1 is None:
+            result.best_epoch = epoch
+            continue
+        if val_f1 > best_f1:
+            best_f1, result.best_epoch, epochs_without_gain = val_f1, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            epochs_without_gain += 1
+            if epochs_without_gain >= args.early_stopping_patience and epoch < epochs:
+                result.stopped_early = True
+                break
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    if args.lora:
+        model.encoder = model.encoder.merge_and_unload()
+    model.to("cpu").eval()
+    result.model = model
+    result.seconds = time.perf_counter() - started
+    return result
