@@ -126,7 +126,7 @@ class TrainingArguments:
         steps_per_epoch = max(
             1, math.ceil(train_size / (self.batch_size * self.gradient_accumulation_steps))
         )
-        return max(2, min(self.max_epochs, math.ceil(self.target_steps / steps_per_epoch)))
+        return min(self.max_epochs, max(2, math.ceil(self.target_steps / steps_per_epoch)))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -79,9 +79,13 @@ def choose_threshold(
     order = np.argsort(-confidence, kind="stable")
     sorted_conf = confidence[order]
     running = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
-    ok = np.nonzero(running >= target_precision)[0]
+    # The bot answers everything at or above the threshold, so a cut may only fall after the
+    # last of a run of equal confidences (softmax often saturates at exactly 1.0).
+    last_of_tie = np.append(sorted_conf[:-1] > sorted_conf[1:], True)
+    ok = np.nonzero((running >= target_precision) & last_of_tie)[0]
     if len(ok) == 0:
-        return float(sorted_conf[0]), 1 / len(order), float(running[0])
+        first = int(np.nonzero(last_of_tie)[0][0])
+        return float(sorted_conf[first]), (first + 1) / len(order), float(running[first])
     k = int(ok[-1])
     if k == len(order) - 1:
         # Every validation prediction is precise enough: keep a small floor so that

@@ -403,10 +403,10 @@ def _rasa_examples(
     line_of: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         stripped = line.strip()
-        if stripped.startswith("- "):
-            line_of.setdefault(stripped[2:].strip(), number)
-        elif stripped.startswith("- intent:"):
+        if stripped.startswith("- intent:"):
             line_of.setdefault(stripped, number)
+        elif stripped.startswith("- "):
+            line_of.setdefault(stripped[2:].strip(), number)
     collector = _Collector(path, problems)
     for block in document.get("nlu") or []:
         if not isinstance(block, dict) or "intent" not in block:

@@ -99,10 +99,13 @@ def render_report(metrics: dict[str, Any], title: str) -> str:
         )
     width = max([len("class")] + [len(label) for label in metrics["per_class"]])
     lines += ["", f"{'class':<{width}}  precision  recall     f1  support"]
+    labels = metrics.get("labels", list(metrics["per_class"]))
+    matrix = np.asarray(metrics.get("confusion_matrix") or [], dtype=int)
+    predicted = dict(zip(labels, matrix.sum(axis=0), strict=True)) if matrix.size else {}
     rows = sorted(metrics["per_class"].items(), key=lambda kv: (kv[1]["f1"], kv[0]))
     for label, row in rows:
-        if row["support"] == 0 and row["precision"] == 0:
-            continue
+        if row["support"] == 0 and not predicted.get(label, 0):
+            continue  # neither in this set nor ever predicted: nothing to say
         lines.append(
             f"{label:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  "
             f"{row['f1']:5.3f}  {row['support']:7d}"

@@ -76,13 +76,16 @@ class FileModelRegistry:
         path = self.root / REGISTRY_FILE
         if not path.exists():
             return {"format": 1, "tasks": {}}
+        fix = (
+            "restore it from a backup, or delete it and choose the live versions again with "
+            "`supportbot models promote TASK VERSION`"
+        )
         try:
-            state: dict[str, Any] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise RegistryError(
-                f"{path} is not valid JSON ({exc.msg}); restore it from a backup or delete it "
-                "and promote a version again with `supportbot models promote`"
-            ) from exc
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"{path} is not valid JSON, or not UTF-8 ({exc}); {fix}") from exc
+        if not isinstance(state, dict) or not isinstance(state.get("tasks"), dict):
+            raise RegistryError(f'{path} has no "tasks" object; {fix}')
         return state
 
     def tasks(self) -> list[str]:
@@ -143,7 +146,11 @@ class FileModelRegistry:
         parts = spec.strip("/").split("/")
         if len(parts) == 1 and parts[0] in self.tasks():
             return self.live_path(parts[0])
-        if len(parts) == 2 and (self.root / parts[0] / parts[1]).is_dir():
+        if (
+            len(parts) == 2
+            and _VERSION.match(parts[1])
+            and (self.root / parts[0] / parts[1]).is_dir()
+        ):
             return self.root / parts[0] / parts[1]
         raise ModelNotFoundError(
             f"no model {spec!r}: give a version directory (e.g. {self.root}/intent/v1), a task "
@@ -210,7 +217,7 @@ class FileModelRegistry:
 
     def promote(self, task: str, version: str) -> None:
         """Make `version` live; the previous live version can be restored with `rollback`."""
-        if not (self.root / task / version).is_dir():
+        if not _VERSION.match(version) or not (self.root / task / version).is_dir():
             known = ", ".join(v.version for v in self.versions(task)) or "none"
             raise RegistryError(f"{task} has no version {version!r} (versions: {known})")
         with self._locked() as state:

@@ -50,11 +50,13 @@ def stratified_split(
         rng.shuffle(group)
         n = len(group)
         n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
+        n_test = min(n_test, n - 1)
         n_val = (
             max(1, round(n * validation_fraction))
             if validation_fraction > 0 and n - n_test >= 2
             else 0
         )
+        n_val = min(n_val, n - n_test - 1)  # a label always keeps a training example
         test += group[:n_test]
         validation += group[n_test : n_test + n_val]
         train += group[n_test + n_val :]
