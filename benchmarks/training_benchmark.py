@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from training.arguments import TrainingArguments
+from training.data import normalize
 from training.pipeline import train_task
 
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
@@ -63,16 +64,20 @@ def banking77_few_shot(root: Path, seed: int, per_label: int = 10) -> Rows:
 
 
 def airline(root: Path, seed: int) -> Rows:
-    """Deduplicated, HTML-unescaped tweets, seeded stratified 80/20 split."""
+    """Deduplicated, HTML-unescaped tweets, seeded stratified 80/20 split.
+
+    Duplicates are judged as `supportbot train` judges them (case and spacing ignored); the
+    first occurrence is kept, which also settles the few repeated texts labelled differently.
+    """
     seen: set[str] = set()
     by_label: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for text, label in read_csv(
         root / "airline_sentiment" / "Tweets.csv", "text", "airline_sentiment"
     ):
         text = html.unescape(text).strip()
-        if text in seen:
+        if normalize(text) in seen:
             continue
-        seen.add(text)
+        seen.add(normalize(text))
         by_label[label].append((text, label))
     rng = random.Random(seed)
     train, test = [], []

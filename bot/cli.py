@@ -12,6 +12,8 @@ from bot.errors import SupportbotError
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every command registered explicitly."""
+    from bot.retrieval_cli import add_parsers as add_index_parsers
+    from bot.serve import add_parsers as add_serve_parsers
     from training.cli import add_parsers as add_training_parsers
 
     parser = argparse.ArgumentParser(
@@ -20,7 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_serve_parsers(commands)
     add_training_parsers(commands)
+    add_index_parsers(commands)
     return parser
 
 

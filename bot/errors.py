@@ -21,3 +21,19 @@ class ModelNotFoundError(SupportbotError):
 
 class RegistryError(SupportbotError):
     """The model registry refused a change (unknown version, nothing to roll back, busy)."""
+
+
+class NotFoundError(SupportbotError):
+    """A conversation, message or escalation id does not exist."""
+
+
+class ConflictError(SupportbotError):
+    """The change clashes with the current state (e.g. another agent claimed the conversation)."""
+
+
+class StoreUnavailableError(SupportbotError):
+    """The database cannot be reached; the request may be retried."""
+
+
+class BadRequestError(SupportbotError):
+    """A request payload is malformed or out of bounds; the message says what to send."""

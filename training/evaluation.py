@@ -32,7 +32,22 @@ def compute_metrics(
         labels: label names in column order.
         threshold: the model's abstain threshold.
     """
-    predicted = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+    if len(targets) == 0:
+        empty = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+        return {
+            "n": 0,
+            "accuracy": 0.0,
+            "macro_f1": 0.0,
+            "weighted_f1": 0.0,
+            "ece": 0.0,
+            "abstain_threshold": float(threshold),
+            "coverage": 0.0,
+            "accuracy_when_confident": 0.0,
+            "per_class": {label: dict(empty) for label in labels},
+            "confusion_matrix": [],
+            "labels": list(labels),
+        }
+    predicted = probs.argmax(axis=1)
     confidence = probs.max(axis=1) if len(probs) else np.zeros(0)
     index = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(

@@ -152,6 +152,15 @@ def train_task(
     val_targets = torch.tensor([index[e.label] for e in split.validation], dtype=torch.long)
     calibration = calibrate(val_logits, val_targets, args.abstain_precision)
 
+    report_source = "held-out test set" if test else "held-out test split"
+    if not test_examples:
+        # Nothing was held out for testing (tiny labels or test_fraction 0): report on what
+        # was held out, and say so; fall back to training data only as a last resort.
+        if split.validation:
+            test_examples, report_source = split.validation, "validation split (no test data)"
+        else:
+            test_examples = split.train
+            report_source = "training data (nothing held out: figures are optimistic)"
     test_ids = encode(result.tokenizer, [e.text for e in test_examples], args.max_length)
     test_logits = predict_logits(result.model, test_ids, pad_id)
     test_metrics = evaluate_examples(
@@ -195,6 +204,7 @@ def train_task(
         metrics = {
             "task": task,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "evaluated_on": report_source,
             "test": test_metrics,
             "validation": val_metrics,
             "calibration": {
@@ -221,8 +231,7 @@ def train_task(
             "per_class": test_metrics["per_class"],
         }
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        source = "held-out test set" if test else "held-out test split"
-        report = render_report(test_metrics, f"{task} model on the {source}")
+        report = render_report(test_metrics, f"{task} model on the {report_source}")
         report += (
             f"\ncalibration: temperature {calibration.temperature:.3f}, validation ECE "
             f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}\n"

@@ -1,0 +1,57 @@
+"""Prometheus metrics, one registry per app (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
+
+
+class Metrics:
+    """The counters and histograms the runtime updates."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.messages = Counter(
+            "supportbot_messages",
+            "Customer messages handled, by channel and route.",
+            ["channel", "route"],
+            registry=self.registry,
+        )
+        self.escalations = Counter(
+            "supportbot_escalations",
+            "Conversations handed to people, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "supportbot_fallbacks",
+            "Turns where the bot asked the customer to rephrase.",
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "supportbot_feedback",
+            "Feedback received, by rating.",
+            ["rating"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "supportbot_errors",
+            "Messages whose handling failed (answered with the error message).",
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "supportbot_stage_seconds",
+            "Latency of each stage of handling a message.",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_reloads = Counter(
+            "supportbot_model_reloads", "Live model swaps.", registry=self.registry
+        )
+        self.open_escalations = Gauge(
+            "supportbot_open_escalations",
+            "Escalations waiting for or handled by an agent (as of the last change here).",
+            registry=self.registry,
+        )

@@ -1,0 +1,112 @@
+"""The ports the core depends on. The composition root (`bot/app.py`) picks implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from bot.events import (
+    Answer,
+    Conversation,
+    Escalation,
+    EscalationRecord,
+    Feedback,
+    Role,
+    StoredMessage,
+    Understanding,
+)
+
+
+class ConversationStore(Protocol):
+    """Conversations, messages, escalations and feedback, durably.
+
+    State lives here, not in process memory, so any replica can serve any conversation and a
+    restart loses nothing. Every write is committed before the call returns.
+    """
+
+    async def start(self) -> None:
+        """Connect and bring the schema up to date (Alembic migrations)."""
+
+    async def stop(self) -> None:
+        """Close connections."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the database answers."""
+
+    async def conversation(
+        self, channel: str, sender: str, sender_name: str | None = None
+    ) -> Conversation:
+        """The conversation of (channel, sender), created on first contact."""
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        """A conversation by id; NotFoundError when unknown."""
+
+    async def add_customer_message(
+        self, conversation_id: str, text: str, client_id: str | None = None
+    ) -> tuple[StoredMessage, bool]:
+        """Persist a customer message; (message, False) if `client_id` was already stored."""
+
+    async def annotate(
+        self,
+        message_id: int,
+        understanding: Understanding,
+        route: str,
+        latency_ms: float,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Attach model output, the route taken and the latency to a customer message."""
+
+    async def add_message(
+        self,
+        conversation_id: str,
+        role: Role,
+        text: str,
+        reply_to: int | None = None,
+        route: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> StoredMessage:
+        """Persist a bot, agent or system message (a reply to `reply_to`, if given)."""
+
+    async def replies_to(self, message_id: int) -> list[StoredMessage]:
+        """Messages stored as replies to `message_id`, oldest first."""
+
+    async def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]:
+        """A conversation's messages, oldest first (the last `limit` when given)."""
+
+    async def set_failed_turns(self, conversation_id: str, failed_turns: int) -> None:
+        """Record how many bot turns in a row failed (fallback ladder)."""
+
+    async def escalate(self, conversation_id: str, escalation: Escalation) -> EscalationRecord:
+        """Open an escalation and set the conversation to `waiting`, atomically."""
+
+    async def claim(self, conversation_id: str, agent: str) -> EscalationRecord:
+        """An agent takes the open escalation; ConflictError if another agent has it."""
+
+    async def resolve(self, conversation_id: str, agent: str) -> None:
+        """Close the escalation and give the conversation back to the bot."""
+
+    async def open_escalations(self) -> list[EscalationRecord]:
+        """Escalations not yet resolved, most urgent first."""
+
+    async def record_feedback(self, feedback: Feedback) -> int:
+        """Store feedback on a message; NotFoundError when the message does not exist."""
+
+    async def feedback(self, message_id: int) -> list[Feedback]:
+        """Feedback stored for a message, oldest first."""
+
+
+class Understander(Protocol):
+    """Turns customer texts into intent and sentiment (batched where it can)."""
+
+    async def understand(self, text: str) -> Understanding:
+        """Classify one text; concurrent calls may share one model forward."""
+
+    def ready(self) -> bool:
+        """Whether the models are loaded."""
+
+
+class AnswerIndex(Protocol):
+    """Past questions and the answers that resolved them."""
+
+    async def search(self, text: str, k: int = 3, intent: str | None = None) -> Sequence[Answer]:
+        """The best answers for `text`, best first, each with its similarity score."""

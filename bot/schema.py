@@ -1,0 +1,189 @@
+"""The database tables behind `SqlConversationStore`, as SQLAlchemy declarative models.
+
+These rows never leave `bot/store.py`: the store turns them into the frozen records of
+`bot/events.py`. The Alembic migrations in `bot/migrations/versions/` create exactly these
+tables; `tests/bot/test_store.py` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# Named constraints let later migrations drop or alter them, which SQLite's batch mode
+# cannot do for anonymous ones.
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments an `INTEGER PRIMARY KEY`; PostgreSQL gets 64-bit ids so a
+# busy deployment never runs out.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+# JSONB on PostgreSQL so stored model versions and scores can be queried; a Python None is
+# stored as SQL NULL rather than the JSON literal `null`.
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that always comes back timezone-aware, in UTC.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones, so values are stored as naive
+    UTC and given their zone back on the way out.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(
+                f"naive datetime {value.isoformat()} given to a UTC column; "
+                "pass a timezone-aware value such as datetime.now(UTC)"
+            )
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the store's tables."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class ConversationRow(Base):
+    """One conversation per (channel, sender)."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("channel", "sender"),
+        CheckConstraint("status IN ('bot', 'waiting', 'claimed')", name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(Text)
+    sender: Mapped[str] = mapped_column(Text)
+    sender_name: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    failed_turns: Mapped[int] = mapped_column(Integer)
+    assignee: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class MessageRow(Base):
+    """A message of any role, with what the models made of it when it is the customer's."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        # A retried delivery carries the same client id; NULLs never collide.
+        UniqueConstraint("conversation_id", "client_id"),
+        CheckConstraint("role IN ('customer', 'bot', 'agent', 'system')", name="role"),
+        Index(None, "conversation_id", "id"),
+        Index(None, "reply_to"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(String(32), ForeignKey("conversations.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    client_id: Mapped[str | None] = mapped_column(Text)
+    reply_to: Mapped[int | None] = mapped_column(BigId, ForeignKey("messages.id"))
+    intent: Mapped[str | None] = mapped_column(Text)
+    intent_confidence: Mapped[float | None] = mapped_column(Float)
+    sentiment: Mapped[str | None] = mapped_column(Text)
+    negativity: Mapped[float | None] = mapped_column(Float)
+    route: Mapped[str | None] = mapped_column(Text)
+    model_versions: Mapped[dict[str, str] | None] = mapped_column(Json)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any] | None] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class EscalationRow(Base):
+    """A hand-off to a person: open, then claimed by an agent, then resolved."""
+
+    __tablename__ = "escalations"
+    __table_args__ = (
+        CheckConstraint("status IN ('open', 'claimed', 'resolved')", name="status"),
+        # At most one unresolved escalation per conversation, enforced by the database so
+        # that two replicas escalating at once cannot both succeed.
+        Index(
+            "uq_escalations_conversation_id_unresolved",
+            "conversation_id",
+            unique=True,
+            sqlite_where=text("status != 'resolved'"),
+            postgresql_where=text("status != 'resolved'"),
+        ),
+        Index(None, "conversation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(String(32), ForeignKey("conversations.id"))
+    reason: Mapped[str] = mapped_column(Text)
+    priority: Mapped[float] = mapped_column(Float)
+    explanation: Mapped[str] = mapped_column(Text)
+    scores: Mapped[dict[str, float] | None] = mapped_column(Json)
+    status: Mapped[str] = mapped_column(String(16))
+    assignee: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_by: Mapped[str | None] = mapped_column(Text)
+
+
+class FeedbackRow(Base):
+    """A rating of a message, or a correction of what the models made of it."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint("rating IS NULL OR rating IN ('up', 'down')", name="rating"),
+        Index(None, "message_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[int] = mapped_column(BigId, ForeignKey("messages.id"))
+    rating: Mapped[str | None] = mapped_column(String(8))
+    comment: Mapped[str | None] = mapped_column(Text)
+    corrected_intent: Mapped[str | None] = mapped_column(Text)
+    corrected_sentiment: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,88 @@
+"""`supportbot serve`: prepare what is missing on the embedded default, then run the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bot.nlu import TASKS, read_live_versions
+from bot.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
+    """Register `serve`."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the bot: REST API, widget socket, /healthz, /readyz, /metrics",
+        description="Start the bot. Settings come from --config (YAML), then SUPPORTBOT_* "
+        "environment variables (SUPPORTBOT_<SECTION>__<KEY>), then these flags.",
+    )
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.set_defaults(handler=run_serve)
+
+
+def prepare(settings: Settings) -> None:
+    """Train models and build the answer index if they are missing and allowed to be made.
+
+    This is what makes the first `make run` on a fresh machine work with no set-up.
+    """
+    models = settings.models
+    live = read_live_versions(models.dir)
+    missing = [task for task in TASKS if task not in live]
+    if missing and models.train_if_missing:
+        from training.arguments import TrainingArguments
+        from training.pipeline import train_task
+
+        for task in missing:
+            print(
+                f"no live {task} model in {models.dir}: training one on "
+                f"{', '.join(map(str, models.train_data))} (first run only)",
+                flush=True,
+            )
+            run = train_task(task, models.train_data, models.dir, TrainingArguments(), promote=True)
+            print(run.report, flush=True)
+    index = settings.retrieval
+    if not (index.index_dir / "index.json").exists() and index.build_if_missing:
+        from bot.retrieval import EmbeddingAnswerIndex, build_answer_pairs
+
+        print(
+            f"no answer index in {index.index_dir}: building it from "
+            f"{', '.join(map(str, [*index.data, *index.faq]))}",
+            flush=True,
+        )
+        pairs = build_answer_pairs([*index.data, *index.faq])
+        EmbeddingAnswerIndex.build(pairs).save(index.index_dir)
+    url = settings.store.url
+    for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def run_serve(ns: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    server = {k: v for k, v in (("host", ns.host), ("port", ns.port)) if v is not None}
+    if server:
+        overrides["server"] = server
+    settings = load_settings(ns.config, **overrides)
+    prepare(settings)
+    from bot.app import create_app
+
+    app = create_app(settings)
+    host, port = settings.server.host, settings.server.port
+    base = settings.server.public_url or f"http://{host}:{port}"
+
+    def announce(_: str) -> None:
+        print(f"supportbot is running on {base}", flush=True)
+        print(f"  REST API     {base}/api/v1/messages  (OpenAPI: {base}/api/v1/openapi.json)")
+        print(f"  health       {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
+
+    web.run_app(app, host=host, port=port, print=announce, access_log=None)
+    return 0

@@ -1,0 +1,297 @@
+"""Handling a customer message: persist, understand, decide, answer, record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bot.errors import StoreUnavailableError
+from bot.escalation import ASKED_FOR_HUMAN, EscalationPolicy
+from bot.events import (
+    Conversation,
+    ConversationStatus,
+    Escalation,
+    Feedback,
+    Message,
+    Reply,
+    Role,
+    Route,
+    StoredMessage,
+    Understanding,
+)
+from bot.metrics import Metrics
+from bot.ports import AnswerIndex, ConversationStore, Understander
+from bot.router import HandlerContext, Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class HandleResult:
+    """What handling one customer message produced."""
+
+    conversation_id: str
+    message_id: int
+    replies: tuple[Reply, ...]
+    status: ConversationStatus
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    route: Route
+    text: str
+    details: dict[str, Any]
+    escalation: Escalation | None = None
+    failed_turns: int = 0
+    quick_replies: tuple[str, ...] = ()
+
+
+def reply_of(message: StoredMessage) -> Reply:
+    """The Reply a stored bot/agent/system message is shown as."""
+    route = Route(message.route) if message.route in Route.__members__.values() else None
+    return Reply(
+        conversation_id=message.conversation_id,
+        message_id=message.id,
+        role=message.role,
+        text=message.text,
+        route=route,
+        quick_replies=tuple(message.details.get("quick_replies", ())),
+        rateable=message.role == Role.BOT
+        and route in (Route.ANSWER, Route.RESPONSE, Route.HANDLER),
+    )
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per conversation, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class ConversationService:
+    """The core: every customer message of every channel goes through `handle`.
+
+    Args:
+        store: durable conversation state.
+        understander: intent + sentiment.
+        answers: the answer index.
+        router: per-intent routing and message templates.
+        policy: the escalation policy.
+        metrics: counters to update.
+        min_answer_score: retrieved answers below this similarity are not used.
+    """
+
+    def __init__(
+        self,
+        store: ConversationStore,
+        understander: Understander,
+        answers: AnswerIndex,
+        router: Router,
+        policy: EscalationPolicy,
+        metrics: Metrics,
+        min_answer_score: float,
+    ) -> None:
+        self.store = store
+        self.understander = understander
+        self.answers = answers
+        self.router = router
+        self.policy = policy
+        self.metrics = metrics
+        self.min_answer_score = min_answer_score
+        self._locks = _KeyedLocks()
+
+    async def handle(self, message: Message) -> HandleResult:
+        """Persist the message, then answer it (or stay silent while an agent has it).
+
+        The message is committed to the store before anything else, so once this returns or
+        raises anything but StoreUnavailableError, the message is kept. Failures after that
+        point are caught here (the one boundary per message): logged with the traceback and
+        answered with the configured error message.
+
+        Raises:
+            StoreUnavailableError: the message could not be stored; the caller should answer
+                503 so the client retries.
+        """
+        started = time.perf_counter()
+        stage = time.perf_counter()
+        conversation = await self.store.conversation(
+            message.channel, message.sender, message.sender_name
+        )
+        async with self._locks.hold(conversation.id):
+            stored, new = await self.store.add_customer_message(
+                conversation.id, message.text, message.client_id
+            )
+            self.metrics.stage_seconds.labels("store").observe(time.perf_counter() - stage)
+            if not new:
+                replies = tuple(reply_of(m) for m in await self.store.replies_to(stored.id))
+                self.metrics.messages.labels(message.channel, Route.DUPLICATE).inc()
+                current = await self.store.get_conversation(conversation.id)
+                return HandleResult(
+                    conversation.id, stored.id, replies, current.status, duplicate=True
+                )
+            # Re-read under the lock: another message may have escalated meanwhile.
+            conversation = await self.store.get_conversation(conversation.id)
+            try:
+                replies, status = await self._respond(conversation, stored, message, started)
+            except StoreUnavailableError:
+                raise
+            except Exception:  # the one per-message boundary: log, apologise, keep the message
+                log.exception("handling message %s of %s failed", stored.id, conversation.id)
+                self.metrics.errors.inc()
+                text = self.router.message("error", message.sender_name)
+                error_reply = await self.store.add_message(
+                    conversation.id, Role.SYSTEM, text, reply_to=stored.id
+                )
+                replies, status = (reply_of(error_reply),), conversation.status
+            self.metrics.stage_seconds.labels("total").observe(time.perf_counter() - started)
+            return HandleResult(conversation.id, stored.id, replies, status)
+
+    async def _respond(
+        self,
+        conversation: Conversation,
+        stored: StoredMessage,
+        message: Message,
+        started: float,
+    ) -> tuple[tuple[Reply, ...], ConversationStatus]:
+        stage = time.perf_counter()
+        understanding = await self.understander.understand(message.text)
+        self.metrics.stage_seconds.labels("nlu").observe(time.perf_counter() - stage)
+
+        if conversation.status != ConversationStatus.BOT:
+            # An agent has this conversation: the bot stays silent, the agent sees the message.
+            await self._finish(stored, understanding, Route.AGENT, {}, started, message.channel)
+            return (), conversation.status
+
+        decision = await self._decide(conversation, message, understanding)
+        status = ConversationStatus.BOT
+        if decision.escalation is not None:
+            await self.store.escalate(conversation.id, decision.escalation)
+            self.metrics.escalations.labels(decision.escalation.reason).inc()
+            status = ConversationStatus.WAITING
+        if decision.failed_turns != conversation.failed_turns:
+            await self.store.set_failed_turns(conversation.id, decision.failed_turns)
+        details = dict(decision.details)
+        if decision.quick_replies:
+            details["quick_replies"] = list(decision.quick_replies)
+        reply = await self.store.add_message(
+            conversation.id,
+            Role.BOT,
+            decision.text,
+            reply_to=stored.id,
+            route=decision.route,
+            details=details,
+        )
+        await self._finish(
+            stored, understanding, decision.route, decision.details, started, message.channel
+        )
+        return (reply_of(reply),), status
+
+    async def _finish(
+        self,
+        stored: StoredMessage,
+        understanding: Understanding,
+        route: Route,
+        details: dict[str, Any],
+        started: float,
+        channel: str,
+    ) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        await self.store.annotate(stored.id, understanding, route, latency_ms, details)
+        self.metrics.messages.labels(channel, route).inc()
+        if route == Route.REPHRASE:
+            self.metrics.fallbacks.inc()
+
+    async def _decide(
+        self, conversation: Conversation, message: Message, understanding: Understanding
+    ) -> _Decision:
+        earlier = await self._earlier_negativity(conversation.id)
+        escalation = self.policy.assess(understanding, earlier)
+        if escalation is not None:
+            return self._handoff(escalation, message)
+        route = self.router.route_for(understanding.intent)
+        if route.kind == "handoff":
+            return self._handoff(
+                Escalation(
+                    ASKED_FOR_HUMAN,
+                    priority=round(1.5 + max(0.0, understanding.negativity), 4),
+                    explanation=f"Routing sends intent {understanding.intent} to a person.",
+                    scores={"negativity": round(understanding.negativity, 4)},
+                ),
+                message,
+            )
+        if route.kind == "response":
+            text = self.router.render(route.responses, message.sender_name)
+            return _Decision(Route.RESPONSE, text, {}, quick_replies=route.quick_replies)
+        if route.kind == "handler" and route.handler:
+            handler = self.router.handlers[route.handler]
+            text = await handler(HandlerContext(message, understanding, conversation.id))
+            return _Decision(
+                Route.HANDLER, text, {"handler": route.handler}, quick_replies=route.quick_replies
+            )
+        stage = time.perf_counter()
+        hits = await self.answers.search(message.text, k=3, intent=understanding.intent)
+        self.metrics.stage_seconds.labels("retrieval").observe(time.perf_counter() - stage)
+        if hits and hits[0].score >= self.min_answer_score:
+            best = hits[0]
+            details = {
+                "source": best.source,
+                "score": round(best.score, 4),
+                "question": best.question,
+            }
+            return _Decision(Route.ANSWER, best.text, details, quick_replies=route.quick_replies)
+        # Fallback ladder: not sure -> retrieval found nothing good -> ask to rephrase ->
+        # after max_failed_turns in a row, a person takes over.
+        failed = conversation.failed_turns + 1
+        escalation = self.policy.after_fallbacks(failed, understanding)
+        if escalation is not None:
+            return self._handoff(escalation, message)
+        details = {"best_score": round(hits[0].score, 4) if hits else None}
+        text = self.router.message("rephrase", message.sender_name)
+        return _Decision(Route.REPHRASE, text, details, failed_turns=failed)
+
+    def _handoff(self, escalation: Escalation, message: Message) -> _Decision:
+        details = {"reason": escalation.reason, "explanation": escalation.explanation}
+        text = self.router.message("handoff", message.sender_name)
+        return _Decision(Route.HANDOFF, text, details, escalation=escalation)
+
+    async def _earlier_negativity(self, conversation_id: str) -> list[float]:
+        window = self.policy.settings.trend_window
+        recent = await self.store.transcript(conversation_id, limit=4 * window)
+        earlier: list[float] = []
+        for m in recent[:-1]:  # the newest message is the one being handled
+            if m.route == Route.HANDOFF or m.role == Role.AGENT:
+                # What led to an earlier hand-off was dealt with by a person: start afresh.
+                earlier = []
+            elif m.role == Role.CUSTOMER and m.negativity is not None:
+                earlier.append(m.negativity)
+        return earlier
+
+    async def record_feedback(self, feedback: Feedback) -> int:
+        """Store feedback on a reply (NotFoundError for an unknown message id)."""
+        feedback_id = await self.store.record_feedback(feedback)
+        self.metrics.feedback.labels(feedback.rating or "label").inc()
+        return feedback_id
+
+    async def resolve(self, conversation_id: str, agent: str) -> None:
+        """An agent is done: the bot answers this conversation again."""
+        await self.store.resolve(conversation_id, agent)

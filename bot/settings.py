@@ -1,0 +1,155 @@
+"""One settings object for the runtime: defaults, then a YAML file, then environment variables.
+
+Environment variables are `SUPPORTBOT_<SECTION>__<KEY>`, e.g. `SUPPORTBOT_STORE__URL` or
+`SUPPORTBOT_TELEGRAM__TOKEN`. Loaded once at start-up by the composition root; each component
+receives only its own section. Secrets are `SecretStr` and never printed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from bot.errors import ConfigurationError
+
+
+class ServerSettings(BaseModel):
+    """HTTP server."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest accepted request body")
+    max_message_chars: int = Field(4000, ge=1, description="longest accepted customer message")
+    public_url: str | None = Field(None, description="URL customers reach, for printed links")
+
+
+class StoreSettings(BaseModel):
+    """Where conversations are kept: a SQLite file by default, PostgreSQL at scale."""
+
+    url: str = "sqlite+aiosqlite:///var/supportbot.db"
+
+
+class ModelSettings(BaseModel):
+    """Which models are served and how they are found."""
+
+    dir: Path = Path("models")
+    train_data: list[Path] = [Path("data")]
+    train_if_missing: bool = Field(True, description="train from train_data on first start")
+    reload_interval_s: float = Field(2.0, gt=0, description="how often the registry is checked")
+    quantize: bool = Field(True, description="int8 dynamic quantization of linear layers (CPU)")
+
+
+class NluSettings(BaseModel):
+    """Micro-batching of model inference."""
+
+    max_batch: int = Field(64, ge=1)
+    max_wait_ms: float = Field(4.0, ge=0, description="longest a request waits for company")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+
+
+class RetrievalSettings(BaseModel):
+    """The answer index."""
+
+    index_dir: Path = Path("models/answers")
+    data: list[Path] = [Path("data/conversations.jsonl")]
+    faq: list[Path] = [Path("data/faq.csv")]
+    min_score: float = Field(0.55, ge=-1, le=1, description="below this, an answer is not used")
+    build_if_missing: bool = True
+
+
+class EscalationSettings(BaseModel):
+    """When the bot hands a conversation to a person."""
+
+    negative_message: float = Field(
+        0.8, description="escalate a message whose negativity (P(neg) - P(pos)) reaches this"
+    )
+    trend_window: int = Field(3, ge=2, description="customer messages in the trend window")
+    negative_trend: float = Field(
+        0.4, description="escalate when mean negativity over the window reaches this"
+    )
+    max_failed_turns: int = Field(2, ge=1, description="fallbacks in a row before a hand-off")
+    handoff_intents: list[str] = ["talk_to_human"]
+    handoff_min_confidence: float = Field(0.5, ge=0, le=1)
+    unclaimed_timeout_s: float = Field(300, gt=0)
+
+
+class RoutingSettings(BaseModel):
+    """Per-intent routing (YAML); the packaged default serves the sample shop."""
+
+    config: Path | None = None
+
+
+class TelegramSettings(BaseModel):
+    """The Telegram connector; runs when a token is set."""
+
+    token: SecretStr | None = None
+    base_url: str = "https://api.telegram.org/bot"
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    secret_token: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    """All of supportbot's runtime settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SUPPORTBOT_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        nested_model_default_partial_update=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    store: StoreSettings = StoreSettings()
+    models: ModelSettings = ModelSettings()
+    nlu: NluSettings = NluSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    escalation: EscalationSettings = EscalationSettings()
+    routing: RoutingSettings = RoutingSettings()
+    telegram: TelegramSettings = TelegramSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Explicit arguments beat the environment, which beats the YAML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("yaml_file"):
+            sources.append(YamlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from a YAML file (optional), the environment and overrides.
+
+    Raises:
+        ConfigurationError: the file is missing or a value is invalid; says which and why.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise ConfigurationError(f"config file {config_file} does not exist; check --config")
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        # A subclass carrying the file name keeps the choice out of global state.
+        config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})
+        cls = type("FileSettings", (Settings,), {"model_config": config})
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        where = f" in {config_file} or SUPPORTBOT_* variables" if config_file else ""
+        raise ConfigurationError(f"invalid settings{where}: {problems}") from exc

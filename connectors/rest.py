@@ -1,0 +1,172 @@
+"""The REST API, including a Rasa-REST-channel-compatible webhook.
+
+Only translation lives here: JSON payload -> `Message` / `Feedback` (the parsers) and
+`HandleResult` / `StoredMessage` -> JSON (the renderers). Domain errors raised here or in the
+core are mapped to HTTP status codes in one place, `bot.app.error_middleware`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from bot.errors import BadRequestError
+from bot.events import Feedback, Message, Reply, StoredMessage
+from bot.service import ConversationService, HandleResult
+
+CHANNEL = "rest"
+RASA_CHANNEL = "rasa-rest"
+MAX_ID_CHARS = 200
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a BadRequestError saying what is wrong."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"the body is not valid JSON ({exc}); send a JSON object") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def _string(body: dict[str, Any], key: str, required: bool, max_chars: int) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequestError(f'field "{key}" is missing; it is required')
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise BadRequestError(f'field "{key}" must be a string, not {type(value).__name__}')
+    text = str(value).strip()
+    if required and not text:
+        raise BadRequestError(f'field "{key}" is empty; send some text')
+    if len(text) > max_chars:
+        raise BadRequestError(f'field "{key}" has {len(text)} characters; the limit is {max_chars}')
+    return text
+
+
+def parse_message(body: dict[str, Any], max_chars: int) -> Message:
+    """`{"sender", "text", "client_id"?, "name"?}` -> Message."""
+    sender = _string(body, "sender", True, MAX_ID_CHARS)
+    text = _string(body, "text", True, max_chars)
+    assert sender is not None and text is not None
+    return Message(
+        channel=CHANNEL,
+        sender=sender,
+        text=text,
+        client_id=_string(body, "client_id", False, MAX_ID_CHARS),
+        sender_name=_string(body, "name", False, MAX_ID_CHARS),
+    )
+
+
+def parse_rasa_message(body: dict[str, Any], max_chars: int) -> Message:
+    """Rasa REST channel `{"sender", "message"}` -> Message."""
+    sender = _string(body, "sender", True, MAX_ID_CHARS)
+    text = _string(body, "message", True, max_chars)
+    assert sender is not None and text is not None
+    return Message(channel=RASA_CHANNEL, sender=sender, text=text)
+
+
+def parse_feedback(body: dict[str, Any]) -> Feedback:
+    """`{"message_id", "rating": "up"|"down", "comment"?}` -> Feedback."""
+    message_id = body.get("message_id")
+    if not isinstance(message_id, int) or isinstance(message_id, bool):
+        raise BadRequestError('field "message_id" must be the integer id of a bot reply')
+    rating = body.get("rating")
+    if rating not in ("up", "down"):
+        raise BadRequestError('field "rating" must be "up" or "down"')
+    return Feedback(
+        message_id=message_id,
+        rating=rating,
+        comment=_string(body, "comment", False, 2000),
+        author=_string(body, "author", False, MAX_ID_CHARS) or "customer",
+    )
+
+
+def render_reply(reply: Reply) -> dict[str, Any]:
+    return {
+        "message_id": reply.message_id,
+        "role": str(reply.role),
+        "text": reply.text,
+        "route": str(reply.route) if reply.route else None,
+        "quick_replies": list(reply.quick_replies),
+        "rateable": reply.rateable,
+    }
+
+
+def render_result(result: HandleResult) -> dict[str, Any]:
+    return {
+        "conversation_id": result.conversation_id,
+        "message_id": result.message_id,
+        "status": str(result.status),
+        "duplicate": result.duplicate,
+        "replies": [render_reply(r) for r in result.replies],
+    }
+
+
+def render_stored(message: StoredMessage) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "role": str(message.role),
+        "text": message.text,
+        "created_at": message.created_at.isoformat(),
+        "intent": message.intent,
+        "intent_confidence": message.intent_confidence,
+        "sentiment": message.sentiment,
+        "negativity": message.negativity,
+        "route": message.route,
+        "model_versions": message.model_versions,
+        "latency_ms": message.latency_ms,
+    }
+
+
+class RestConnector:
+    """HTTP endpoints for sending messages, reading transcripts and posting feedback.
+
+    Args:
+        service: the core.
+        max_message_chars: longest accepted customer message.
+    """
+
+    def __init__(self, service: ConversationService, max_message_chars: int) -> None:
+        self.service = service
+        self.max_message_chars = max_message_chars
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/v1/messages", self.post_message)
+        app.router.add_get("/api/v1/conversations/{conversation_id}", self.get_transcript)
+        app.router.add_post("/api/v1/feedback", self.post_feedback)
+        app.router.add_post("/webhooks/rest/webhook", self.rasa_webhook)
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        message = parse_message(await read_json(request), self.max_message_chars)
+        result = await self.service.handle(message)
+        return web.json_response(render_result(result))
+
+    async def rasa_webhook(self, request: web.Request) -> web.Response:
+        message = parse_rasa_message(await read_json(request), self.max_message_chars)
+        result = await self.service.handle(message)
+        return web.json_response(
+            [{"recipient_id": message.sender, "text": r.text} for r in result.replies]
+        )
+
+    async def get_transcript(self, request: web.Request) -> web.Response:
+        conversation_id = request.match_info["conversation_id"]
+        conversation = await self.service.store.get_conversation(conversation_id)
+        messages = await self.service.store.transcript(conversation_id)
+        return web.json_response(
+            {
+                "conversation_id": conversation.id,
+                "channel": conversation.channel,
+                "status": str(conversation.status),
+                "messages": [render_stored(m) for m in messages],
+            }
+        )
+
+    async def post_feedback(self, request: web.Request) -> web.Response:
+        feedback = parse_feedback(await read_json(request))
+        feedback_id = await self.service.record_feedback(feedback)
+        return web.json_response({"id": feedback_id}, status=201)
