@@ -70,7 +70,9 @@ class ConversationStore(Protocol):
     async def replies_to(self, message_id: int) -> list[StoredMessage]:
         """Messages stored as replies to `message_id`, oldest first."""
 
-    async def transcript(self, conversation_id: str, limit: int | None = None) -> list[StoredMessage]:
+    async def transcript(
+        self, conversation_id: str, limit: int | None = None
+    ) -> list[StoredMessage]:
         """A conversation's messages, oldest first (the last `limit` when given)."""
 
     async def set_failed_turns(self, conversation_id: str, failed_turns: int) -> None:

@@ -36,7 +36,7 @@ import shutil
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,13 @@ from bot.errors import (
     SupportbotError,
 )
 from bot.events import Answer
+from bot.validation import (
+    DataProblemsError,
+    Problem,
+    decoded_lines,
+    json_records,
+    normalize,
+)
 
 PairKind = Literal["conversation", "faq", "approved"]
 Vectors = npt.NDArray[np.float32]
@@ -77,7 +84,6 @@ FORMAT_VERSION = 1
 
 # Higher wins when two pairs share a question.
 _KIND_RANK: dict[str, int] = {"faq": 2, "approved": 1, "conversation": 0}
-_WHITESPACE = re.compile(r"\s+")
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _QUESTION_MARK = re.compile(r"^\*\*Q:\*\*\s*(.*)$", re.IGNORECASE)
 _ANSWER_MARK = re.compile(r"^\*\*A:\*\*\s*(.*)$", re.IGNORECASE)
@@ -130,42 +136,10 @@ class AnswerPair:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with the input, located precisely enough to fix it."""
+class AnswerDataError(DataProblemsError):
+    """The question/answer input has problems; no index was built."""
 
-    file: str
-    line: int | None
-    field: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file} line {self.line}"
-        if self.field:
-            where += f': field "{self.field}"'
-        return f"{where}: {self.message}"
-
-
-class AnswerDataError(SupportbotError):
-    """The question/answer input has problems; no index was built.
-
-    Attributes:
-        problems: every problem found, in file order.
-    """
-
-    MAX_SHOWN = 40
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        shown = [str(p) for p in self.problems[: self.MAX_SHOWN]]
-        more = len(self.problems) - len(shown)
-        if more > 0:
-            shown.append(f"... and {more} more problems")
-        noun = "problem" if len(self.problems) == 1 else "problems"
-        super().__init__(
-            f"{len(self.problems)} {noun} in the answer data; no index was built:\n  "
-            + "\n  ".join(shown)
-        )
+    WHAT = "the answer data; no index was built"
 
 
 class AnswerIndexError(SupportbotError):
@@ -205,64 +179,6 @@ class _Candidate:
     pair: AnswerPair
     when: datetime | None
     order: int
-
-
-def normalize(text: str) -> str:
-    """The key under which two texts count as the same (case and spacing ignored)."""
-    return _WHITESPACE.sub(" ", text).strip().casefold()
-
-
-def _decoded_lines(path: Path, problems: list[Problem]) -> list[str]:
-    """Decode a file line by line as UTF-8, reporting every undecodable line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        problems.append(Problem(str(path), None, None, f"cannot be read ({exc.strerror})"))
-        return []
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        try:
-            lines.append(chunk.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            bad = chunk[exc.start : exc.start + 4]
-            problems.append(
-                Problem(
-                    str(path),
-                    number,
-                    None,
-                    f"bytes {bad!r} at column {exc.start + 1} are not valid UTF-8; "
-                    "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
-                )
-            )
-            lines.append(chunk.decode("utf-8", errors="replace"))
-    return [line.rstrip("\r") for line in lines]
-
-
-def _json_records(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(_decoded_lines(path, problems), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(
-                Problem(
-                    str(path),
-                    number,
-                    None,
-                    f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON "
-                    "object per line",
-                )
-            )
-            continue
-        if not isinstance(record, dict):
-            problems.append(
-                Problem(str(path), number, None, "is not a JSON object; write one object per line")
-            )
-            continue
-        yield number, record
 
 
 def _optional_label(
@@ -455,7 +371,7 @@ def _approved_pairs(
 def _read_jsonl(
     path: Path, problems: list[Problem], report: PairReport, explicit: bool
 ) -> list[_Candidate] | None:
-    records = list(_json_records(path, problems))
+    records = list(json_records(path, problems))
     if any("messages" in record for _, record in records):
         return _conversation_pairs(path, records, problems, report)
     if records and all({"question", "answer"} & set(record) for _, record in records):
@@ -478,7 +394,7 @@ def _read_jsonl(
 
 
 def _read_faq_csv(path: Path, problems: list[Problem], explicit: bool) -> list[_Candidate] | None:
-    lines = _decoded_lines(path, problems)
+    lines = decoded_lines(path, problems)
     if not any(line.strip() for line in lines):
         if explicit:
             problems.append(
@@ -578,7 +494,7 @@ def _read_faq_markdown(
             found.append(_Candidate(pair, None, 0))
         entry = None
 
-    for number, line in enumerate(_decoded_lines(path, problems), start=1):
+    for number, line in enumerate(decoded_lines(path, problems), start=1):
         if _FENCE.match(line):
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)

@@ -54,7 +54,8 @@ class _Decision:
 
 def reply_of(message: StoredMessage) -> Reply:
     """The Reply a stored bot/agent/system message is shown as."""
-    route = Route(message.route) if message.route in Route.__members__.values() else None
+    known = {r.value for r in Route}
+    route = Route(message.route) if message.route in known else None
     return Reply(
         conversation_id=message.conversation_id,
         message_id=message.id,
@@ -216,6 +217,16 @@ class ConversationService:
         channel: str,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
+        # The runner-up guesses are what an agent or a retraining run wants to see next to
+        # the message, so they are kept with it.
+        details = {
+            **details,
+            "top_intents": [[s.label, round(s.score, 4)] for s in understanding.top_intents],
+            "sentiment_scores": {
+                s.label: round(s.score, 4) for s in understanding.sentiment_scores
+            },
+            "abstained": understanding.intent is None,
+        }
         await self.store.annotate(stored.id, understanding, route, latency_ms, details)
         self.metrics.messages.labels(channel, route).inc()
         if route == Route.REPHRASE:

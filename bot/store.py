@@ -23,7 +23,7 @@ from uuid import uuid4
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Connection, event, select, text
+from sqlalchemy import Connection, Select, event, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -166,7 +166,7 @@ def create_store_engine(
             },
         )
 
-    engine = create_async_engine(parsed, echo=echo, connect_args={"timeout": timeout})
+    engine = create_async_engine(parsed, echo=echo)
     busy_ms = max(1, int(timeout * 1000))
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -203,7 +203,7 @@ def lock_for_migration(connection: Connection) -> None:
     SQLite needs nothing: the migration transaction holds the database's write lock.
     The PostgreSQL lock is released when the surrounding transaction ends.
     """
-    if False:
+    if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
 
 
@@ -300,7 +300,7 @@ class SqlConversationStore:
     async def ping(self) -> None:
         """Check that the database answers a trivial query within the timeout.
 
-        Works before `start()` too, so a health check can tell "not reachable" apart.
+        Works before `start()` too: it opens the connection it needs.
 
         Raises:
             StoreUnavailableError: no answer, or an error, within `timeout` seconds.
@@ -806,13 +806,13 @@ class SqlConversationStore:
         return _conversation(row)
 
 
-def _by_client_id(conversation_id: str, client_id: str) -> Any:
+def _by_client_id(conversation_id: str, client_id: str) -> Select[MessageRow]:
     return select(MessageRow).where(
         MessageRow.conversation_id == conversation_id, MessageRow.client_id == client_id
     )
 
 
-def _unresolved(conversation_id: str) -> Any:
+def _unresolved(conversation_id: str) -> Select[EscalationRow]:
     return select(EscalationRow).where(
         EscalationRow.conversation_id == conversation_id, EscalationRow.status.in_(UNRESOLVED)
     )

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,13 @@ from typing import Any
 import yaml
 
 from bot.errors import SupportbotError
+from bot.validation import (
+    DataProblemsError,
+    Problem,
+    decoded_lines,
+    json_records,
+    normalize,
+)
 
 TASKS = ("intent", "sentiment")
 CONVERSATION_SUFFIXES = {".jsonl", ".json", ".ndjson"}
@@ -35,7 +41,6 @@ SUPPORTED_SUFFIXES = CONVERSATION_SUFFIXES | FLAT_SUFFIXES | RASA_SUFFIXES
 TEXT_COLUMN_CANDIDATES = ("text", "utterance", "message", "query")
 # Rasa marks entities inline as [text](entity) or [text]{"entity": ...}; the label is the intent.
 _RASA_ENTITY = re.compile(r"\[([^\]]+)\](?:\([^)]*\)|\{[^}]*\})")
-_WHITESPACE = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,42 +53,10 @@ class Example:
     line: int
 
 
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with the input, located precisely enough to fix it."""
+class DataValidationError(DataProblemsError):
+    """The input data has problems; nothing was trained."""
 
-    file: str
-    line: int | None
-    field: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.file if self.line is None else f"{self.file} line {self.line}"
-        if self.field:
-            where += f': field "{self.field}"'
-        return f"{where}: {self.message}"
-
-
-class DataValidationError(SupportbotError):
-    """The input data has problems; nothing was trained.
-
-    Attributes:
-        problems: every problem found, in file order.
-    """
-
-    MAX_SHOWN = 40
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = list(problems)
-        shown = [str(p) for p in self.problems[: self.MAX_SHOWN]]
-        more = len(self.problems) - len(shown)
-        if more > 0:
-            shown.append(f"... and {more} more problems")
-        noun = "problem" if len(self.problems) == 1 else "problems"
-        super().__init__(
-            f"{len(self.problems)} {noun} in the training data; nothing was trained:\n  "
-            + "\n  ".join(shown)
-        )
+    WHAT = "the training data; nothing was trained"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,39 +89,6 @@ class LoadReport:
                 "the test set"
             )
         return out
-
-
-def normalize(text: str) -> str:
-    """The key under which two texts count as the same (case and spacing ignored)."""
-    return _WHITESPACE.sub(" ", text).strip().casefold()
-
-
-def _decoded_lines(path: Path, problems: list[Problem]) -> list[str]:
-    """Decode a file line by line as UTF-8, reporting every undecodable line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        problems.append(Problem(str(path), None, None, f"cannot be read ({exc.strerror})"))
-        return []
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    lines = []
-    for number, chunk in enumerate(raw.split(b"\n"), start=1):
-        try:
-            lines.append(chunk.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            bad = chunk[exc.start : exc.start + 4]
-            problems.append(
-                Problem(
-                    str(path),
-                    number,
-                    None,
-                    f"bytes {bad!r} at column {exc.start + 1} are not valid UTF-8; "
-                    "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
-                )
-            )
-            lines.append(chunk.decode("utf-8", errors="replace"))
-    return [line.rstrip("\r") for line in lines]
 
 
 def _label_field(task: str, columns: Columns, available: Iterable[str]) -> str | None:
@@ -201,7 +141,7 @@ class _Collector:
 def _read_flat_csv(
     path: Path, task: str, columns: Columns, problems: list[Problem], explicit: bool
 ) -> list[Example] | None:
-    lines = _decoded_lines(path, problems)
+    lines = decoded_lines(path, problems)
     if not lines or not any(line.strip() for line in lines):
         problems.append(Problem(str(path), None, None, "is empty; expected a header row and data"))
         return []
@@ -253,31 +193,6 @@ def _read_flat_csv(
             continue
         collector.add(line, row[ti], row[li], text_field, label_field, "row")
     return collector.examples
-
-
-def _json_records(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(_decoded_lines(path, problems), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(
-                Problem(
-                    str(path),
-                    number,
-                    None,
-                    f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON "
-                    "object per line",
-                )
-            )
-            continue
-        if not isinstance(record, dict):
-            problems.append(
-                Problem(str(path), number, None, "is not a JSON object; write one object per line")
-            )
-            continue
-        yield number, record
 
 
 def _conversation_examples(
@@ -362,7 +277,7 @@ def _flat_json_examples(
 def _rasa_examples(
     path: Path, task: str, problems: list[Problem], explicit: bool
 ) -> list[Example] | None:
-    lines = _decoded_lines(path, problems)
+    lines = decoded_lines(path, problems)
     text = "\n".join(lines)
     try:
         document = yaml.safe_load(text)
@@ -441,7 +356,7 @@ def _read_file(
         return _read_flat_csv(path, task, columns, problems, explicit)
     if suffix in RASA_SUFFIXES:
         return _rasa_examples(path, task, problems, explicit)
-    records = list(_json_records(path, problems))
+    records = list(json_records(path, problems))
     if records and any("messages" in r for _, r in records):
         return _conversation_examples(path, task, records, problems)
     return _flat_json_examples(path, task, columns, records, problems, explicit)

@@ -70,6 +70,10 @@ async def test_question_is_answered_from_past_agent_answers(client: TestClient[A
     assert customer["model_versions"] == {"intent": "v1", "sentiment": "v1"}
     assert customer["latency_ms"] > 0 and customer["sentiment"] in ("negative", "neutral", "positive")
     assert bot["role"] == "bot" and bot["text"] == reply["text"]
+    [stored, _] = await client.app[RUNTIME].store.transcript(body["conversation_id"])
+    assert stored.details["top_intents"][0][0] == "refund_status"
+    assert set(stored.details["sentiment_scores"]) == {"negative", "neutral", "positive"}
+    assert stored.details["source"].endswith("conversations.jsonl:1")
 
 
 async def test_fallback_ladder_then_handoff_then_silence_until_resolved(

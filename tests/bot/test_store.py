@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ from bot.events import (
     Scored,
     Understanding,
 )
+from bot.ports import ConversationStore
 from bot.schema import Base, UTCDateTime
 from bot.store import MIGRATIONS_DIR, SqlConversationStore, create_store_engine, normalize_url
 
@@ -85,6 +87,7 @@ async def pg_admin(sql: str) -> None:
         await connection.close()
 
 
+@asynccontextmanager
 async def pg_schema() -> AsyncIterator[str]:
     """The URL of a new login role whose tables land in a schema of its own.
 
@@ -114,16 +117,16 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'supportbot.db'}"
     else:
-        async for url in pg_schema():
+        async with pg_schema() as url:
             yield url
 
 
 @pytest.fixture
 async def pg_url() -> AsyncIterator[str]:
-    """An empty PostgreSQL database, for what only a server can do (go away and come back)."""
+    """An empty PostgreSQL schema, for what only a server can do (e.g. go away, come back)."""
     if PG_SKIP_REASON is not None:
         pytest.skip(PG_SKIP_REASON)
-    async for url in pg_schema():
+    async with pg_schema() as url:
         yield url
 
 
@@ -175,6 +178,12 @@ def angry(priority: float = 0.8) -> Escalation:
 
 async def gather_results(*calls: Awaitable[T]) -> list[T | BaseException]:
     return list(await asyncio.gather(*calls, return_exceptions=True))
+
+
+def test_the_store_implements_the_port(tmp_path: Path) -> None:
+    # mypy checks every method's signature against the Protocol on this assignment.
+    store: ConversationStore = SqlConversationStore(f"sqlite:///{tmp_path / 'bot.db'}")
+    assert store is not None
 
 
 # -- conversations ---------------------------------------------------------------------------
@@ -467,7 +476,7 @@ async def test_concurrent_claims_let_one_agent_win(
     assert len(winners) == 1 and len(losers) == 1
     assert isinstance(losers[0], ConflictError)
     holder = (await replica_b.get_conversation(conversation.id)).assignee
-    assert holder == winners[0].assignee  # type: ignore[union-attr]
+    assert holder == winners[0].assignee
 
 
 async def test_open_escalations_are_most_urgent_first_then_oldest(

@@ -1,0 +1,114 @@
+"""Reading user-supplied data files: UTF-8 lines, JSON lines, and located problems.
+
+Shared by training-data ingestion and the answer index, so both report bad input the same way:
+every problem names file, line and field and says how to fix it, and all are reported at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.errors import SupportbotError
+
+_WHITESPACE = re.compile(r"\s+")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the input, located precisely enough to fix it."""
+
+    file: str
+    line: int | None
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file} line {self.line}"
+        if self.field:
+            where += f': field "{self.field}"'
+        return f"{where}: {self.message}"
+
+
+class DataProblemsError(SupportbotError):
+    """Input data has problems; nothing was built from it.
+
+    Attributes:
+        problems: every problem found, in file order.
+    """
+
+    MAX_SHOWN = 40
+    #: completes "N problems in ...", e.g. "the training data; nothing was trained".
+    WHAT = "the data; nothing was done"
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        shown = [str(p) for p in self.problems[: self.MAX_SHOWN]]
+        more = len(self.problems) - len(shown)
+        if more > 0:
+            shown.append(f"... and {more} more problems")
+        noun = "problem" if len(self.problems) == 1 else "problems"
+        super().__init__(f"{len(self.problems)} {noun} in {self.WHAT}:\n  " + "\n  ".join(shown))
+
+
+def normalize(text: str) -> str:
+    """The key under which two texts count as the same (case and spacing ignored)."""
+    return _WHITESPACE.sub(" ", text).strip().casefold()
+
+
+def decoded_lines(path: Path, problems: list[Problem]) -> list[str]:
+    """Decode a file line by line as UTF-8, reporting every undecodable line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        problems.append(Problem(str(path), None, None, f"cannot be read ({exc.strerror})"))
+        return []
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]
+    lines = []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            lines.append(chunk.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            bad = chunk[exc.start : exc.start + 4]
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    None,
+                    f"bytes {bad!r} at column {exc.start + 1} are not valid UTF-8; "
+                    "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+                )
+            )
+            lines.append(chunk.decode("utf-8", errors="replace"))
+    return [line.rstrip("\r") for line in lines]
+
+
+def json_records(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file; bad lines are problems."""
+    for number, line in enumerate(decoded_lines(path, problems), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(
+                Problem(
+                    str(path),
+                    number,
+                    None,
+                    f"is not valid JSON ({exc.msg} at column {exc.colno}); write one JSON "
+                    "object per line",
+                )
+            )
+            continue
+        if not isinstance(record, dict):
+            problems.append(
+                Problem(str(path), number, None, "is not a JSON object; write one object per line")
+            )
+            continue
+        yield number, record
