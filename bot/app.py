@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.batching import MicroBatcher
+from bot.delivery import Dispatcher
 from bot.errors import (
     BadRequestError,
     ConfigurationError,
@@ -73,6 +74,7 @@ class Runtime:
     service: ConversationService
     metrics: Metrics
     executor: ThreadPoolExecutor
+    dispatcher: Dispatcher
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -109,6 +111,7 @@ def build_runtime(settings: Settings) -> Runtime:
     )
     router = Router(RoutingConfig.load(settings.routing.config))
     router.check()
+    dispatcher = Dispatcher()
     service = ConversationService(
         store,
         understander,
@@ -117,9 +120,19 @@ def build_runtime(settings: Settings) -> Runtime:
         EscalationPolicy(settings.escalation),
         metrics,
         settings.retrieval.min_score,
+        dispatcher,
     )
     return Runtime(
-        settings, store, understander, answers, embedder, embed_batcher, service, metrics, executor
+        settings,
+        store,
+        understander,
+        answers,
+        embedder,
+        embed_batcher,
+        service,
+        metrics,
+        executor,
+        dispatcher,
     )
 
 

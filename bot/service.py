@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from bot.delivery import Dispatcher
 from bot.errors import StoreUnavailableError
 from bot.escalation import ASKED_FOR_HUMAN, EscalationPolicy
 from bot.events import (
@@ -100,6 +101,7 @@ class ConversationService:
         policy: the escalation policy.
         metrics: counters to update.
         min_answer_score: retrieved answers below this similarity are not used.
+        dispatcher: pushes agent replies to the customer's channel.
     """
 
     def __init__(
@@ -111,6 +113,7 @@ class ConversationService:
         policy: EscalationPolicy,
         metrics: Metrics,
         min_answer_score: float,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self.store = store
         self.understander = understander
@@ -119,6 +122,7 @@ class ConversationService:
         self.policy = policy
         self.metrics = metrics
         self.min_answer_score = min_answer_score
+        self.dispatcher = dispatcher or Dispatcher()
         self._locks = _KeyedLocks()
 
     async def handle(self, message: Message) -> HandleResult:
@@ -306,3 +310,18 @@ class ConversationService:
     async def resolve(self, conversation_id: str, agent: str) -> None:
         """An agent is done: the bot answers this conversation again."""
         await self.store.resolve(conversation_id, agent)
+
+    async def agent_reply(self, conversation_id: str, agent: str, text: str) -> Reply:
+        """Store an agent's reply and push it to the customer's channel.
+
+        Raises:
+            NotFoundError: unknown conversation.
+            DeliveryError: stored, but the channel could not deliver it now.
+        """
+        conversation = await self.store.get_conversation(conversation_id)
+        stored = await self.store.add_message(
+            conversation_id, Role.AGENT, text, route=Route.AGENT, details={"agent": agent}
+        )
+        reply = reply_of(stored)
+        await self.dispatcher.deliver(conversation, reply)
+        return reply
