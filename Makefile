@@ -8,7 +8,7 @@ MODELS ?= models
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean chromium
 
 install: $(VENV)/.installed
 
@@ -19,12 +19,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(BIN)/supportbot train intent --data data/ --out $(MODELS)
-	$(BIN)/supportbot train sentiment --data data/ --out $(MODELS)
-	$(BIN)/supportbot models list --out $(MODELS)
+	$(BIN)/supportbot serve
 
-test: install
+test: install chromium
 	$(BIN)/pytest
+
+# Browser tests drive Debian's chromium through Playwright (never `playwright install`).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 lint: install
 	$(BIN)/ruff check bot training connectors tests benchmarks

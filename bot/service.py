@@ -301,6 +301,46 @@ class ConversationService:
                 earlier.append(m.negativity)
         return earlier
 
+    async def request_handoff(self, message: Message) -> HandleResult:
+        """The customer explicitly asked for a person (e.g. Telegram's /human command).
+
+        The message is stored like any other; the conversation is escalated at once with
+        reason `asked_for_human`, unless an agent already has it.
+        """
+        conversation = await self.store.conversation(
+            message.channel, message.sender, message.sender_name
+        )
+        async with self._locks.hold(conversation.id):
+            stored, new = await self.store.add_customer_message(
+                conversation.id, message.text, message.client_id
+            )
+            conversation = await self.store.get_conversation(conversation.id)
+            if not new:
+                replies = tuple(reply_of(m) for m in await self.store.replies_to(stored.id))
+                return HandleResult(
+                    conversation.id, stored.id, replies, conversation.status, duplicate=True
+                )
+            if conversation.status != ConversationStatus.BOT:
+                text = self.router.message("waiting", message.sender_name)
+                route = Route.AGENT
+            else:
+                escalation = Escalation(
+                    ASKED_FOR_HUMAN,
+                    priority=1.5,
+                    explanation="The customer asked for a person with a command.",
+                    scores={},
+                )
+                await self.store.escalate(conversation.id, escalation)
+                self.metrics.escalations.labels(escalation.reason).inc()
+                text = self.router.message("handoff", message.sender_name)
+                route = Route.HANDOFF
+            reply = await self.store.add_message(
+                conversation.id, Role.BOT, text, reply_to=stored.id, route=route
+            )
+            self.metrics.messages.labels(message.channel, route).inc()
+            current = await self.store.get_conversation(conversation.id)
+            return HandleResult(conversation.id, stored.id, (reply_of(reply),), current.status)
+
     async def record_feedback(self, feedback: Feedback) -> int:
         """Store feedback on a reply (NotFoundError for an unknown message id)."""
         feedback_id = await self.store.record_feedback(feedback)

@@ -87,6 +87,18 @@ class RoutingSettings(BaseModel):
     config: Path | None = None
 
 
+class WidgetSettings(BaseModel):
+    """The embeddable web chat widget."""
+
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="pages (scheme://host[:port]) allowed to open the widget's socket; the "
+        "bot's own origin is always allowed; '*' allows any",
+    )
+    title: str = "Brightcart support"
+    max_queued_messages: int = Field(50, ge=1)
+
+
 class TelegramSettings(BaseModel):
     """The Telegram connector; runs when a token is set."""
 
@@ -115,6 +127,7 @@ class Settings(BaseSettings):
     escalation: EscalationSettings = EscalationSettings()
     routing: RoutingSettings = RoutingSettings()
     telegram: TelegramSettings = TelegramSettings()
+    widget: WidgetSettings = WidgetSettings()
 
     @classmethod
     def settings_customise_sources(
