@@ -29,6 +29,44 @@ _REPLY = {
     },
 }
 
+_RESULT = {
+    "type": "object",
+    "properties": {
+        "conversation_id": {"type": "string"},
+        "message_id": {"type": "integer"},
+        "status": {"type": "string", "enum": ["bot", "waiting", "claimed"]},
+        "duplicate": {"type": "boolean"},
+        "replies": {"type": "array", "items": _REPLY},
+    },
+}
+
+_ANSWER = {
+    "type": "object",
+    "properties": {
+        "text": {"type": "string"},
+        "score": {"type": "number", "description": "cosine similarity of the questions"},
+        "source": {"type": "string", "description": "file and line it came from"},
+        "question": {"type": "string", "description": "the past question it answered"},
+    },
+}
+
+_UNDERSTANDING = {
+    "type": "object",
+    "properties": {
+        "intent": {"type": "string", "nullable": True, "description": "null: abstained"},
+        "intent_confidence": {"type": "number"},
+        "top_intents": {
+            "type": "array",
+            "description": "[label, probability] pairs, best first",
+            "items": {"type": "array", "items": {}},
+        },
+        "sentiment": {"type": "string", "enum": ["negative", "neutral", "positive"]},
+        "negativity": {"type": "number", "description": "P(negative) - P(positive)"},
+        "sentiment_scores": {"type": "object", "additionalProperties": {"type": "number"}},
+        "model_versions": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -69,23 +107,7 @@ OPENAPI: dict[str, Any] = {
                     "200": {
                         "description": "Stored and answered (replies may be empty while an "
                         "agent has the conversation)",
-                        "content": {
-                            "application/json": {
-                                "schema": {
-                                    "type": "object",
-                                    "properties": {
-                                        "conversation_id": {"type": "string"},
-                                        "message_id": {"type": "integer"},
-                                        "status": {
-                                            "type": "string",
-                                            "enum": ["bot", "waiting", "claimed"],
-                                        },
-                                        "duplicate": {"type": "boolean"},
-                                        "replies": {"type": "array", "items": _REPLY},
-                                    },
-                                }
-                            }
-                        },
+                        "content": {"application/json": {"schema": _RESULT}},
                     },
                     "400": _ERROR,
                     "413": {"description": "Body larger than server.max_body_bytes"},
@@ -153,6 +175,113 @@ OPENAPI: dict[str, Any] = {
                     },
                 },
                 "responses": {"200": {"description": "The bot's replies"}, "400": _ERROR},
+            }
+        },
+        "/api/v1/answers/search": {
+            "post": {
+                "summary": "Search past agents' answers and the FAQ (nothing is stored)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["text"],
+                                "properties": {
+                                    "text": {"type": "string", "maxLength": 4000},
+                                    "k": {
+                                        "type": "integer",
+                                        "minimum": 1,
+                                        "maximum": 20,
+                                        "default": 3,
+                                    },
+                                    "intent": {
+                                        "type": "string",
+                                        "description": "search this intent's answers only, "
+                                        "when the index has any",
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "The best answers, best first; the bot itself uses one "
+                        "only when its score reaches min_score",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "answers": {"type": "array", "items": _ANSWER},
+                                        "min_score": {"type": "number"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _ERROR,
+                },
+            }
+        },
+        "/api/v1/understand": {
+            "post": {
+                "summary": "Intent and sentiment of a text (nothing is stored)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["text"],
+                                "properties": {"text": {"type": "string", "maxLength": 4000}},
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "What the live models make of the text",
+                        "content": {"application/json": {"schema": _UNDERSTANDING}},
+                    },
+                    "400": _ERROR,
+                    "503": _ERROR,
+                },
+            }
+        },
+        "/api/v1/handoff": {
+            "post": {
+                "summary": "Hand a customer's conversation to the agent queue",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["sender"],
+                                "properties": {
+                                    "sender": {"type": "string"},
+                                    "text": {
+                                        "type": "string",
+                                        "description": "the customer's last message, stored "
+                                        "for the agent",
+                                    },
+                                    "channel": {"type": "string", "default": "rasa"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "Escalated (or already with an agent); same body as "
+                        "POST /api/v1/messages",
+                        "content": {"application/json": {"schema": _RESULT}},
+                    },
+                    "400": _ERROR,
+                    "503": _ERROR,
+                },
             }
         },
         "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},

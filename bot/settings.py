@@ -24,8 +24,8 @@ from bot.errors import ConfigurationError
 class ServerSettings(BaseModel):
     """HTTP server."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="bind address (0.0.0.0 for all interfaces)")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest accepted request body")
     max_message_chars: int = Field(4000, ge=1, description="longest accepted customer message")
     public_url: str | None = Field(None, description="URL customers reach, for printed links")
@@ -34,14 +34,19 @@ class ServerSettings(BaseModel):
 class StoreSettings(BaseModel):
     """Where conversations are kept: a SQLite file by default, PostgreSQL at scale."""
 
-    url: str = "sqlite+aiosqlite:///var/supportbot.db"
+    url: str = Field(
+        "sqlite+aiosqlite:///var/supportbot.db",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB",
+    )
 
 
 class ModelSettings(BaseModel):
     """Which models are served and how they are found."""
 
-    dir: Path = Path("models")
-    train_data: list[Path] = [Path("data")]
+    dir: Path = Field(Path("models"), description="models directory with registry.json")
+    train_data: list[Path] = Field(
+        [Path("data")], description="training data for the first start (JSON list in env)"
+    )
     train_if_missing: bool = Field(True, description="train from train_data on first start")
     reload_interval_s: float = Field(2.0, gt=0, description="how often the registry is checked")
     quantize: bool = Field(True, description="int8 dynamic quantization of linear layers (CPU)")
@@ -50,7 +55,7 @@ class ModelSettings(BaseModel):
 class NluSettings(BaseModel):
     """Micro-batching of model inference."""
 
-    max_batch: int = Field(64, ge=1)
+    max_batch: int = Field(64, ge=1, description="most texts in one model call")
     max_wait_ms: float = Field(4.0, ge=0, description="longest a request waits for company")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
 
@@ -58,11 +63,13 @@ class NluSettings(BaseModel):
 class RetrievalSettings(BaseModel):
     """The answer index."""
 
-    index_dir: Path = Path("models/answers")
-    data: list[Path] = [Path("data/conversations.jsonl")]
-    faq: list[Path] = [Path("data/faq.csv")]
+    index_dir: Path = Field(Path("models/answers"), description="answer index directory")
+    data: list[Path] = Field(
+        [Path("data/conversations.jsonl")], description="logs to build a missing index from"
+    )
+    faq: list[Path] = Field([Path("data/faq.csv")], description="FAQ files for a missing index")
     min_score: float = Field(0.55, ge=-1, le=1, description="below this, an answer is not used")
-    build_if_missing: bool = True
+    build_if_missing: bool = Field(True, description="build the index on first start")
 
 
 class EscalationSettings(BaseModel):
@@ -76,15 +83,18 @@ class EscalationSettings(BaseModel):
         0.4, description="escalate when mean negativity over the window reaches this"
     )
     max_failed_turns: int = Field(2, ge=1, description="fallbacks in a row before a hand-off")
-    handoff_intents: list[str] = ["talk_to_human"]
-    handoff_min_confidence: float = Field(0.5, ge=0, le=1)
-    unclaimed_timeout_s: float = Field(300, gt=0)
+    handoff_intents: list[str] = Field(
+        ["talk_to_human"], description='intents that mean "I want a person"'
+    )
+    handoff_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="confidence a hand-off intent needs"
+    )
 
 
 class RoutingSettings(BaseModel):
     """Per-intent routing (YAML); the packaged default serves the sample shop."""
 
-    config: Path | None = None
+    config: Path | None = Field(None, description="routing YAML (default: bot/routing.yml)")
 
 
 class WidgetSettings(BaseModel):
@@ -95,18 +105,26 @@ class WidgetSettings(BaseModel):
         description="pages (scheme://host[:port]) allowed to open the widget's socket; the "
         "bot's own origin is always allowed; '*' allows any",
     )
-    title: str = "Brightcart support"
-    max_queued_messages: int = Field(50, ge=1)
+    title: str = Field("Brightcart support", description="title of the chat panel")
+    max_queued_messages: int = Field(
+        50, ge=1, description="messages a browser queues while offline"
+    )
 
 
 class TelegramSettings(BaseModel):
     """The Telegram connector; runs when a token is set."""
 
-    token: SecretStr | None = None
-    base_url: str = "https://api.telegram.org/bot"
-    mode: Literal["polling", "webhook"] = "polling"
-    webhook_url: str | None = None
-    secret_token: SecretStr | None = None
+    token: SecretStr | None = Field(None, description="bot token from @BotFather; enables Telegram")
+    base_url: str = Field(
+        "https://api.telegram.org/bot", description="Bot API base URL (the token is appended)"
+    )
+    mode: Literal["polling", "webhook"] = Field("polling", description="polling or webhook")
+    webhook_url: str | None = Field(
+        None, description="public https URL of /telegram/webhook (webhook mode)"
+    )
+    secret_token: SecretStr | None = Field(
+        None, description="checked on every webhook update (X-Telegram-Bot-Api-Secret-Token)"
+    )
 
 
 class Settings(BaseSettings):

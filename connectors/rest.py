@@ -1,4 +1,5 @@
-"""The REST API, including a Rasa-REST-channel-compatible webhook.
+"""The REST API, including a Rasa-REST-channel-compatible webhook and the endpoints the Rasa
+action server (`connectors/rasa_actions.py`) calls: answer search, understanding, hand-off.
 
 Only translation lives here: JSON payload -> `Message` / `Feedback` (the parsers) and
 `HandleResult` / `StoredMessage` -> JSON (the renderers). Domain errors raised here or in the
@@ -8,17 +9,30 @@ core are mapped to HTTP status codes in one place, `bot.app.error_middleware`.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from bot.errors import BadRequestError
-from bot.events import Feedback, Message, Reply, StoredMessage
+from bot.events import Answer, Feedback, Message, Reply, StoredMessage, Understanding
 from bot.service import ConversationService, HandleResult
 
 CHANNEL = "rest"
 RASA_CHANNEL = "rasa-rest"
+HANDOFF_CHANNEL = "rasa"
+HANDOFF_TEXT = "(handed over by the Rasa assistant)"
 MAX_ID_CHARS = 200
+MAX_K = 20
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerQuery:
+    """A request to search the answer index (`POST /api/v1/answers/search`)."""
+
+    text: str
+    k: int = 3
+    intent: str | None = None
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
@@ -70,6 +84,39 @@ def parse_rasa_message(body: dict[str, Any], max_chars: int) -> Message:
     return Message(channel=RASA_CHANNEL, sender=sender, text=text)
 
 
+def parse_answer_query(body: dict[str, Any], max_chars: int) -> AnswerQuery:
+    """`{"text", "k"?: 3, "intent"?}` -> AnswerQuery."""
+    text = _string(body, "text", True, max_chars)
+    assert text is not None
+    k = body.get("k", 3)
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise BadRequestError(
+            f'field "k" must be an integer from 1 to {MAX_K} (how many answers), not {k!r}'
+        )
+    return AnswerQuery(text=text, k=k, intent=_string(body, "intent", False, MAX_ID_CHARS))
+
+
+def parse_text(body: dict[str, Any], max_chars: int) -> str:
+    """`{"text"}` -> the text (`POST /api/v1/understand`)."""
+    text = _string(body, "text", True, max_chars)
+    assert text is not None
+    return text
+
+
+def parse_handoff(body: dict[str, Any], max_chars: int) -> Message:
+    """`{"sender", "text"?, "channel"?: "rasa"}` -> the Message that asks for a person."""
+    sender = _string(body, "sender", True, MAX_ID_CHARS)
+    assert sender is not None
+    channel = _string(body, "channel", False, MAX_ID_CHARS)
+    if channel == "":
+        raise BadRequestError('field "channel" is empty; leave it out to use "rasa"')
+    return Message(
+        channel=channel or HANDOFF_CHANNEL,
+        sender=sender,
+        text=_string(body, "text", False, max_chars) or HANDOFF_TEXT,
+    )
+
+
 def parse_feedback(body: dict[str, Any]) -> Feedback:
     """`{"message_id", "rating": "up"|"down", "comment"?}` -> Feedback."""
     message_id = body.get("message_id")
@@ -107,6 +154,28 @@ def render_result(result: HandleResult) -> dict[str, Any]:
     }
 
 
+def render_answers(answers: list[Answer], min_score: float) -> dict[str, Any]:
+    return {
+        "answers": [
+            {"text": a.text, "score": a.score, "source": a.source, "question": a.question}
+            for a in answers
+        ],
+        "min_score": min_score,
+    }
+
+
+def render_understanding(understanding: Understanding) -> dict[str, Any]:
+    return {
+        "intent": understanding.intent,
+        "intent_confidence": understanding.intent_confidence,
+        "top_intents": [[s.label, s.score] for s in understanding.top_intents],
+        "sentiment": understanding.sentiment,
+        "negativity": understanding.negativity,
+        "sentiment_scores": {s.label: s.score for s in understanding.sentiment_scores},
+        "model_versions": understanding.model_versions,
+    }
+
+
 def render_stored(message: StoredMessage) -> dict[str, Any]:
     return {
         "id": message.id,
@@ -140,6 +209,10 @@ class RestConnector:
         app.router.add_get("/api/v1/conversations/{conversation_id}", self.get_transcript)
         app.router.add_post("/api/v1/feedback", self.post_feedback)
         app.router.add_post("/webhooks/rest/webhook", self.rasa_webhook)
+        # What the Rasa action server (connectors/rasa_actions.py) calls.
+        app.router.add_post("/api/v1/answers/search", self.search_answers)
+        app.router.add_post("/api/v1/understand", self.understand)
+        app.router.add_post("/api/v1/handoff", self.post_handoff)
 
     async def post_message(self, request: web.Request) -> web.Response:
         message = parse_message(await read_json(request), self.max_message_chars)
@@ -152,6 +225,21 @@ class RestConnector:
         return web.json_response(
             [{"recipient_id": message.sender, "text": r.text} for r in result.replies]
         )
+
+    async def search_answers(self, request: web.Request) -> web.Response:
+        query = parse_answer_query(await read_json(request), self.max_message_chars)
+        answers = await self.service.answers.search(query.text, k=query.k, intent=query.intent)
+        return web.json_response(render_answers(answers, self.service.min_answer_score))
+
+    async def understand(self, request: web.Request) -> web.Response:
+        text = parse_text(await read_json(request), self.max_message_chars)
+        understanding = await self.service.understander.understand(text)
+        return web.json_response(render_understanding(understanding))
+
+    async def post_handoff(self, request: web.Request) -> web.Response:
+        message = parse_handoff(await read_json(request), self.max_message_chars)
+        result = await self.service.request_handoff(message)
+        return web.json_response(render_result(result))
 
     async def get_transcript(self, request: web.Request) -> web.Response:
         conversation_id = request.match_info["conversation_id"]
