@@ -33,6 +33,8 @@ from bot.service import ConversationService
 from bot.settings import Settings
 from bot.store import SqlConversationStore
 from connectors.rest import RestConnector
+from connectors.telegram import TelegramConnector
+from connectors.widget import WidgetConnector
 
 log = logging.getLogger(__name__)
 
@@ -201,4 +203,19 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/api/v1/openapi.json", openapi)
     RestConnector(runtime.service, settings.server.max_message_chars).add_routes(app)
+    WidgetConnector(
+        runtime.service, settings.widget, runtime.dispatcher, settings.server.max_message_chars
+    ).add_routes(app)
+    if settings.telegram.token is not None:
+        telegram = TelegramConnector(runtime.service, settings.telegram, runtime.dispatcher)
+        telegram.add_routes(app)
+
+        async def telegram_lifecycle(app: web.Application) -> AsyncIterator[None]:
+            await telegram.start()
+            try:
+                yield
+            finally:
+                await telegram.stop()
+
+        app.cleanup_ctx.append(telegram_lifecycle)
     return app

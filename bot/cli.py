@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every command registered explicitly."""
     from bot.retrieval_cli import add_parsers as add_index_parsers
     from bot.serve import add_parsers as add_serve_parsers
+    from connectors.rasa_cli import add_parsers as add_rasa_parsers
     from training.cli import add_parsers as add_training_parsers
 
     parser = argparse.ArgumentParser(
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parsers(commands)
     add_training_parsers(commands)
     add_index_parsers(commands)
+    add_rasa_parsers(commands)
     return parser
 
 

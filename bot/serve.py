@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     serve.add_argument("--config", type=Path, help="YAML settings file")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="train missing models, build a missing answer index, migrate the database, exit",
+    )
     serve.set_defaults(handler=run_serve)
 
 
@@ -66,6 +72,15 @@ def prepare(settings: Settings) -> None:
             Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
+async def migrate(settings: Settings) -> None:
+    """Bring the database schema up to date (what every replica also does at start)."""
+    from bot.store import SqlConversationStore
+
+    store = SqlConversationStore(settings.store.url)
+    await store.start()
+    await store.stop()
+
+
 def run_serve(ns: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     server = {k: v for k, v in (("host", ns.host), ("port", ns.port)) if v is not None}
@@ -73,6 +88,10 @@ def run_serve(ns: argparse.Namespace) -> int:
         overrides["server"] = server
     settings = load_settings(ns.config, **overrides)
     prepare(settings)
+    if ns.prepare_only:
+        asyncio.run(migrate(settings))
+        print(f"ready: models in {settings.models.dir}, database migrated", flush=True)
+        return 0
     from bot.app import create_app
 
     app = create_app(settings)

@@ -9,6 +9,7 @@ core are mapped to HTTP status codes in one place, `bot.app.error_middleware`.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,7 +155,7 @@ def render_result(result: HandleResult) -> dict[str, Any]:
     }
 
 
-def render_answers(answers: list[Answer], min_score: float) -> dict[str, Any]:
+def render_answers(answers: Sequence[Answer], min_score: float) -> dict[str, Any]:
     return {
         "answers": [
             {"text": a.text, "score": a.score, "source": a.source, "question": a.question}

@@ -1,0 +1,516 @@
+/*
+ * supportbot web chat widget. Plain modern JavaScript, no build step.
+ *
+ * Embed with one tag (the socket and stylesheet URLs derive from this script's own src):
+ *   <script src="https://bot.example/widget.js" data-title="Brightcart support" defer></script>
+ * Optional: data-color="#0f6e63" (accent colour).
+ *
+ * The WebSocket protocol is documented in connectors/widget.py.
+ */
+(() => {
+  "use strict";
+
+  // Replaced by the server with the widget settings when it serves this file.
+  const SERVER = /*config*/{"title": "Support", "maxQueued": 50, "maxChars": 4000}/*config*/;
+
+  const script =
+    document.currentScript ||
+    Array.from(document.querySelectorAll("script[src]")).find((s) =>
+      /\/widget\.js([?#]|$)/.test(s.src)
+    );
+  if (!script || document.getElementById("supportbot-widget")) return;
+
+  const BASE = new URL(".", script.src);
+  const SOCKET_URL = new URL("ws", BASE);
+  SOCKET_URL.protocol = SOCKET_URL.protocol === "https:" ? "wss:" : "ws:";
+  const TITLE = script.dataset.title || SERVER.title;
+  const COLOR = script.dataset.color || "";
+  const MAX_QUEUED = SERVER.maxQueued;
+  const MAX_CHARS = SERVER.maxChars;
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 15000;
+  const RETRY_MS = 2000;
+  const SESSION_KEY = "supportbot.session";
+  const RATED_KEY = "supportbot.rated";
+  const OPEN_KEY = "supportbot.open";
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const ICONS = {
+    chat: "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z",
+    close: "M6 6l12 12M18 6L6 18",
+    send: "M3 11.5L21 3l-8.5 18-2.2-7.3z",
+    up: "M7 10v10H4V10zm2 10h8.3a2 2 0 0 0 2-1.6l1.3-6.4a2 2 0 0 0-2-2.4H14l.8-3.8A1.8 1.8 0 0 0 13 3l-4 7z",
+    down: "M7 14V4H4v10zm2-10h8.3a2 2 0 0 1 2 1.6l1.3 6.4a2 2 0 0 1-2 2.4H14l.8 3.8A1.8 1.8 0 0 1 13 21l-4-7z",
+  };
+
+  // -- storage (a blocked localStorage must not break the page) ------------------------------
+
+  function load(store, key) {
+    try {
+      return store.getItem(key);
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function save(store, key, value) {
+    try {
+      store.setItem(key, value);
+    } catch (_) {
+      /* private mode or storage disabled: the chat still works for this page view */
+    }
+  }
+
+  function randomId() {
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID().replace(/-/g, "");
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  // -- state ---------------------------------------------------------------------------------
+
+  let session = load(localStorage, SESSION_KEY);
+  let socket = null;
+  let live = false; // the socket is open and the history has arrived
+  let attempts = 0;
+  let reconnectTimer = null;
+  let retryTimer = null;
+  let status = "bot";
+  let unread = 0;
+  // Customer messages not yet acknowledged, oldest first: {clientId, text, el, sent}.
+  const outbox = [];
+  const shown = new Map(); // message_id -> element
+  const rated = new Set(JSON.parse(load(localStorage, RATED_KEY) || "[]"));
+
+  // -- DOM -----------------------------------------------------------------------------------
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [name, value] of Object.entries(attrs)) {
+      if (name === "class") node.className = value;
+      else node.setAttribute(name, value);
+    }
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function icon(name) {
+    const svg = document.createElementNS(SVG_NS, "svg");
+    svg.setAttribute("viewBox", "0 0 24 24");
+    svg.setAttribute("aria-hidden", "true");
+    svg.setAttribute("focusable", "false");
+    const path = document.createElementNS(SVG_NS, "path");
+    path.setAttribute("d", ICONS[name]);
+    svg.append(path);
+    return svg;
+  }
+
+  const host = el("div", { id: "supportbot-widget" });
+  host.style.display = "none"; // shown once the stylesheet has loaded
+  if (COLOR) host.style.setProperty("--sb-accent", COLOR);
+  const root = host.attachShadow({ mode: "open" });
+  const stylesheet = el("link", { rel: "stylesheet", href: new URL("widget.css", BASE).href });
+  stylesheet.addEventListener("load", () => (host.style.display = ""));
+  stylesheet.addEventListener("error", () => (host.style.display = ""));
+
+  const badge = el("span", { class: "badge", hidden: "" });
+  const launcher = el(
+    "button",
+    {
+      type: "button",
+      class: "launcher",
+      "aria-label": `Chat with us: ${TITLE}`,
+      "aria-expanded": "false",
+      "aria-controls": "sb-panel",
+    },
+    icon("chat"),
+    badge
+  );
+
+  const connection = el("span", { class: "connection" }, "Connecting…");
+  const closeButton = el(
+    "button",
+    { type: "button", class: "close", "aria-label": "Close chat" },
+    icon("close")
+  );
+  const header = el(
+    "div",
+    { class: "header" },
+    el("div", { class: "heading" }, el("h2", { id: "sb-title" }, TITLE), connection),
+    closeButton
+  );
+  const banner = el(
+    "div",
+    { class: "banner", role: "status", hidden: "" },
+    el("strong", {}, "You're connected to an agent"),
+    el("span", {}, "A person from our team will reply here.")
+  );
+  const list = el("div", {
+    class: "messages",
+    role: "log",
+    "aria-live": "polite",
+    "aria-label": "Conversation",
+    tabindex: "0",
+  });
+  const typing = el(
+    "div",
+    { class: "typing", hidden: "" },
+    el("span", { class: "dots", "aria-hidden": "true" }, el("i"), el("i"), el("i")),
+    el("span", { class: "visually-hidden" }, "The assistant is typing")
+  );
+  const notice = el("div", { class: "notice", role: "alert", hidden: "" });
+  const input = el("input", {
+    type: "text",
+    class: "input",
+    "aria-label": "Your message",
+    placeholder: "Type your message…",
+    maxlength: String(MAX_CHARS),
+    autocomplete: "off",
+  });
+  const sendButton = el("button", { type: "submit", class: "send", "aria-label": "Send" }, icon("send"));
+  const form = el("form", { class: "composer" }, input, sendButton);
+  const panel = el(
+    "div",
+    { class: "panel", id: "sb-panel", role: "dialog", "aria-label": TITLE, hidden: "" },
+    header,
+    banner,
+    list,
+    typing,
+    notice,
+    form
+  );
+  root.append(stylesheet, panel, launcher);
+
+  // -- panel ---------------------------------------------------------------------------------
+
+  function isOpen() {
+    return !panel.hidden;
+  }
+
+  function open() {
+    panel.hidden = false;
+    launcher.setAttribute("aria-expanded", "true");
+    save(sessionStorage, OPEN_KEY, "1");
+    unread = 0;
+    updateBadge();
+    ensureSession();
+    connect();
+    scrollToEnd();
+    input.focus();
+  }
+
+  function close() {
+    panel.hidden = true;
+    launcher.setAttribute("aria-expanded", "false");
+    save(sessionStorage, OPEN_KEY, "0");
+    launcher.focus();
+  }
+
+  function updateBadge() {
+    badge.hidden = unread === 0;
+    badge.textContent = unread > 9 ? "9+" : String(unread);
+  }
+
+  function scrollToEnd() {
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function showNotice(text) {
+    notice.textContent = text;
+    notice.hidden = !text;
+  }
+
+  function updateTyping() {
+    typing.hidden = !(live && outbox.some((item) => item.sent));
+    if (!typing.hidden) scrollToEnd();
+  }
+
+  function setStatus(value) {
+    status = value;
+    banner.hidden = !(status === "waiting" || status === "claimed");
+  }
+
+  // -- rendering (message text only ever goes through textContent) ---------------------------
+
+  function bubble(role, text) {
+    const item = el("div", { class: `message ${role}` });
+    if (role === "agent") item.append(el("span", { class: "author" }, "Agent"));
+    const body = el("p", { class: "text" });
+    body.textContent = text;
+    item.append(body);
+    return item;
+  }
+
+  function feedbackButtons(messageId) {
+    const box = el("div", { class: "feedback" });
+    const up = el("button", { type: "button", "aria-label": "Helpful", title: "Helpful" }, icon("up"));
+    const down = el(
+      "button",
+      { type: "button", "aria-label": "Not helpful", title: "Not helpful" },
+      icon("down")
+    );
+    const thanks = el("span", { class: "thanks", hidden: "" }, "Thanks for your feedback!");
+    const rate = (rating, button) => {
+      if (!sendFrame({ type: "feedback", message_id: messageId, rating })) {
+        showNotice("You're offline; rate this answer again once the chat has reconnected.");
+        return;
+      }
+      up.disabled = down.disabled = true;
+      button.setAttribute("aria-pressed", "true");
+    };
+    up.addEventListener("click", () => rate("up", up));
+    down.addEventListener("click", () => rate("down", down));
+    if (rated.has(messageId)) {
+      up.disabled = down.disabled = true;
+      thanks.hidden = false;
+    }
+    box.append(up, down, thanks);
+    return box;
+  }
+
+  function clearQuickReplies() {
+    for (const node of list.querySelectorAll(".quick-replies")) node.remove();
+  }
+
+  function quickReplies(choices) {
+    const box = el("div", { class: "quick-replies", role: "group", "aria-label": "Suggested replies" });
+    for (const choice of choices) {
+      const button = el("button", { type: "button" });
+      button.textContent = choice;
+      button.addEventListener("click", () => submit(choice));
+      box.append(button);
+    }
+    return box;
+  }
+
+  function renderMessage(message, isLatest) {
+    const item = bubble(message.role, message.text);
+    item.dataset.messageId = String(message.message_id);
+    if (message.role !== "customer" && message.rateable) item.append(feedbackButtons(message.message_id));
+    shown.set(message.message_id, item);
+    list.append(item);
+    if (isLatest && message.role !== "customer" && message.quick_replies && message.quick_replies.length) {
+      clearQuickReplies();
+      list.append(quickReplies(message.quick_replies));
+    }
+    return item;
+  }
+
+  function renderPending(item) {
+    item.el = bubble("customer", item.text);
+    item.el.classList.add("pending");
+    list.append(item.el);
+  }
+
+  function replaceTranscript(messages) {
+    list.replaceChildren();
+    shown.clear();
+    const byClientId = new Map();
+    messages.forEach((message, index) => {
+      const node = renderMessage(message, index === messages.length - 1);
+      if (message.client_id) byClientId.set(message.client_id, node);
+    });
+    // Messages still waiting for an ack stay visible once: attached to their stored copy
+    // when the server already has them, as a pending bubble otherwise.
+    for (const item of outbox) {
+      const stored = byClientId.get(item.clientId);
+      if (stored) item.el = stored;
+      else renderPending(item);
+    }
+    scrollToEnd();
+  }
+
+  // -- socket --------------------------------------------------------------------------------
+
+  function ensureSession() {
+    if (!session) {
+      session = randomId();
+      save(localStorage, SESSION_KEY, session);
+    }
+  }
+
+  function setConnection(text, state) {
+    connection.textContent = text;
+    connection.dataset.state = state;
+  }
+
+  function connect() {
+    if (!session || socket) return;
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    const url = new URL(SOCKET_URL);
+    url.searchParams.set("session", session);
+    setConnection(attempts ? "Reconnecting…" : "Connecting…", "connecting");
+    const ws = new WebSocket(url);
+    socket = ws;
+    ws.addEventListener("message", (event) => {
+      if (socket === ws) receive(event.data);
+    });
+    ws.addEventListener("close", () => {
+      if (socket !== ws) return;
+      socket = null;
+      live = false;
+      updateTyping();
+      for (const item of outbox) item.sent = false;
+      scheduleReconnect();
+    });
+  }
+
+  function scheduleReconnect() {
+    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempts);
+    attempts += 1;
+    // Jitter, so that many browsers do not come back at the same instant after a restart.
+    const wait = Math.round(delay * (0.75 + Math.random() * 0.5));
+    setConnection(`Offline: retrying in ${Math.ceil(wait / 1000)} s`, "offline");
+    reconnectTimer = setTimeout(connect, wait);
+  }
+
+  function sendFrame(frame) {
+    if (!live) return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  function flush() {
+    for (const item of outbox) {
+      if (!item.sent && sendFrame({ type: "message", text: item.text, client_id: item.clientId })) {
+        item.sent = true;
+      }
+    }
+    updateTyping();
+  }
+
+  function receive(data) {
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    switch (frame.type) {
+      case "history":
+        live = true;
+        attempts = 0;
+        setConnection("Online", "online");
+        replaceTranscript(frame.messages || []);
+        setStatus(frame.status);
+        flush();
+        break;
+      case "ack": {
+        const index = outbox.findIndex((item) => item.clientId === frame.client_id);
+        if (index === -1) break;
+        const [item] = outbox.splice(index, 1);
+        item.el.classList.remove("pending");
+        item.el.dataset.messageId = String(frame.message_id);
+        shown.set(frame.message_id, item.el);
+        updateTyping();
+        break;
+      }
+      case "reply":
+        if (shown.has(frame.message_id)) break; // already shown (history, or a resent message)
+        renderMessage(frame, true);
+        scrollToEnd();
+        if (!isOpen()) {
+          unread += 1;
+          updateBadge();
+        }
+        break;
+      case "status":
+        setStatus(frame.status);
+        break;
+      case "feedback_ok": {
+        rated.add(frame.message_id);
+        save(localStorage, RATED_KEY, JSON.stringify(Array.from(rated).slice(-200)));
+        const node = shown.get(frame.message_id);
+        const thanks = node && node.querySelector(".thanks");
+        if (thanks) thanks.hidden = false;
+        break;
+      }
+      case "error":
+        handleError(frame);
+        break;
+      default:
+        break;
+    }
+  }
+
+  function handleError(frame) {
+    const index = frame.client_id ? outbox.findIndex((item) => item.clientId === frame.client_id) : -1;
+    if (index === -1) {
+      showNotice(frame.error);
+      return;
+    }
+    const item = outbox[index];
+    if (frame.retry) {
+      // Not stored on the server side: keep it and send it again shortly.
+      item.sent = false;
+      clearTimeout(retryTimer);
+      retryTimer = setTimeout(flush, RETRY_MS);
+    } else {
+      outbox.splice(index, 1);
+      item.el.classList.remove("pending");
+      item.el.classList.add("failed");
+      item.el.append(el("span", { class: "error" }, `Not sent: ${frame.error}`));
+    }
+    updateTyping();
+  }
+
+  function submit(text) {
+    text = text.trim();
+    if (!text) return;
+    if (outbox.length >= MAX_QUEUED) {
+      showNotice(`${outbox.length} messages are waiting to be sent; please wait until you are back online.`);
+      return;
+    }
+    showNotice("");
+    ensureSession();
+    clearQuickReplies();
+    const item = { clientId: `${Date.now().toString(36)}-${randomId().slice(0, 12)}`, text, el: null, sent: false };
+    outbox.push(item);
+    renderPending(item);
+    scrollToEnd();
+    connect();
+    flush();
+  }
+
+  // -- events --------------------------------------------------------------------------------
+
+  launcher.addEventListener("click", () => (isOpen() ? close() : open()));
+  closeButton.addEventListener("click", close);
+  panel.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.stopPropagation();
+      close();
+    }
+  });
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = input.value;
+    input.value = "";
+    submit(text);
+  });
+  input.addEventListener("input", () => {
+    // The protocol's typing frame: accepted by the server, used for nothing yet.
+    if (live && input.value.length === 1) sendFrame({ type: "typing" });
+  });
+  window.addEventListener("online", () => {
+    if (!socket) {
+      attempts = 0;
+      connect();
+    }
+  });
+
+  function start() {
+    document.body.append(host);
+    // A returning visitor reconnects at once: the transcript comes back and agent replies
+    // can arrive while the panel is closed. New visitors connect when they open the chat.
+    if (session) connect();
+    if (load(sessionStorage, OPEN_KEY) === "1") {
+      panel.hidden = false;
+      launcher.setAttribute("aria-expanded", "true");
+    }
+  }
+
+  if (document.body) start();
+  else document.addEventListener("DOMContentLoaded", start);
+})();

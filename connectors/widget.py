@@ -1,0 +1,441 @@
+"""The embeddable web chat widget: demo page, script, stylesheet and the widget's WebSocket.
+
+A host page embeds the widget with one tag::
+
+    <script src="https://bot.example/widget.js" data-title="Brightcart support" defer></script>
+
+Routes: `GET /` (a demo shop page embedding the widget), `GET /widget.js`, `GET /widget.css`
+and `GET /ws` (the WebSocket).
+
+WebSocket protocol. Every frame is one JSON object in a text frame with a `type`.
+
+The browser connects to `/ws?session=<id>`, where `<id>` is a random id (8-100 characters of
+`A-Z a-z 0-9 _ -`) it keeps in localStorage; (channel "widget", session) is the conversation.
+The handshake is refused with 403 unless the page's `Origin` is the bot's own host, is listed
+in `widget.allowed_origins`, or that list contains `"*"`.
+
+Server -> browser:
+
+- `{"type": "history", "status", "messages": [{"message_id", "role", "text", "route",
+  "rateable", "quick_replies", "client_id"}, ...]}`: sent first on every connect (and to a
+  session's other tabs after each message): the conversation so far, oldest first. It replaces
+  what the browser shows, so a reload or reconnect restores the transcript without duplicates.
+- `{"type": "ack", "client_id", "message_id", "duplicate"}`: the customer message is stored.
+- `{"type": "reply", "message_id", "role", "text", "route", "rateable", "quick_replies"}`: a
+  bot, agent or system message. Agent replies are pushed to every open tab of the session.
+- `{"type": "status", "status"}`: `bot`, `waiting` (handed off, waiting for an agent) or
+  `claimed` (an agent has the conversation); sent after each handled message and agent reply.
+- `{"type": "feedback_ok", "message_id"}`: a rating was stored.
+- `{"type": "error", "error", "client_id"?, "retry"?}`: a frame was refused (bad JSON, unknown
+  type, text too long, ...) or could not be handled now (`retry: true`: send it again later).
+  The connection stays open.
+
+Browser -> server:
+
+- `{"type": "message", "text", "client_id"}`: a customer message. `client_id` is the browser's
+  own id for it; a message sent again with the same id (after a reconnect, when the ack was
+  lost) is stored once and answered once: the server acks it again with the same `message_id`
+  and repeats the stored replies.
+- `{"type": "feedback", "message_id", "rating": "up" | "down"}`: rate a rateable bot reply of
+  this conversation.
+- `{"type": "typing"}`: accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+from importlib import resources
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
+
+from bot.delivery import Dispatcher
+from bot.errors import BadRequestError, StoreUnavailableError, SupportbotError
+from bot.events import (
+    Conversation,
+    ConversationStatus,
+    Feedback,
+    Message,
+    Reply,
+    Role,
+    StoredMessage,
+)
+from bot.service import ConversationService, reply_of
+from bot.settings import WidgetSettings
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "widget"
+SESSION_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,100}")
+MAX_ID_CHARS = 100
+HISTORY_LIMIT = 200
+HEARTBEAT_S = 30.0
+CONFIG_MARKER = re.compile(r"/\*config\*/.*?/\*config\*/", re.DOTALL)
+FRAME_TYPES = ("message", "feedback", "typing")
+
+
+def _static(name: str) -> str:
+    return resources.files("connectors").joinpath("static", name).read_text(encoding="utf-8")
+
+
+# -- parser: browser frame -> Message / Feedback ------------------------------------------------
+
+
+def parse_frame(data: str, session: str, max_chars: int) -> Message | Feedback | None:
+    """One browser frame -> a `Message`, a `Feedback`, or None for frames that need nothing.
+
+    Raises:
+        BadRequestError: the frame is not what the protocol expects; says what to send.
+    """
+    try:
+        frame = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(f"the frame is not valid JSON ({exc}); send a JSON object") from exc
+    if not isinstance(frame, dict):
+        raise BadRequestError(f"a frame must be a JSON object, not {type(frame).__name__}")
+    kind = frame.get("type")
+    if kind == "message":
+        text = frame.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequestError('field "text" must be a non-empty string; send some text')
+        text = text.strip()
+        if len(text) > max_chars:
+            raise BadRequestError(
+                f'field "text" has {len(text)} characters; the limit is {max_chars}'
+            )
+        client_id = frame.get("client_id")
+        if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_CHARS:
+            raise BadRequestError(
+                f'field "client_id" must be a string of 1-{MAX_ID_CHARS} characters, unique per '
+                "message, so that a resent message is not answered twice"
+            )
+        return Message(channel=CHANNEL, sender=session, text=text, client_id=client_id)
+    if kind == "feedback":
+        message_id = frame.get("message_id")
+        if not isinstance(message_id, int) or isinstance(message_id, bool):
+            raise BadRequestError('field "message_id" must be the integer id of a bot reply')
+        rating = frame.get("rating")
+        if rating not in ("up", "down"):
+            raise BadRequestError('field "rating" must be "up" or "down"')
+        return Feedback(message_id=message_id, rating=rating, author=f"{CHANNEL}:{session}")
+    if kind == "typing":
+        return None
+    raise BadRequestError(
+        f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}"
+    )
+
+
+def _client_id_of(data: str) -> str | None:
+    """The client_id of a refused frame, if it has a usable one (for the error frame)."""
+    try:
+        frame = json.loads(data)
+    except json.JSONDecodeError:
+        return None
+    client_id = frame.get("client_id") if isinstance(frame, dict) else None
+    return client_id if isinstance(client_id, str) and len(client_id) <= MAX_ID_CHARS else None
+
+
+# -- renderers: our types -> server frames -------------------------------------------------------
+
+
+def render_reply(reply: Reply) -> dict[str, Any]:
+    return {
+        "type": "reply",
+        "message_id": reply.message_id,
+        "role": str(reply.role),
+        "text": reply.text,
+        "route": str(reply.route) if reply.route else None,
+        "rateable": reply.rateable,
+        "quick_replies": list(reply.quick_replies),
+    }
+
+
+def render_history(messages: list[StoredMessage], status: ConversationStatus) -> dict[str, Any]:
+    rendered = []
+    for message in messages:
+        if message.role == Role.CUSTOMER:
+            item: dict[str, Any] = {
+                "message_id": message.id,
+                "role": str(message.role),
+                "text": message.text,
+                "route": None,
+                "rateable": False,
+                "quick_replies": [],
+            }
+        else:
+            item = render_reply(reply_of(message))
+            del item["type"]
+        item["client_id"] = message.client_id
+        rendered.append(item)
+    return {"type": "history", "status": str(status), "messages": rendered}
+
+
+def render_status(status: ConversationStatus) -> dict[str, Any]:
+    return {"type": "status", "status": str(status)}
+
+
+def render_error(error: str, client_id: str | None = None, retry: bool = False) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "error": error}
+    if client_id is not None:
+        frame["client_id"] = client_id
+        frame["retry"] = retry
+    return frame
+
+
+def _origin_key(origin: str) -> str:
+    """`scheme://host[:port]`, lower-cased, default port dropped: how origins are compared."""
+    url = URL(origin.strip())
+    if not url.scheme or not url.host:
+        return origin.strip().lower()
+    return str(url.origin()).lower()
+
+
+class WidgetConnector:
+    """Serves the widget and its demo page, and talks to browsers over a WebSocket.
+
+    It is also the `Deliverer` of channel "widget": agent replies are pushed to every open
+    socket of the customer's session.
+
+    Args:
+        service: the core.
+        settings: the widget section of the settings.
+        dispatcher: where the connector registers itself as the widget channel's deliverer.
+        max_message_chars: longest accepted customer message.
+    """
+
+    def __init__(
+        self,
+        service: ConversationService,
+        settings: WidgetSettings,
+        dispatcher: Dispatcher,
+        max_message_chars: int,
+    ) -> None:
+        self.service = service
+        self.settings = settings
+        self.max_message_chars = max_message_chars
+        self._allowed = {_origin_key(o) for o in settings.allowed_origins if o != "*"}
+        self._any_origin = "*" in settings.allowed_origins
+        self._sockets: dict[str, set[web.WebSocketResponse]] = {}
+        config = {
+            "title": settings.title,
+            "maxQueued": settings.max_queued_messages,
+            "maxChars": max_message_chars,
+        }
+        self._script = CONFIG_MARKER.sub(
+            lambda _: f"/*config*/{json.dumps(config)}/*config*/", _static("widget.js"), count=1
+        )
+        self._stylesheet = _static("widget.css")
+        self._demo = _static("demo.html")
+        dispatcher.register(CHANNEL, self)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/", self.demo_page)
+        app.router.add_get("/widget.js", self.script)
+        app.router.add_get("/widget.css", self.stylesheet)
+        app.router.add_get("/ws", self.websocket)
+        app.on_shutdown.append(self._close_all)
+        app[WIDGET] = self
+
+    # -- static ----------------------------------------------------------------------------
+
+    async def demo_page(self, request: web.Request) -> web.Response:
+        src = str(request.url.origin().with_path("/widget.js"))
+        title = html.escape(self.settings.title)
+        snippet = f'<script src="{src}" data-title="{title}" defer></script>'
+        body = (
+            self._demo.replace("{{title}}", title)
+            .replace("{{snippet}}", html.escape(snippet))
+        )
+        return web.Response(text=body, content_type="text/html", charset="utf-8")
+
+    async def script(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self._script,
+            content_type="text/javascript",
+            charset="utf-8",
+            headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def stylesheet(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self._stylesheet,
+            content_type="text/css",
+            charset="utf-8",
+            headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    def check_origin(self, request: web.Request) -> None:
+        """Refuse (403) a handshake from a page that may not embed this bot.
+
+        Requests without an Origin header are not from a browser page and pass: the check
+        protects customers' sessions from other sites, not the bot from scripts.
+        """
+        origin = request.headers.get("Origin")
+        if origin is None or self._any_origin:
+            return
+        key = _origin_key(origin)
+        own = _origin_key(f"{URL(origin.strip()).scheme or request.scheme}://{request.host}")
+        if key == own or key in self._allowed:
+            return
+        raise web.HTTPForbidden(
+            text=f"origin {origin} may not open the chat widget; add it to "
+            "SUPPORTBOT_WIDGET__ALLOWED_ORIGINS (widget.allowed_origins) to allow it"
+        )
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        session = request.query.get("session", "")
+        if not SESSION_PATTERN.fullmatch(session):
+            raise web.HTTPBadRequest(
+                text="query parameter session must be 8-100 characters of A-Z, a-z, 0-9, _ "
+                f"and -; got {session[:120]!r}"
+            )
+        self.check_origin(request)
+        # A frame may escape every character of a maximal message (\uXXXX: 6 bytes each).
+        ws = web.WebSocketResponse(
+            heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024 + 6 * self.max_message_chars
+        )
+        await ws.prepare(request)
+        # Registered before the history is read: a reply pushed meanwhile is either in the
+        # history or arrives after it (the browser drops the second copy by message_id).
+        self._sockets.setdefault(session, set()).add(ws)
+        try:
+            try:
+                await ws.send_json(await self._history(session))
+            except SupportbotError as exc:
+                log.error("widget session %s: cannot load the conversation: %s", session, exc)
+                await ws.send_json(render_error(f"cannot load the conversation now: {exc}"))
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER)
+                return ws
+            async for frame in ws:
+                if frame.type == WSMsgType.TEXT:
+                    await self._receive(ws, session, frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    await ws.send_json(render_error("binary frames are not supported; send JSON"))
+        except ConnectionResetError:
+            # The browser went away mid-answer; what it missed is in the transcript it gets on
+            # its next connect.
+            log.info("widget session %s: connection lost", session)
+        finally:
+            self._forget(session, ws)
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse, session: str, data: str) -> None:
+        try:
+            item = parse_frame(data, session, self.max_message_chars)
+        except BadRequestError as exc:
+            await ws.send_json(render_error(str(exc), _client_id_of(data)))
+            return
+        if isinstance(item, Message):
+            await self._handle_message(ws, session, item)
+        elif isinstance(item, Feedback):
+            await self._record_feedback(ws, session, item)
+
+    async def _handle_message(
+        self, ws: web.WebSocketResponse, session: str, message: Message
+    ) -> None:
+        try:
+            result = await self.service.handle(message)
+        except StoreUnavailableError as exc:
+            # Not stored: the browser keeps the message and sends it again later.
+            await ws.send_json(render_error(str(exc), message.client_id, retry=True))
+            return
+        except SupportbotError as exc:
+            await ws.send_json(render_error(str(exc), message.client_id))
+            return
+        await ws.send_json(
+            {
+                "type": "ack",
+                "client_id": message.client_id,
+                "message_id": result.message_id,
+                "duplicate": result.duplicate,
+            }
+        )
+        for reply in result.replies:
+            await ws.send_json(render_reply(reply))
+        await ws.send_json(render_status(result.status))
+        await self._refresh_other_tabs(session, ws)
+
+    async def _record_feedback(
+        self, ws: web.WebSocketResponse, session: str, feedback: Feedback
+    ) -> None:
+        try:
+            await self._check_rateable(session, feedback.message_id)
+            await self.service.record_feedback(feedback)
+        except SupportbotError as exc:
+            await ws.send_json(render_error(str(exc)))
+            return
+        await ws.send_json({"type": "feedback_ok", "message_id": feedback.message_id})
+
+    async def _check_rateable(self, session: str, message_id: int) -> None:
+        """A widget customer may rate the bot replies of their own conversation only."""
+        conversation = await self.service.store.conversation(CHANNEL, session)
+        for message in await self.service.store.transcript(conversation.id):
+            if message.id == message_id:
+                if not reply_of(message).rateable:
+                    raise BadRequestError(
+                        f"message {message_id} is not a rateable bot answer; only answers "
+                        "shown with feedback buttons can be rated"
+                    )
+                return
+        raise BadRequestError(
+            f"message {message_id} is not part of this conversation; rate a reply shown in "
+            "this chat"
+        )
+
+    async def _history(self, session: str) -> dict[str, Any]:
+        conversation = await self.service.store.conversation(CHANNEL, session)
+        messages = await self.service.store.transcript(conversation.id, limit=HISTORY_LIMIT)
+        return render_history(messages, conversation.status)
+
+    async def _refresh_other_tabs(self, session: str, sender: web.WebSocketResponse) -> None:
+        others = [ws for ws in self._sockets.get(session, ()) if ws is not sender]
+        if not others:
+            return
+        history = await self._history(session)
+        for ws in others:
+            try:
+                await ws.send_json(history)
+            except ConnectionResetError:
+                self._forget(session, ws)
+
+    # -- Deliverer -------------------------------------------------------------------------
+
+    async def deliver(self, conversation: Conversation, reply: Reply) -> None:
+        """Push `reply` to every open tab of the conversation's session.
+
+        With no tab open this does nothing: the reply is stored, and the transcript the
+        browser receives on its next connect includes it. A tab whose connection breaks while
+        sending is in the same position, so it is not an error either.
+        """
+        for ws in list(self._sockets.get(conversation.sender, ())):
+            try:
+                await ws.send_json(render_reply(reply))
+                await ws.send_json(render_status(conversation.status))
+            except ConnectionResetError:
+                self._forget(conversation.sender, ws)
+
+    def open_sockets(self, session: str) -> list[web.WebSocketResponse]:
+        """The open connections of one session (one per browser tab)."""
+        return list(self._sockets.get(session, ()))
+
+    def _forget(self, session: str, ws: web.WebSocketResponse) -> None:
+        sockets = self._sockets.get(session)
+        if sockets is None:
+            return
+        sockets.discard(ws)
+        if not sockets:
+            del self._sockets[session]
+
+    async def _close_all(self, app: web.Application) -> None:
+        for sockets in list(self._sockets.values()):
+            for ws in list(sockets):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+WIDGET = web.AppKey("widget", WidgetConnector)

@@ -1,0 +1,249 @@
+"""The widget in headless Chromium (Debian's, driven by Playwright) against the real app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from bot.app import RUNTIME, create_app
+from bot.events import Role
+from bot.settings import Settings, load_settings
+from connectors.widget import WIDGET
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is missing; install Debian's chromium (make chromium)",
+    ),
+]
+
+expect.set_options(timeout=20_000)
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+def settings_for(models: Path, db_url: str, routing: Path | None = None) -> Settings:
+    return load_settings(
+        None,
+        store={"url": db_url},
+        models={"dir": models, "train_if_missing": False, "reload_interval_s": 0.2},
+        retrieval={"index_dir": models / "answers", "build_if_missing": False, "min_score": 0.5},
+        routing={"config": routing},
+    )
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def serve(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, routing: Path | None = None
+) -> tuple[TestServer, web.Application]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+    app = create_app(settings_for(runtime_models, url, routing))
+    server = await aiohttp_server(app)
+    return server, app
+
+
+async def session_of(page: Page) -> str:
+    session: str = await page.evaluate("localStorage.getItem('supportbot.session')")
+    return session
+
+
+async def transcript(app: web.Application, session: str) -> list[Any]:
+    runtime = app[RUNTIME]
+    conversation = await runtime.store.conversation("widget", session)
+    return list(await runtime.store.transcript(conversation.id))
+
+
+async def test_chat_reload_reconnect_feedback_and_keyboard(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    server, app = await serve(aiohttp_server, runtime_models, tmp_path)
+    context = await browser.new_context(viewport={"width": 1280, "height": 820})
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    await page.goto(str(server.make_url("/")))
+    await expect(page).to_have_title("Brightcart: small kitchen appliances, delivered fast")
+
+    launcher = page.get_by_role("button", name="Chat with us: Brightcart support")
+    dialog = page.get_by_role("dialog", name="Brightcart support")
+    box = page.get_by_role("textbox", name="Your message")
+    log = page.get_by_role("log")
+    await expect(launcher).to_have_attribute("aria-expanded", "false")
+    await expect(dialog).to_be_hidden()
+    await launcher.click()
+    await expect(dialog).to_be_visible()
+    await expect(launcher).to_have_attribute("aria-expanded", "true")
+    await expect(box).to_be_focused()
+    await expect(log).to_have_attribute("aria-live", "polite")
+
+    # Chat: the customer's text and the bot's answer.
+    await box.fill("hello there")
+    await box.press("Enter")
+    bot_texts = log.locator(".message.bot .text")
+    await expect(bot_texts).to_have_count(1)
+    await expect(log.locator(".message.customer .text")).to_have_text(["hello there"])
+    session = await session_of(page)
+    stored = await transcript(app, session)
+    assert [m.role for m in stored] == [Role.CUSTOMER, Role.BOT]
+    await expect(bot_texts).to_have_text([stored[1].text])
+    await expect(page.locator(".typing")).to_be_hidden()
+
+    # Reload: same session, transcript restored, nothing doubled.
+    await page.reload()
+    await expect(dialog).to_be_visible()
+    await expect(log.locator(".message .text")).to_have_text(["hello there", stored[1].text])
+    assert await session_of(page) == session
+
+    # The connection drops; a message typed meanwhile waits in the browser.
+    await context.set_offline(True)
+    for ws in app[WIDGET].open_sockets(session):
+        await ws.close()
+    await expect(page.locator(".connection")).to_have_attribute("data-state", "offline")
+    await box.fill("where is my order")
+    await box.press("Enter")
+    await expect(log.locator(".message.customer.pending")).to_have_text(["where is my order"])
+    await asyncio.sleep(1.0)
+    assert len(await transcript(app, session)) == 2  # not delivered while offline
+
+    # Back online: delivered, answered, exactly once.
+    await context.set_offline(False)
+    await expect(bot_texts).to_have_count(2)
+    await expect(log.locator(".message.customer.pending")).to_have_count(0)
+    await asyncio.sleep(1.0)
+    stored = await transcript(app, session)
+    customer = [m.text for m in stored if m.role == Role.CUSTOMER]
+    assert customer == ["hello there", "where is my order"]
+    assert len(stored) == 4
+    await expect(log.locator(".message.customer .text")).to_have_text(
+        ["hello there", "where is my order"]
+    )
+    await expect(bot_texts).to_have_text([stored[1].text, stored[3].text])
+
+    # Feedback on the first answer.
+    first_answer = log.locator(".message.bot").first
+    rated_id = int(await first_answer.get_attribute("data-message-id") or 0)
+    assert rated_id == stored[1].id
+    not_helpful = first_answer.get_by_role("button", name="Not helpful")
+    await not_helpful.click()
+    await expect(first_answer.get_by_text("Thanks for your feedback!")).to_be_visible()
+    await expect(not_helpful).to_be_disabled()
+    await expect(first_answer.get_by_role("button", name="Helpful", exact=True)).to_be_disabled()
+    [feedback] = await app[RUNTIME].store.feedback(rated_id)
+    assert feedback.rating == "down" and feedback.author == f"widget:{session}"
+
+    # Keyboard: Escape closes and gives focus back to the launcher; Enter opens again.
+    await box.focus()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(launcher).to_be_focused()
+    await expect(launcher).to_have_attribute("aria-expanded", "false")
+    await page.keyboard.press("Enter")
+    await expect(dialog).to_be_visible()
+    await expect(box).to_be_focused()
+
+    # Message text is text: markup typed by a customer is shown, never interpreted.
+    await box.fill("<img src=x onerror=alert(1)> <b>bold</b>")
+    await box.press("Enter")
+    await expect(log.locator(".message.customer .text").last).to_have_text(
+        "<img src=x onerror=alert(1)> <b>bold</b>"
+    )
+    assert await log.locator("img, b").count() == 0
+    await expect(bot_texts).to_have_count(3)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "widget.png"))
+    assert problems == []
+    await context.close()
+
+
+async def test_quick_replies_handoff_banner_and_agent_reply(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    routing = tmp_path / "routing.yml"
+    routing.write_text(
+        """
+default: answer
+intents:
+  greeting:
+    response: "Hi {name}! Ask me anything, or pick one:"
+    quick_replies: ["Where is my order?", "I want to talk to a human"]
+  talk_to_human:
+    handoff: true
+messages:
+  rephrase: "Could you rephrase that?"
+  handoff: "I'm handing you to one of our agents."
+  waiting: "An agent has your conversation."
+  error: "Sorry, something went wrong."
+"""
+    )
+    server, app = await serve(aiohttp_server, runtime_models, tmp_path, routing)
+    context = await browser.new_context(viewport={"width": 1280, "height": 820})
+    page = await context.new_page()
+    await page.goto(str(server.make_url("/")))
+    await page.get_by_role("button", name="Chat with us: Brightcart support").click()
+    box = page.get_by_role("textbox", name="Your message")
+    await box.fill("hello there")
+    await box.press("Enter")
+
+    choices = page.get_by_role("group", name="Suggested replies")
+    await expect(choices.get_by_role("button")).to_have_text(
+        ["Where is my order?", "I want to talk to a human"]
+    )
+    banner = page.get_by_text("You're connected to an agent")
+    await expect(banner).to_be_hidden()
+    await choices.get_by_role("button", name="I want to talk to a human").click()
+    await expect(choices).to_have_count(0)
+    await expect(page.locator(".message.bot .text").last).to_have_text(
+        "I'm handing you to one of our agents."
+    )
+    await expect(banner).to_be_visible()
+    # A hand-off message is no answer to rate.
+    await expect(page.locator(".message.bot").last.get_by_role("button")).to_have_count(0)
+
+    runtime = app[RUNTIME]
+    conversation = await runtime.store.conversation("widget", await session_of(page))
+    await runtime.store.claim(conversation.id, "agent-ana")
+    await runtime.service.agent_reply(conversation.id, "agent-ana", "Hi, I'm Ana. Let me look.")
+    agent = page.locator(".message.agent")
+    await expect(agent.locator(".text")).to_have_text(["Hi, I'm Ana. Let me look."])
+    await expect(agent.locator(".author")).to_have_text("Agent")
+    await expect(banner).to_be_visible()
+
+    # While the panel is closed, an agent reply shows as unread on the launcher.
+    await page.keyboard.press("Escape")
+    await runtime.service.agent_reply(conversation.id, "agent-ana", "Found it: it ships today.")
+    await expect(page.locator(".badge")).to_have_text("1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.get_by_role("button", name="Chat with us: Brightcart support").click()
+    await expect(page.locator(".badge")).to_be_hidden()
+    await expect(agent).to_have_count(2)
+    await page.screenshot(path=str(ARTIFACTS / "widget-agent.png"))
+    await context.close()
