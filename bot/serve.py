@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from bot.nlu import TASKS, read_live_versions
+from bot.models import TASKS, read_live_versions
 from bot.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)

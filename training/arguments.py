@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bot.classifier import DEFAULT_BACKBONE
 from bot.errors import ConfigurationError
+from bot.models import DEFAULT_BACKBONE
 
 CLASS_WEIGHTING = ("auto", "balanced", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")

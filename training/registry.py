@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ModelNotFoundError, RegistryError
+from bot.models import REGISTRY_FILE
 
-REGISTRY_FILE = "registry.json"
 LOCK_FILE = ".registry.lock"
 _VERSION = re.compile(r"^v(\d+)$")
 

@@ -24,8 +24,9 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from bot.classifier import MeanPoolingClassifier, load_model, quiet_transformers, resolve_backbone
+from bot.classifier import MeanPoolingClassifier, load_model
 from bot.errors import ConfigurationError
+from bot.models import quiet_transformers, resolve_backbone
 from training.arguments import TrainingArguments
 from training.data import Example
 
