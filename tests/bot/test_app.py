@@ -44,14 +44,18 @@ async def client(
     return await aiohttp_client(create_app(settings_for(runtime_models, sqlite_url)))
 
 
-async def send(client: TestClient[Any, Any], sender: str, text: str, **extra: Any) -> dict[str, Any]:
+async def send(
+    client: TestClient[Any, Any], sender: str, text: str, **extra: Any
+) -> dict[str, Any]:
     response = await client.post("/api/v1/messages", json={"sender": sender, "text": text, **extra})
     assert response.status == 200, await response.text()
     body: dict[str, Any] = await response.json()
     return body
 
 
-async def test_greeting_gets_a_configured_response_with_the_name(client: TestClient[Any, Any]) -> None:
+async def test_greeting_gets_a_configured_response_with_the_name(
+    client: TestClient[Any, Any],
+) -> None:
     body = await send(client, "u1", "hello there", name="Ana")
     [reply] = body["replies"]
     assert reply["route"] == "response" and reply["rateable"] is True
@@ -68,7 +72,11 @@ async def test_question_is_answered_from_past_agent_answers(client: TestClient[A
     customer, bot = transcript["messages"]
     assert customer["intent"] == "refund_status" and customer["route"] == "answer"
     assert customer["model_versions"] == {"intent": "v1", "sentiment": "v1"}
-    assert customer["latency_ms"] > 0 and customer["sentiment"] in ("negative", "neutral", "positive")
+    assert customer["latency_ms"] > 0 and customer["sentiment"] in (
+        "negative",
+        "neutral",
+        "positive",
+    )
     assert bot["role"] == "bot" and bot["text"] == reply["text"]
     [stored, _] = await client.app[RUNTIME].store.transcript(body["conversation_id"])
     assert stored.details["top_intents"][0][0] == "refund_status"
@@ -121,7 +129,9 @@ async def test_a_retried_delivery_is_not_answered_twice(client: TestClient[Any, 
     first = await send(client, "u6", "where is my order", client_id="m-1")
     again = await send(client, "u6", "where is my order", client_id="m-1")
     assert again["duplicate"] is True and again["message_id"] == first["message_id"]
-    assert [r["message_id"] for r in again["replies"]] == [r["message_id"] for r in first["replies"]]
+    assert [r["message_id"] for r in again["replies"]] == [
+        r["message_id"] for r in first["replies"]
+    ]
     transcript = await client.app[RUNTIME].store.transcript(first["conversation_id"])
     assert len(transcript) == 2
 
@@ -129,8 +139,10 @@ async def test_a_retried_delivery_is_not_answered_twice(client: TestClient[Any, 
 async def test_feedback_is_stored_and_validated(client: TestClient[Any, Any]) -> None:
     body = await send(client, "u7", "hello there")
     reply_id = body["replies"][0]["message_id"]
-    response = await client.post("/api/v1/feedback", json={"message_id": reply_id, "rating": "down",
-                                                            "comment": "too cheerful"})
+    response = await client.post(
+        "/api/v1/feedback",
+        json={"message_id": reply_id, "rating": "down", "comment": "too cheerful"},
+    )
     assert response.status == 201
     [stored] = await client.app[RUNTIME].store.feedback(reply_id)
     assert stored.rating == "down" and stored.comment == "too cheerful"
@@ -141,15 +153,17 @@ async def test_feedback_is_stored_and_validated(client: TestClient[Any, Any]) ->
 
 
 async def test_bad_requests_get_clear_4xx(client: TestClient[Any, Any]) -> None:
-    not_json = await client.post("/api/v1/messages", data=b"{nope",
-                                 headers={"Content-Type": "application/json"})
+    not_json = await client.post(
+        "/api/v1/messages", data=b"{nope", headers={"Content-Type": "application/json"}
+    )
     assert not_json.status == 400 and "not valid JSON" in (await not_json.json())["error"]
     no_text = await client.post("/api/v1/messages", json={"sender": "x"})
     assert no_text.status == 400 and '"text" is missing' in (await no_text.json())["error"]
     long_text = await client.post("/api/v1/messages", json={"sender": "x", "text": "a" * 4001})
     assert long_text.status == 400 and "limit is 4000" in (await long_text.json())["error"]
-    huge = await client.post("/api/v1/messages", data=b"x" * 70000,
-                             headers={"Content-Type": "application/json"})
+    huge = await client.post(
+        "/api/v1/messages", data=b"x" * 70000, headers={"Content-Type": "application/json"}
+    )
     assert huge.status == 413
     unknown = await client.get(f"/api/v1/conversations/{uuid.uuid4().hex}")
     assert unknown.status == 404

@@ -11,7 +11,9 @@ from bot.events import Scored, Understanding
 from bot.settings import EscalationSettings
 
 
-def understanding(negativity: float, intent: str = "order_status", confidence: float = 0.9) -> Understanding:
+def understanding(
+    negativity: float, intent: str = "order_status", confidence: float = 0.9
+) -> Understanding:
     return Understanding(
         intent=intent,
         intent_confidence=confidence,
@@ -43,6 +45,7 @@ def test_negative_trend_needs_a_full_window() -> None:
     assert escalation is not None and escalation.reason == NEGATIVE_TREND
     assert abs(escalation.scores["trend_mean"] - (0.5 + 0.5 + 0.6) / 3) < 1e-3
     assert POLICY.assess(understanding(0.1), [0.5, 0.5]) is None  # mean 0.37 < 0.4
+
 
 def test_asking_for_a_person_escalates_even_when_calm() -> None:
     escalation = POLICY.assess(understanding(-0.2, "talk_to_human", 0.8), [])

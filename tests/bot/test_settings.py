@@ -17,9 +17,13 @@ def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> Non
     assert settings.telegram.token is None and settings.telegram.mode == "polling"
 
 
-def test_file_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_then_environment_then_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "supportbot.yml"
-    config.write_text("server:\n  port: 9000\n  host: 0.0.0.0\nstore:\n  url: postgresql+asyncpg://db/x\n")
+    config.write_text(
+        "server:\n  port: 9000\n  host: 0.0.0.0\nstore:\n  url: postgresql+asyncpg://db/x\n"
+    )
     settings = load_settings(config)
     assert (settings.server.port, settings.server.host) == (9000, "0.0.0.0")
     monkeypatch.setenv("SUPPORTBOT_SERVER__PORT", "9100")
