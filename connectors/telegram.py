@@ -537,9 +537,7 @@ class TelegramConnector:
                 )
         application = self._application
         if application is None:
-            return web.json_response(
-                {"error": "the Telegram connector is not running"}, status=503
-            )
+            return web.json_response({"error": "the Telegram connector is not running"}, status=503)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -603,8 +601,9 @@ class TelegramConnector:
     async def _send_result(self, chat_id: int, result: HandleResult) -> None:
         if result.duplicate:
             # Telegram delivered this update before and it was answered then.
-            log.info("Telegram message %s was delivered again; not answering twice",
-                     result.message_id)
+            log.info(
+                "Telegram message %s was delivered again; not answering twice", result.message_id
+            )
             return
         for reply in result.replies:
             await self._send_reply(chat_id, reply)
@@ -644,9 +643,7 @@ class TelegramConnector:
         await self._answer_query(query, None)
         await self._answer(message)
 
-    async def _on_unknown_button(
-        self, update: Update, context: ContextTypes.DEFAULT_TYPE
-    ) -> None:
+    async def _on_unknown_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         if update.callback_query is not None:
             await self._answer_query(update.callback_query, INVALID_BUTTON)
 
@@ -787,4 +784,3 @@ class TelegramConnector:
 
 
 TELEGRAM = web.AppKey("telegram", TelegramConnector)
-

@@ -124,9 +124,7 @@ def parse_frame(data: str, session: str, max_chars: int) -> Message | Feedback |
         return Feedback(message_id=message_id, rating=rating, author=f"{CHANNEL}:{session}")
     if kind == "typing":
         return None
-    raise BadRequestError(
-        f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}"
-    )
+    raise BadRequestError(f"unknown frame type {kind!r}; expected one of {', '.join(FRAME_TYPES)}")
 
 
 def _client_id_of(data: str) -> str | None:
@@ -246,10 +244,7 @@ class WidgetConnector:
         src = str(request.url.origin().with_path("/widget.js"))
         title = html.escape(self.settings.title)
         snippet = f'<script src="{src}" data-title="{title}" defer></script>'
-        body = (
-            self._demo.replace("{{title}}", title)
-            .replace("{{snippet}}", html.escape(snippet))
-        )
+        body = self._demo.replace("{{title}}", title).replace("{{snippet}}", html.escape(snippet))
         return web.Response(text=body, content_type="text/html", charset="utf-8")
 
     async def script(self, request: web.Request) -> web.Response:

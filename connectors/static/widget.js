@@ -60,6 +60,15 @@
     }
   }
 
+  function loadList(key) {
+    try {
+      const value = JSON.parse(load(localStorage, key) || "[]");
+      return Array.isArray(value) ? value : [];
+    } catch (_) {
+      return [];
+    }
+  }
+
   function randomId() {
     if (window.crypto && crypto.randomUUID) return crypto.randomUUID().replace(/-/g, "");
     const bytes = new Uint8Array(16);
@@ -80,7 +89,7 @@
   // Customer messages not yet acknowledged, oldest first: {clientId, text, el, sent}.
   const outbox = [];
   const shown = new Map(); // message_id -> element
-  const rated = new Set(JSON.parse(load(localStorage, RATED_KEY) || "[]"));
+  const rated = new Set(loadList(RATED_KEY)); // message ids already rated in this browser
 
   // -- DOM -----------------------------------------------------------------------------------
 
@@ -222,12 +231,16 @@
 
   function updateTyping() {
     typing.hidden = !(live && outbox.some((item) => item.sent));
-    if (!typing.hidden) scrollToEnd();
+    scrollToEnd();
   }
 
   function setStatus(value) {
     status = value;
-    banner.hidden = !(status === "waiting" || status === "claimed");
+    const hidden = !(status === "waiting" || status === "claimed");
+    if (banner.hidden !== hidden) {
+      banner.hidden = hidden;
+      scrollToEnd(); // the banner takes room from the list: keep the newest message in view
+    }
   }
 
   // -- rendering (message text only ever goes through textContent) ---------------------------
@@ -277,7 +290,10 @@
     for (const choice of choices) {
       const button = el("button", { type: "button" });
       button.textContent = choice;
-      button.addEventListener("click", () => submit(choice));
+      button.addEventListener("click", () => {
+        submit(choice);
+        input.focus(); // the clicked button is gone with the choices
+      });
       box.append(button);
     }
     return box;
@@ -392,6 +408,7 @@
         live = true;
         attempts = 0;
         setConnection("Online", "online");
+        showNotice("");
         replaceTranscript(frame.messages || []);
         setStatus(frame.status);
         flush();

@@ -346,7 +346,8 @@ async def test_persistent_5xx_raises_delivery_error(
         await connector.deliver(conversation, reply)
     assert len(fake.calls_of("sendMessage", ok_only=False)) == 4
     assert sleeps.delays == [0.01, 0.02, 0.04]
-    fake.fail("sendMessage", times=1, status=403, description="Forbidden: bot was blocked by the user")
+    blocked = "Forbidden: bot was blocked by the user"
+    fake.fail("sendMessage", times=1, status=403, description=blocked)
     with pytest.raises(DeliveryError, match="blocked by the user"):
         await connector.deliver(conversation, reply)
     assert len(fake.calls_of("sendMessage", ok_only=False)) == 4 + 1  # a 403 is not retried
@@ -396,10 +397,9 @@ async def test_webhook_mode_registers_checks_the_secret_and_answers(
     assert reply["text"] and buttons(reply)
     # Updates are processed in order, so the rejected ones would have been answered first.
     assert fake.sent_to(3001) == [] and fake.sent_to(3002) == []
+    headers = {SECRET_HEADER: SECRET, "Content-Type": "application/json"}
     for body in (b"{nope", b'{"message": "x"}', b'{"update_id": 9, "message": "x"}'):
-        bad = await client.post(
-            WEBHOOK_PATH, data=body, headers={SECRET_HEADER: SECRET, "Content-Type": "application/json"}
-        )
+        bad = await client.post(WEBHOOK_PATH, data=body, headers=headers)
         assert bad.status == 400, body
 
 

@@ -62,6 +62,13 @@ async def history(client: TestClient[Any, Any], session: str) -> tuple[Socket, d
     return ws, frame
 
 
+async def history_with_origin(
+    client: TestClient[Any, Any], origin: str
+) -> tuple[Socket, dict[str, Any]]:
+    ws = await connect(client, "session-e1", headers={"Origin": origin})
+    return ws, await receive(ws)
+
+
 async def say(ws: Socket, text: str, client_id: str) -> list[dict[str, Any]]:
     """Send a message; the frames it produces, ack to status."""
     await ws.send_json({"type": "message", "text": text, "client_id": client_id})
@@ -294,13 +301,6 @@ async def test_origin_check_on_the_handshake(
         assert refused.value.status == 403
     bad = await client.get("/ws?session=x", headers={"Upgrade": "websocket"})
     assert bad.status == 400 and "session" in await bad.text()
-
-
-async def history_with_origin(
-    client: TestClient[Any, Any], origin: str
-) -> tuple[Socket, dict[str, Any]]:
-    ws = await connect(client, "session-e1", headers={"Origin": origin})
-    return ws, await receive(ws)
 
 
 @pytest.mark.slow

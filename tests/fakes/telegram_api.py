@@ -132,9 +132,7 @@ class FakeTelegramApi:
         }
         command = re.match(r"/\w+", text)
         if command:
-            message["entities"] = [
-                {"type": "bot_command", "offset": 0, "length": command.end()}
-            ]
+            message["entities"] = [{"type": "bot_command", "offset": 0, "length": command.end()}]
         return {"update_id": next(self._update_ids), "message": message}
 
     def callback_update(
