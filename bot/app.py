@@ -108,6 +108,7 @@ def build_runtime(settings: Settings) -> Runtime:
         settings.nlu.max_wait_ms,
         name="embed",
     )
+    metrics.model_reloads.set_function(lambda: understander.reloads)
     answers = EmbeddingAnswerIndex.load(
         settings.retrieval.index_dir, embed=embedder, embed_async=embed_batcher.submit
     )

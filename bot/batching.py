@@ -19,9 +19,14 @@ log = logging.getLogger(__name__)
 class MicroBatcher(Generic[T, R]):
     """Gathers calls into batches of at most `max_batch`, waiting at most `max_wait_ms`.
 
-    The first request of a batch waits for company no longer than `max_wait_ms`; a full batch
-    goes at once. `fn` runs in `executor` (one worker thread keeps torch from competing with
-    itself), so the event loop never blocks on a forward pass. A failure of `fn` fails every
+    Batches form by themselves under load: while one batch runs, new requests queue, and the
+    next batch takes all of them. So with `max_wait_ms=0` (the default) a lone request never
+    waits, and concurrent ones still share forwards. A positive `max_wait_ms` makes the first
+    request of a batch wait that long for company (larger batches at the price of latency);
+    a full batch goes at once.
+
+    `fn` runs in `executor` (one worker thread keeps torch from competing with itself), so
+    the event loop never blocks on a forward pass. A failure of `fn` fails every
     request of that batch with the same exception; the batcher itself keeps running.
 
     Args:
@@ -36,7 +41,7 @@ class MicroBatcher(Generic[T, R]):
         fn: Callable[[Sequence[T]], Sequence[R]],
         executor: Executor,
         max_batch: int = 64,
-        max_wait_ms: float = 4.0,
+        max_wait_ms: float = 0.0,
         name: str = "batcher",
     ) -> None:
         self._fn = fn
@@ -83,7 +88,7 @@ class MicroBatcher(Generic[T, R]):
                     pass
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    break
+                    break  # with max_wait 0: run now with whatever has queued
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:

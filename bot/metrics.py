@@ -47,11 +47,8 @@ class Metrics:
             buckets=STAGE_BUCKETS,
             registry=self.registry,
         )
-        self.model_reloads = Counter(
-            "supportbot_model_reloads", "Live model swaps.", registry=self.registry
-        )
-        self.open_escalations = Gauge(
-            "supportbot_open_escalations",
-            "Escalations waiting for or handled by an agent (as of the last change here).",
+        self.model_reloads = Gauge(
+            "supportbot_model_reloads",
+            "Live model swaps since this process started.",
             registry=self.registry,
         )

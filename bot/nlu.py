@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def quantize(classifier: TransformerClassifier) -> None:
     """int8 dynamic quantization of the linear layers: about 2x faster on CPU, same answers
-    on all but borderline inputs (measured in benchmarks/runtime_benchmark.py)."""
+    on all but borderline inputs (measured in benchmarks/inference_benchmark.py)."""
     from torch.ao.quantization import quantize_dynamic
 
     with warnings.catch_warnings():
@@ -111,7 +111,7 @@ class TransformerUnderstander:
         models_dir: Path,
         executor: ThreadPoolExecutor,
         max_batch: int = 64,
-        max_wait_ms: float = 4.0,
+        max_wait_ms: float = 0.0,
         quantized: bool = True,
         reload_interval_s: float = 2.0,
     ) -> None:

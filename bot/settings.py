@@ -56,7 +56,11 @@ class NluSettings(BaseModel):
     """Micro-batching of model inference."""
 
     max_batch: int = Field(64, ge=1, description="most texts in one model call")
-    max_wait_ms: float = Field(4.0, ge=0, description="longest a request waits for company")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="extra wait for company; 0: batches form while the previous one runs",
+    )
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
 
 
@@ -76,11 +80,11 @@ class EscalationSettings(BaseModel):
     """When the bot hands a conversation to a person."""
 
     negative_message: float = Field(
-        0.8, description="escalate a message whose negativity (P(neg) - P(pos)) reaches this"
+        0.95, description="escalate a message whose negativity (P(neg) - P(pos)) reaches this"
     )
     trend_window: int = Field(3, ge=2, description="customer messages in the trend window")
     negative_trend: float = Field(
-        0.4, description="escalate when mean negativity over the window reaches this"
+        0.7, description="escalate when mean negativity over the window reaches this"
     )
     max_failed_turns: int = Field(2, ge=1, description="fallbacks in a row before a hand-off")
     handoff_intents: list[str] = Field(

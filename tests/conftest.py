@@ -105,40 +105,109 @@ def trained_intent(tmp_path_factory: pytest.TempPathFactory) -> TrainingRun:
 # A small shop for runtime tests: intents the packaged routing knows, with sentiment that
 # the escalation policy can act on.
 RUNTIME_ROWS: list[tuple[str, str, str]] = [
-    *[(t, "greeting", "positive") for t in (
-        "hi", "hello there", "hey!", "good morning", "hiya", "hello, nice to meet you",
-        "hey there, hope you are well", "good evening :)", "hi team, lovely day", "morning!")],
-    *[(t, "order_status", "neutral") for t in (
-        "where is my order", "has my order shipped yet", "when will my package arrive",
-        "can you track my order please", "is my order on its way", "status of order BC-104522",
-        "what's the delivery date for my order", "my order says processing, when does it ship",
-        "any update on my parcel", "i'd like to know where my order is")],
-    *[(t, "refund_status", "neutral") for t in (
-        "where is my refund", "when do i get my money back", "has my refund been processed",
-        "how long does a refund take", "refund status please", "did you send my refund",
-        "i returned the kettle, when is the refund", "is my refund on the way",
-        "when will the refund show on my card", "refund for order BC-220931?")],
-    *[(t, "talk_to_human", "neutral") for t in (
-        "i want to talk to a human", "can i speak to a person", "connect me to an agent",
-        "real person please", "let me talk to someone from support", "human agent please",
-        "get me a human", "i need to speak with a representative", "transfer me to a person",
-        "is there a real human i can chat with")],
-    *[(t, "complaint", "negative") for t in (
-        "this is the worst service ever", "absolutely terrible, i am furious",
-        "you people are useless and rude", "i am so angry, nobody helps me",
-        "disgusting service, never again", "this is a scam, awful company",
-        "horrible experience, i hate this shop", "completely unacceptable, shame on you",
-        "your support is a joke, pathetic", "i'm livid, this is outrageous")],
+    *[
+        (t, "greeting", "positive")
+        for t in (
+            "hi",
+            "hello there",
+            "hey!",
+            "good morning",
+            "hiya",
+            "hello, nice to meet you",
+            "hey there, hope you are well",
+            "good evening :)",
+            "hi team, lovely day",
+            "morning!",
+        )
+    ],
+    *[
+        (t, "order_status", "neutral")
+        for t in (
+            "where is my order",
+            "has my order shipped yet",
+            "when will my package arrive",
+            "can you track my order please",
+            "is my order on its way",
+            "status of order BC-104522",
+            "what's the delivery date for my order",
+            "my order says processing, when does it ship",
+            "any update on my parcel",
+            "i'd like to know where my order is",
+        )
+    ],
+    *[
+        (t, "refund_status", "neutral")
+        for t in (
+            "where is my refund",
+            "when do i get my money back",
+            "has my refund been processed",
+            "how long does a refund take",
+            "refund status please",
+            "did you send my refund",
+            "i returned the kettle, when is the refund",
+            "is my refund on the way",
+            "when will the refund show on my card",
+            "refund for order BC-220931?",
+        )
+    ],
+    *[
+        (t, "talk_to_human", "neutral")
+        for t in (
+            "i want to talk to a human",
+            "can i speak to a person",
+            "connect me to an agent",
+            "real person please",
+            "let me talk to someone from support",
+            "human agent please",
+            "get me a human",
+            "i need to speak with a representative",
+            "transfer me to a person",
+            "is there a real human i can chat with",
+        )
+    ],
+    *[
+        (t, "complaint", "negative")
+        for t in (
+            "this is the worst service ever",
+            "absolutely terrible, i am furious",
+            "you people are useless and rude",
+            "i am so angry, nobody helps me",
+            "disgusting service, never again",
+            "this is a scam, awful company",
+            "horrible experience, i hate this shop",
+            "completely unacceptable, shame on you",
+            "your support is a joke, pathetic",
+            "i'm livid, this is outrageous",
+        )
+    ],
 ]
 RUNTIME_CONVERSATIONS = [
-    {"id": "c1", "resolved": True, "intent": "refund_status", "messages": [
-        {"role": "customer", "text": "how long does a refund take to reach my card?"},
-        {"role": "agent", "text": "Refunds reach your card 5-7 business days after the "
-         "warehouse scans your return; PayPal usually takes 1-2 days."}]},
-    {"id": "c2", "resolved": True, "intent": "order_status", "messages": [
-        {"role": "customer", "text": "where can I see where my parcel is right now?"},
-        {"role": "agent", "text": "Open My orders and click Track parcel; the tracking link is "
-         "also in the shipping email."}]},
+    {
+        "id": "c1",
+        "resolved": True,
+        "intent": "refund_status",
+        "messages": [
+            {"role": "customer", "text": "how long does a refund take to reach my card?"},
+            {
+                "role": "agent",
+                "text": "Refunds reach your card 5-7 business days after the "
+                "warehouse scans your return; PayPal usually takes 1-2 days.",
+            },
+        ],
+    },
+    {
+        "id": "c2",
+        "resolved": True,
+        "intent": "order_status",
+        "messages": [
+            {"role": "customer", "text": "where can I see where my parcel is right now?"},
+            {
+                "role": "agent",
+                "text": "Open My orders and click Track parcel; the tracking link is "
+                "also in the shipping email.",
+            },
+        ],
+    },
 ]
 
 
@@ -157,8 +226,9 @@ def runtime_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         writer.writerows(RUNTIME_ROWS)
     models = folder / "models"
     for task, epochs in (("intent", 6), ("sentiment", 6)):
-        args = TrainingArguments(epochs=epochs, batch_size=8, seed=11, validation_fraction=0.2,
-                                 test_fraction=0.0)
+        args = TrainingArguments(
+            epochs=epochs, batch_size=8, seed=11, validation_fraction=0.2, test_fraction=0.0
+        )
         train_task(task, [data], models, args, progress=False)
     logs = folder / "conversations.jsonl"
     logs.write_text("".join(json.dumps(c) + "\n" for c in RUNTIME_CONVERSATIONS))

@@ -53,3 +53,27 @@ async def test_a_failing_batch_fails_its_callers_and_the_next_batch_works() -> N
             await batcher.submit("boom")
         assert await batcher.submit("ok") == "OK"
         await batcher.stop()
+
+
+async def test_without_max_wait_batches_form_while_the_previous_one_runs() -> None:
+    import time
+
+    sizes: list[int] = []
+
+    def slow(items: Sequence[int]) -> list[int]:
+        sizes.append(len(items))
+        time.sleep(0.05)
+        return list(items)
+
+    with ThreadPoolExecutor(1) as pool:
+        batcher: MicroBatcher[int, int] = MicroBatcher(slow, pool, max_batch=64, max_wait_ms=0)
+        await batcher.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await batcher.submit(1) == 1  # alone: runs at once, no waiting for company
+        assert loop.time() - started < 0.5
+        sizes.clear()
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        await batcher.stop()
+    assert results == list(range(20))
+    assert len(sizes) <= 3 and sum(sizes) == 20  # the first alone, the rest together

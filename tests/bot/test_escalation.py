@@ -25,7 +25,8 @@ def understanding(
     )
 
 
-POLICY = EscalationPolicy(EscalationSettings())
+# Explicit thresholds: these tests are about the rules, not about the tuned defaults.
+POLICY = EscalationPolicy(EscalationSettings(negative_message=0.8, negative_trend=0.4))
 
 
 def test_calm_conversation_is_not_escalated() -> None:
