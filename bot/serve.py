@@ -100,6 +100,7 @@ def run_serve(ns: argparse.Namespace) -> int:
 
     def announce(_: str) -> None:
         print(f"supportbot is running on {base}", flush=True)
+        print(f"  web chat     {base}/  (demo page; embed {base}/widget.js on yours)")
         print(f"  REST API     {base}/api/v1/messages  (OpenAPI: {base}/api/v1/openapi.json)")
         print(f"  health       {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
 
