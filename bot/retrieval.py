@@ -26,9 +26,7 @@ questions is kept for each question: every phrasing is a way to find it.
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -59,6 +57,7 @@ from bot.validation import (
     decoded_lines,
     json_records,
     normalize,
+    read_csv,
 )
 
 PairKind = Literal["conversation", "faq", "approved"]
@@ -392,16 +391,14 @@ def _read_jsonl(
 
 
 def _read_faq_csv(path: Path, problems: list[Problem], explicit: bool) -> list[_Candidate] | None:
-    lines = decoded_lines(path, problems)
-    if not any(line.strip() for line in lines):
+    table = read_csv(path, problems)
+    if table is None:
         if explicit:
             problems.append(
                 Problem(str(path), None, None, "is empty; expected a question,answer header")
             )
         return [] if explicit else None
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
-    header = [h.strip().casefold() for h in next(reader)]
+    header = [h.casefold() for h in table.header]
     missing = [name for name in ("question", "answer") if name not in header]
     if missing:
         if not explicit:
@@ -420,23 +417,7 @@ def _read_faq_csv(path: Path, problems: list[Problem], explicit: bool) -> list[_
     qi, ai = header.index("question"), header.index("answer")
     ii = header.index("intent") if "intent" in header else None
     found = []
-    start = reader.line_num + 1
-    for row in reader:
-        # A quoted answer may span lines; the pair's line is the one its row starts on.
-        line, start = start, reader.line_num + 1
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            problems.append(
-                Problem(
-                    str(path),
-                    line,
-                    None,
-                    f"has {len(row)} fields but the header has {len(header)}; quote texts "
-                    'that contain the delimiter ("...")',
-                )
-            )
-            continue
+    for line, row in table.rows:
         question, answer = row[qi].strip(), row[ai].strip()
         intent = (row[ii].strip() or None) if ii is not None else None
         for name, value in (("question", question), ("answer", answer)):

@@ -6,10 +6,12 @@ every problem names file, line and field and says how to fix it, and all are rep
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,47 @@ def json_records(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dic
             )
             continue
         yield number, record
+
+
+@dataclass(frozen=True, slots=True)
+class CsvTable:
+    """A CSV/TSV file's header and its well-formed, non-blank rows.
+
+    Attributes:
+        rows: (line, cells) pairs; `line` is where the row starts, also when a quoted field
+            spans several lines.
+    """
+
+    header: list[str]
+    rows: list[tuple[int, list[str]]] = field(default_factory=list)
+
+
+def read_csv(path: Path, problems: list[Problem]) -> CsvTable | None:
+    """Read a CSV (or, by its suffix, TSV) file; None when it holds nothing at all.
+
+    Undecodable lines and rows whose field count differs from the header's are problems.
+    """
+    lines = decoded_lines(path, problems)
+    if not any(line.strip() for line in lines):
+        return None
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+    table = CsvTable(header=[h.strip() for h in next(reader)])
+    start = reader.line_num + 1
+    for row in reader:
+        line, start = start, reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(table.header):
+            problems.append(
+                Problem(
+                    str(path),
+                    line,
+                    None,
+                    f"has {len(row)} fields but the header has {len(table.header)}; quote "
+                    'texts that contain the delimiter ("...")',
+                )
+            )
+            continue
+        table.rows.append((line, row))
+    return table

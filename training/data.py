@@ -13,8 +13,6 @@ a time) so the user fixes a file in one pass; each names file, line, field and t
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,6 +29,7 @@ from bot.validation import (
     decoded_lines,
     json_records,
     normalize,
+    read_csv,
 )
 
 TASKS = ("intent", "sentiment")
@@ -141,13 +140,11 @@ class _Collector:
 def _read_flat_csv(
     path: Path, task: str, columns: Columns, problems: list[Problem], explicit: bool
 ) -> list[Example] | None:
-    lines = decoded_lines(path, problems)
-    if not lines or not any(line.strip() for line in lines):
+    table = read_csv(path, problems)
+    if table is None:
         problems.append(Problem(str(path), None, None, "is empty; expected a header row and data"))
         return []
-    delimiter = "\t" if path.suffix == ".tsv" else ","
-    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
-    header = [h.strip() for h in next(reader)]
+    header = table.header
     text_field = _text_field(columns, header)
     label_field = _label_field(task, columns, header)
     missing = [
@@ -176,21 +173,7 @@ def _read_flat_csv(
     assert text_field is not None and label_field is not None
     ti, li = header.index(text_field), header.index(label_field)
     collector = _Collector(path, problems)
-    for row in reader:
-        line = reader.line_num
-        if not any(cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            problems.append(
-                Problem(
-                    str(path),
-                    line,
-                    None,
-                    f"has {len(row)} fields but the header has {len(header)}; quote texts "
-                    'that contain the delimiter ("...")',
-                )
-            )
-            continue
+    for line, row in table.rows:
         collector.add(line, row[ti], row[li], text_field, label_field, "row")
     return collector.examples
 

@@ -570,3 +570,14 @@ def test_drop_overlap_removes_training_texts_in_the_test_set() -> None:
     assert [e.text for e in kept] == ORDER[1:]
     assert report.removed_overlapping_test == 1
     assert any("1 training text(s) that also appear in the test set" in x for x in report.lines())
+
+
+def test_a_quoted_text_over_several_lines_keeps_the_line_numbers_right(tmp_path: Path) -> None:
+    from training.data import DataValidationError, load_examples
+
+    path = tmp_path / "multiline.csv"
+    path.write_text('text,intent\n"where is\nmy order",order_status\n,order_status\n')
+    with pytest.raises(DataValidationError) as info:
+        load_examples([path], "intent", min_examples=0)
+    [problem] = info.value.problems
+    assert problem.line == 4 and problem.field == "text"
