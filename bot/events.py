@@ -158,6 +158,31 @@ class Feedback:
 
 
 @dataclass(frozen=True, slots=True)
+class Turn:
+    """Everything the bot decided about one customer message, recorded in one transaction.
+
+    Attributes:
+        message_id: the customer message it is about.
+        route: the route taken (stored on the customer message).
+        details: stored on the customer message (scores, sources, top guesses).
+        reply_text: the bot's reply, or None when it stays silent.
+        reply_details: stored on the reply (e.g. quick replies).
+        failed_turns: the conversation's new count of failed turns in a row, or None.
+        escalation: an escalation to open with this turn, or None.
+    """
+
+    message_id: int
+    understanding: Understanding
+    route: str
+    latency_ms: float
+    details: dict[str, Any] = field(default_factory=dict)
+    reply_text: str | None = None
+    reply_details: dict[str, Any] = field(default_factory=dict)
+    failed_turns: int | None = None
+    escalation: Escalation | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A message as the store keeps it."""
 

@@ -13,6 +13,7 @@ from bot.events import (
     Feedback,
     Role,
     StoredMessage,
+    Turn,
     Understanding,
 )
 
@@ -66,6 +67,10 @@ class ConversationStore(Protocol):
         details: dict[str, Any] | None = None,
     ) -> StoredMessage:
         """Persist a bot, agent or system message (a reply to `reply_to`, if given)."""
+
+    async def record_turn(self, conversation_id: str, turn: Turn) -> StoredMessage | None:
+        """Annotate the customer message, update failed turns, open the escalation and store
+        the bot's reply, all in one transaction; returns the stored reply (None if silent)."""
 
     async def replies_to(self, message_id: int) -> list[StoredMessage]:
         """Messages stored as replies to `message_id`, oldest first."""

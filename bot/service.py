@@ -23,6 +23,7 @@ from bot.events import (
     Role,
     Route,
     StoredMessage,
+    Turn,
     Understanding,
 )
 from bot.metrics import Metrics
@@ -190,46 +191,43 @@ class ConversationService:
 
         if conversation.status != ConversationStatus.BOT:
             # An agent has this conversation: the bot stays silent, the agent sees the message.
-            await self._finish(stored, understanding, Route.AGENT, {}, started, message.channel)
+            await self._record(conversation, stored, understanding, Route.AGENT, {}, started)
+            self.metrics.messages.labels(message.channel, Route.AGENT).inc()
             return (), conversation.status
 
         decision = await self._decide(conversation, message, understanding, model_seconds)
+        reply = await self._record(
+            conversation,
+            stored,
+            understanding,
+            decision.route,
+            decision.details,
+            started,
+            decision,
+        )
+        self.metrics.messages.labels(message.channel, decision.route).inc()
+        if decision.route == Route.REPHRASE:
+            self.metrics.fallbacks.inc()
         status = ConversationStatus.BOT
         if decision.escalation is not None:
-            await self.store.escalate(conversation.id, decision.escalation)
             self.metrics.escalations.labels(decision.escalation.reason).inc()
             status = ConversationStatus.WAITING
-        if decision.failed_turns != conversation.failed_turns:
-            await self.store.set_failed_turns(conversation.id, decision.failed_turns)
-        details = dict(decision.details)
-        if decision.quick_replies:
-            details["quick_replies"] = list(decision.quick_replies)
-        reply = await self.store.add_message(
-            conversation.id,
-            Role.BOT,
-            decision.text,
-            reply_to=stored.id,
-            route=decision.route,
-            details=details,
-        )
-        await self._finish(
-            stored, understanding, decision.route, decision.details, started, message.channel
-        )
-        return (reply_of(reply),), status
+        return ((reply_of(reply),) if reply else ()), status
 
-    async def _finish(
+    async def _record(
         self,
+        conversation: Conversation,
         stored: StoredMessage,
         understanding: Understanding,
         route: Route,
         details: dict[str, Any],
         started: float,
-        channel: str,
-    ) -> None:
-        latency_ms = (time.perf_counter() - started) * 1000
+        decision: _Decision | None = None,
+    ) -> StoredMessage | None:
+        """Store the whole turn (annotation, reply, failed turns, escalation) in one go."""
         # The runner-up guesses are what an agent or a retraining run wants to see next to
         # the message, so they are kept with it.
-        details = {
+        message_details = {
             **details,
             "top_intents": [[s.label, round(s.score, 4)] for s in understanding.top_intents],
             "sentiment_scores": {
@@ -237,10 +235,24 @@ class ConversationService:
             },
             "abstained": understanding.intent is None,
         }
-        await self.store.annotate(stored.id, understanding, route, latency_ms, details)
-        self.metrics.messages.labels(channel, route).inc()
-        if route == Route.REPHRASE:
-            self.metrics.fallbacks.inc()
+        reply_details = dict(details)
+        if decision is not None and decision.quick_replies:
+            reply_details["quick_replies"] = list(decision.quick_replies)
+        failed_turns = None
+        if decision is not None and decision.failed_turns != conversation.failed_turns:
+            failed_turns = decision.failed_turns
+        turn = Turn(
+            message_id=stored.id,
+            understanding=understanding,
+            route=route,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            details=message_details,
+            reply_text=decision.text if decision is not None else None,
+            reply_details=reply_details,
+            failed_turns=failed_turns,
+            escalation=decision.escalation if decision is not None else None,
+        )
+        return await self.store.record_turn(conversation.id, turn)
 
     async def _decide(
         self,

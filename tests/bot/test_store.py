@@ -941,3 +941,69 @@ def test_timestamps_are_stored_as_utc_and_need_a_time_zone() -> None:
     assert column.process_result_value(datetime(2025, 1, 1, 12, 0), dialect) == berlin
     with pytest.raises(ValueError, match="timezone-aware"):
         column.process_bind_param(datetime(2025, 1, 1), dialect)
+
+
+async def test_record_turn_writes_annotation_reply_failures_and_escalation_together(
+    store: SqlConversationStore,
+) -> None:
+    from bot.events import Turn
+
+    conversation = await store.conversation("rest", "turns")
+    message, _ = await store.add_customer_message(conversation.id, "this is useless!!")
+    seen = understanding(negativity=np.float32(0.97))
+    reply = await store.record_turn(
+        conversation.id,
+        Turn(
+            message_id=message.id,
+            understanding=seen,
+            route=Route.HANDOFF,
+            latency_ms=np.float64(8.5),
+            details={"reason": "negative_message"},
+            reply_text="A person will take over.",
+            reply_details={"reason": "negative_message"},
+            failed_turns=0,
+            escalation=Escalation("negative_message", 2.97, "very negative", {"negativity": 0.97}),
+        ),
+    )
+    assert reply is not None and reply.role == Role.BOT and reply.text == "A person will take over."
+    customer, bot = await store.transcript(conversation.id)
+    assert (customer.route, customer.latency_ms) == ("handoff", 8.5)
+    assert customer.negativity == pytest.approx(0.97)
+    assert customer.details == {"reason": "negative_message"}
+    assert bot.id == reply.id and [m.id for m in await store.replies_to(message.id)] == [reply.id]
+    current = await store.get_conversation(conversation.id)
+    assert current.status == ConversationStatus.WAITING
+    [escalation] = await store.open_escalations()
+    assert escalation.reason == "negative_message" and escalation.priority == 2.97
+
+    # A silent turn (an agent has the conversation) stores no reply and no second escalation.
+    later, _ = await store.add_customer_message(conversation.id, "hello?")
+    silent = await store.record_turn(
+        conversation.id,
+        Turn(
+            later.id,
+            understanding(),
+            Route.AGENT,
+            1.0,
+            failed_turns=2,
+            escalation=Escalation("negative_trend", 1.0, "again", {}),
+        ),
+    )
+    assert silent is None
+    assert len(await store.open_escalations()) == 1
+    assert (await store.get_conversation(conversation.id)).failed_turns == 2
+    assert len(await store.transcript(conversation.id)) == 3
+
+
+async def test_record_turn_refuses_a_message_of_another_conversation(
+    store: SqlConversationStore,
+) -> None:
+    from bot.events import Turn
+
+    first = await store.conversation("rest", "a")
+    second = await store.conversation("rest", "b")
+    message, _ = await store.add_customer_message(first.id, "hi")
+    with pytest.raises(BadRequestError, match="belongs to conversation"):
+        await store.record_turn(second.id, Turn(message.id, understanding(), Route.ANSWER, 1.0))
+    with pytest.raises(NotFoundError):
+        await store.record_turn(first.id, Turn(999999, understanding(), Route.ANSWER, 1.0))
