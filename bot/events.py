@@ -203,6 +203,23 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Received:
+    """A customer message as stored, with what handling it needs from the store.
+
+    Attributes:
+        conversation: the conversation as it was when the message was committed.
+        message: the stored message (the earlier one for a retried delivery).
+        new: False when `client_id` was already stored (a retried delivery).
+        recent: the conversation's last messages up to and including this one, oldest first.
+    """
+
+    conversation: Conversation
+    message: StoredMessage
+    new: bool
+    recent: tuple[StoredMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Conversation:
     """A conversation as the store keeps it."""
 

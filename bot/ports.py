@@ -11,6 +11,7 @@ from bot.events import (
     Escalation,
     EscalationRecord,
     Feedback,
+    Received,
     Role,
     StoredMessage,
     Turn,
@@ -46,6 +47,12 @@ class ConversationStore(Protocol):
         self, conversation_id: str, text: str, client_id: str | None = None
     ) -> tuple[StoredMessage, bool]:
         """Persist a customer message; (message, False) if `client_id` was already stored."""
+
+    async def receive(
+        self, conversation_id: str, text: str, client_id: str | None = None, recent: int = 0
+    ) -> Received:
+        """Persist a customer message and read, in the same transaction, the conversation's
+        state and its last `recent` messages (what deciding on the message needs)."""
 
     async def annotate(
         self,

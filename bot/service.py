@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +68,21 @@ def reply_of(message: StoredMessage) -> Reply:
         rateable=message.role == Role.BOT
         and route in (Route.ANSWER, Route.RESPONSE, Route.HANDLER),
     )
+
+
+def earlier_negativity(recent: Sequence[StoredMessage]) -> list[float]:
+    """Negativity of the customer messages before the newest one, since the last hand-off.
+
+    What led to an earlier hand-off was dealt with by a person, so it does not count towards a
+    new negative trend.
+    """
+    earlier: list[float] = []
+    for m in recent[:-1]:  # the newest message is the one being handled
+        if m.route == Route.HANDOFF or m.role == Role.AGENT:
+            earlier = []
+        elif m.role == Role.CUSTOMER and m.negativity is not None:
+            earlier.append(m.negativity)
+    return earlier
 
 
 class _KeyedLocks:
@@ -144,21 +159,24 @@ class ConversationService:
             message.channel, message.sender, message.sender_name
         )
         async with self._locks.hold(conversation.id):
-            stored, new = await self.store.add_customer_message(
-                conversation.id, message.text, message.client_id
+            # The conversation's state comes back from the same transaction that stored the
+            # message, so an escalation by an earlier message is seen.
+            received = await self.store.receive(
+                conversation.id,
+                message.text,
+                message.client_id,
+                recent=4 * self.policy.settings.trend_window,
             )
-            if not new:
+            stored, conversation = received.message, received.conversation
+            if not received.new:
                 replies = tuple(reply_of(m) for m in await self.store.replies_to(stored.id))
                 self.metrics.messages.labels(message.channel, Route.DUPLICATE).inc()
-                current = await self.store.get_conversation(conversation.id)
                 return HandleResult(
-                    conversation.id, stored.id, replies, current.status, duplicate=True
+                    conversation.id, stored.id, replies, conversation.status, duplicate=True
                 )
-            # Re-read under the lock: another message may have escalated meanwhile.
-            conversation = await self.store.get_conversation(conversation.id)
             try:
                 replies, status = await self._respond(
-                    conversation, stored, message, started, model_seconds
+                    conversation, stored, message, started, model_seconds, received.recent
                 )
             except StoreUnavailableError:
                 raise
@@ -183,6 +201,7 @@ class ConversationService:
         message: Message,
         started: float,
         model_seconds: dict[str, float],
+        recent: tuple[StoredMessage, ...],
     ) -> tuple[tuple[Reply, ...], ConversationStatus]:
         stage = time.perf_counter()
         understanding = await self.understander.understand(message.text)
@@ -195,7 +214,9 @@ class ConversationService:
             self.metrics.messages.labels(message.channel, Route.AGENT).inc()
             return (), conversation.status
 
-        decision = await self._decide(conversation, message, understanding, model_seconds)
+        decision = await self._decide(
+            conversation, message, understanding, model_seconds, earlier_negativity(recent)
+        )
         reply = await self._record(
             conversation,
             stored,
@@ -260,8 +281,8 @@ class ConversationService:
         message: Message,
         understanding: Understanding,
         model_seconds: dict[str, float],
+        earlier: list[float],
     ) -> _Decision:
-        earlier = await self._earlier_negativity(conversation.id)
         escalation = self.policy.assess(understanding, earlier)
         if escalation is not None:
             return self._handoff(escalation, message)
@@ -311,18 +332,6 @@ class ConversationService:
         details = {"reason": escalation.reason, "explanation": escalation.explanation}
         text = self.router.message("handoff", message.sender_name)
         return _Decision(Route.HANDOFF, text, details, escalation=escalation)
-
-    async def _earlier_negativity(self, conversation_id: str) -> list[float]:
-        window = self.policy.settings.trend_window
-        recent = await self.store.transcript(conversation_id, limit=4 * window)
-        earlier: list[float] = []
-        for m in recent[:-1]:  # the newest message is the one being handled
-            if m.route == Route.HANDOFF or m.role == Role.AGENT:
-                # What led to an earlier hand-off was dealt with by a person: start afresh.
-                earlier = []
-            elif m.role == Role.CUSTOMER and m.negativity is not None:
-                earlier.append(m.negativity)
-        return earlier
 
     async def request_handoff(self, message: Message) -> HandleResult:
         """The customer explicitly asked for a person (e.g. Telegram's /human command).

@@ -52,6 +52,7 @@ from bot.events import (
     Escalation,
     EscalationRecord,
     Feedback,
+    Received,
     Role,
     StoredMessage,
     Turn,
@@ -414,24 +415,52 @@ class SqlConversationStore:
         Raises:
             NotFoundError: no conversation has this id.
         """
+        received = await self.receive(conversation_id, text, client_id)
+        return received.message, received.new
+
+    async def receive(
+        self, conversation_id: str, text: str, client_id: str | None = None, recent: int = 0
+    ) -> Received:
+        """Persist a customer message; in the same transaction read the conversation's state
+        and its last `recent` messages, so handling a message costs one round of locking.
+
+        Raises:
+            NotFoundError: no conversation has this id.
+        """
         now = utcnow()
         try:
             async with self._write("store a customer message") as session:
                 conversation = await self._locked_conversation(session, conversation_id)
+                row = None
                 if client_id is not None:
-                    existing = await session.scalar(_by_client_id(conversation_id, client_id))
-                    if existing is not None:
-                        return _message(existing), False
-                row = MessageRow(
-                    conversation_id=conversation_id,
-                    role=Role.CUSTOMER.value,
-                    text=text,
-                    client_id=client_id,
-                    created_at=now,
+                    row = await session.scalar(_by_client_id(conversation_id, client_id))
+                new = row is None
+                if row is None:
+                    row = MessageRow(
+                        conversation_id=conversation_id,
+                        role=Role.CUSTOMER.value,
+                        text=text,
+                        client_id=client_id,
+                        created_at=now,
+                    )
+                    session.add(row)
+                    conversation.updated_at = now
+                    await session.flush()
+                last: list[MessageRow] = []
+                if recent > 0:
+                    query = (
+                        select(MessageRow)
+                        .where(MessageRow.conversation_id == conversation_id)
+                        .order_by(MessageRow.id.desc())
+                        .limit(recent)
+                    )
+                    last = list(reversed((await session.scalars(query)).all()))
+                return Received(
+                    _conversation(conversation),
+                    _message(row),
+                    new,
+                    tuple(_message(m) for m in last),
                 )
-                session.add(row)
-                conversation.updated_at = now
-                await session.flush()
         except IntegrityError:
             # The same delivery, stored by another replica after our check (PostgreSQL only:
             # on SQLite the write lock already serialised us).
@@ -439,10 +468,10 @@ class SqlConversationStore:
                 raise
             async with self._read("look up a message") as session:
                 existing = await session.scalar(_by_client_id(conversation_id, client_id))
-            if existing is None:
+                state = await session.get(ConversationRow, conversation_id)
+            if existing is None or state is None:
                 raise
-            return _message(existing), False
-        return _message(row), True
+            return Received(_conversation(state), _message(existing), False)
 
     async def annotate(
         self,

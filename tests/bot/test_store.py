@@ -1007,3 +1007,19 @@ async def test_record_turn_refuses_a_message_of_another_conversation(
         await store.record_turn(second.id, Turn(message.id, understanding(), Route.ANSWER, 1.0))
     with pytest.raises(NotFoundError):
         await store.record_turn(first.id, Turn(999999, understanding(), Route.ANSWER, 1.0))
+
+
+async def test_receive_returns_state_and_recent_messages_from_one_transaction(
+    store: SqlConversationStore,
+) -> None:
+    conversation = await store.conversation("rest", "recv")
+    for said in ("one", "two", "three"):
+        await store.receive(conversation.id, said)
+    await store.escalate(conversation.id, Escalation("negative_message", 2.0, "angry", {}))
+    received = await store.receive(conversation.id, "four", client_id="c-4", recent=3)
+    assert received.new and received.message.text == "four"
+    assert received.conversation.status == ConversationStatus.WAITING
+    assert [m.text for m in received.recent] == ["two", "three", "four"]
+    again = await store.receive(conversation.id, "four", client_id="c-4", recent=3)
+    assert not again.new and again.message.id == received.message.id
+    assert len(await store.transcript(conversation.id)) == 4
