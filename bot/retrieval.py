@@ -55,6 +55,7 @@ from bot.validation import (
     DataProblemsError,
     Problem,
     decoded_lines,
+    expand_paths,
     json_records,
     normalize,
     read_csv,
@@ -521,51 +522,6 @@ def _read_faq_markdown(
     return found
 
 
-def _expand(paths: Sequence[Path], problems: list[Problem]) -> list[tuple[Path, bool]]:
-    files: list[tuple[Path, bool]] = []
-    seen: set[Path] = set()
-
-    def add(path: Path, explicit: bool) -> None:
-        # The same file named twice (e.g. `--data data/ --faq data/faq.csv`) is read once.
-        key = path.resolve()
-        if key not in seen:
-            seen.add(key)
-            files.append((path, explicit))
-
-    for path in paths:
-        if path.is_dir():
-            members = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-            )
-            if not members:
-                problems.append(
-                    Problem(
-                        str(path),
-                        None,
-                        None,
-                        "holds no .jsonl, .json, .csv, .tsv or .md files",
-                    )
-                )
-            for member in members:
-                add(member, False)
-        elif path.is_file():
-            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                problems.append(
-                    Problem(
-                        str(path),
-                        None,
-                        None,
-                        f"has an unsupported extension {path.suffix!r}; use conversations "
-                        ".jsonl, an FAQ .csv (question,answer) or an FAQ .md",
-                    )
-                )
-            else:
-                add(path, True)
-        else:
-            problems.append(Problem(str(path), None, None, "does not exist; check the path"))
-    return files
-
-
 def _deduplicate(candidates: list[_Candidate], report: PairReport) -> list[AnswerPair]:
     oldest = datetime.min.replace(tzinfo=UTC)
 
@@ -606,7 +562,12 @@ def build_answer_pairs(paths: Sequence[Path], report: PairReport | None = None) 
     report = report if report is not None else PairReport()
     problems: list[Problem] = []
     candidates: list[_Candidate] = []
-    for path, explicit in _expand(paths, problems):
+    for path, explicit in expand_paths(
+        paths,
+        SUPPORTED_SUFFIXES,
+        problems,
+        "conversations .jsonl, an FAQ .csv (question,answer) or an FAQ .md",
+    ):
         first_problem = len(problems)
         suffix = path.suffix.lower()
         found: list[_Candidate] | None

@@ -16,6 +16,7 @@ import math
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -569,19 +570,7 @@ class SqlConversationStore:
                 escalation is not None
                 and await session.scalar(_unresolved(conversation_id)) is None
             ):
-                session.add(
-                    EscalationRow(
-                        conversation_id=conversation_id,
-                        reason=escalation.reason,
-                        priority=priority,
-                        explanation=escalation.explanation,
-                        scores={k: float(v) for k, v in escalation.scores.items()},
-                        status="open",
-                        created_at=now,
-                    )
-                )
-                conversation.status = ConversationStatus.WAITING.value
-                conversation.assignee = None
+                _open_escalation(session, conversation, escalation, priority, now)
             reply = None
             if turn.reply_text is not None:
                 reply = MessageRow(
@@ -702,19 +691,7 @@ class SqlConversationStore:
                 current = await session.scalar(_unresolved(conversation_id))
                 if current is not None:
                     return _escalation(current)
-                row = EscalationRow(
-                    conversation_id=conversation_id,
-                    reason=escalation.reason,
-                    priority=priority,
-                    explanation=escalation.explanation,
-                    scores={name: float(score) for name, score in escalation.scores.items()},
-                    status="open",
-                    created_at=now,
-                )
-                session.add(row)
-                conversation.status = ConversationStatus.WAITING.value
-                conversation.assignee = None
-                conversation.updated_at = now
+                row = _open_escalation(session, conversation, escalation, priority, now)
                 await session.flush()
         except IntegrityError:
             # Another replica opened one first (the partial unique index refused ours).
@@ -937,6 +914,30 @@ class SqlConversationStore:
             row.sender_name = sender_name
             row.updated_at = utcnow()
         return _conversation(row)
+
+
+def _open_escalation(
+    session: AsyncSession,
+    conversation: ConversationRow,
+    escalation: Escalation,
+    priority: float,
+    now: datetime,
+) -> EscalationRow:
+    """Add an open escalation and hand the (locked) conversation to the agents' queue."""
+    row = EscalationRow(
+        conversation_id=conversation.id,
+        reason=escalation.reason,
+        priority=priority,
+        explanation=escalation.explanation,
+        scores={name: float(score) for name, score in escalation.scores.items()},
+        status="open",
+        created_at=now,
+    )
+    session.add(row)
+    conversation.status = ConversationStatus.WAITING.value
+    conversation.assignee = None
+    conversation.updated_at = now
+    return row
 
 
 def _by_client_id(conversation_id: str, client_id: str) -> Select[MessageRow]:

@@ -10,7 +10,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,3 +158,53 @@ def read_csv(path: Path, problems: list[Problem]) -> CsvTable | None:
             continue
         table.rows.append((line, row))
     return table
+
+
+def expand_paths(
+    paths: Sequence[Path], suffixes: Collection[str], problems: list[Problem], use: str
+) -> list[tuple[Path, bool]]:
+    """The files to read: each path as given, directories expanded to their matching files.
+
+    Args:
+        suffixes: lower-case extensions (".csv", ...) that can be read.
+        use: what to use instead of an unsupported file, for the message.
+
+    Returns:
+        (file, explicit) pairs, each file once: `explicit` is False for a directory member,
+        which the reader may skip when it does not fit (an FAQ among training data, say).
+    """
+    files: list[tuple[Path, bool]] = []
+    seen: set[Path] = set()
+    wanted = ", ".join(sorted(suffixes))
+
+    def add(path: Path, explicit: bool) -> None:
+        # The same file named twice (e.g. `--data data/ --faq data/faq.csv`) is read once.
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append((path, explicit))
+
+    for path in paths:
+        if path.is_dir():
+            members = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes
+            )
+            if not members:
+                problems.append(Problem(str(path), None, None, f"holds no {wanted} files"))
+            for member in members:
+                add(member, False)
+        elif path.is_file():
+            if path.suffix.lower() not in suffixes:
+                problems.append(
+                    Problem(
+                        str(path),
+                        None,
+                        None,
+                        f"has an unsupported extension {path.suffix!r}; use {use}",
+                    )
+                )
+            else:
+                add(path, True)
+        else:
+            problems.append(Problem(str(path), None, None, "does not exist; check the path"))
+    return files

@@ -27,6 +27,7 @@ from bot.validation import (
     DataProblemsError,
     Problem,
     decoded_lines,
+    expand_paths,
     json_records,
     normalize,
     read_csv,
@@ -345,41 +346,6 @@ def _read_file(
     return _flat_json_examples(path, task, columns, records, problems, explicit)
 
 
-def _expand(paths: Sequence[Path], problems: list[Problem]) -> list[tuple[Path, bool]]:
-    files: list[tuple[Path, bool]] = []
-    for path in paths:
-        if path.is_dir():
-            members = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
-            )
-            if not members:
-                problems.append(
-                    Problem(
-                        str(path),
-                        None,
-                        None,
-                        "holds no .jsonl, .json, .csv, .tsv, .yml or .yaml files",
-                    )
-                )
-            files += [(p, False) for p in members]
-        elif path.is_file():
-            if path.suffix.lower() not in SUPPORTED_SUFFIXES:
-                problems.append(
-                    Problem(
-                        str(path),
-                        None,
-                        None,
-                        f"has an unsupported extension {path.suffix!r}; use .jsonl, .csv, "
-                        ".tsv or a Rasa .yml",
-                    )
-                )
-            else:
-                files.append((path, True))
-        else:
-            problems.append(Problem(str(path), None, None, "does not exist; check the path"))
-    return files
-
-
 def load_examples(
     paths: Sequence[Path],
     task: str,
@@ -408,7 +374,9 @@ def load_examples(
     report = report if report is not None else LoadReport()
     problems: list[Problem] = []
     examples: list[Example] = []
-    for path, explicit in _expand(paths, problems):
+    for path, explicit in expand_paths(
+        paths, SUPPORTED_SUFFIXES, problems, ".jsonl, .csv, .tsv or a Rasa .yml"
+    ):
         found = _read_file(path, task, columns, problems, explicit)
         if found is None:
             report.skipped.append(f"{path} (no {task} labels)")
