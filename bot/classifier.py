@@ -159,7 +159,7 @@ class TransformerClassifier:
         batch_size: texts per forward pass in `predict_proba`.
     """
 
-    def __init__(self, directory: Path, batch_size: int = 64) -> None:
+    def __init__(self, directory: Path, batch_size: int = 16) -> None:
         self.directory = directory
         self.model, self.tokenizer, self.meta = load_model(directory)
         self.batch_size = batch_size
@@ -169,22 +169,30 @@ class TransformerClassifier:
         return self.meta.labels
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        """Raw (uncalibrated) logits, shape (len(texts), num_labels)."""
-        chunks = []
-        with torch.inference_mode():
-            for start in range(0, len(texts), self.batch_size):
-                batch = list(texts[start : start + self.batch_size])
-                enc = self.tokenizer(
-                    batch,
-                    padding=True,
-                    truncation=True,
-                    max_length=self.meta.max_length,
-                    return_tensors="pt",
-                )
-                chunks.append(self.model(enc["input_ids"], enc["attention_mask"]).float())
-        if not chunks:
+        """Raw (uncalibrated) logits, shape (len(texts), num_labels), in input order.
+
+        Texts are tokenized once, sorted by length and run in chunks of similar length, so a
+        long message does not make a whole batch pay for its padding.
+        """
+        if not texts:
             return torch.empty(0, len(self.labels))
-        return torch.cat(chunks)
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.meta.max_length)[
+            "input_ids"
+        ]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = torch.empty(len(ids), len(self.labels))
+        pad = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                width = len(ids[chunk[-1]])
+                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+                    mask[row, : len(ids[i])] = 1
+                out[chunk] = self.model(input_ids, mask).float()
+        return out
 
     def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
         """Calibrated probabilities (temperature-scaled softmax)."""

@@ -612,10 +612,11 @@ class SentenceEmbedder:
 
     Args:
         model: `bundled` (the offline all-MiniLM-L6-v2), a Hugging Face name or a local path.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass; sentence-transformers sorts texts by length
+            first, so small chunks of similar length waste little on padding.
     """
 
-    def __init__(self, model: str = DEFAULT_BACKBONE, batch_size: int = 64) -> None:
+    def __init__(self, model: str = DEFAULT_BACKBONE, batch_size: int = 16) -> None:
         self.model = model
         self.batch_size = batch_size
         self._encoder: Any = None
