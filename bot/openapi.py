@@ -67,6 +67,16 @@ _UNDERSTANDING = {
     },
 }
 
+
+def _json_body(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """A required JSON object request body with these properties."""
+    schema: dict[str, Any] = {"type": "object"}
+    if required is not None:
+        schema["required"] = required
+    schema["properties"] = properties
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {
@@ -78,31 +88,22 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/messages": {
             "post": {
                 "summary": "Send a customer message and get the bot's replies",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["sender", "text"],
-                                "properties": {
-                                    "sender": {
-                                        "type": "string",
-                                        "description": "the customer's id; one conversation "
-                                        "per sender",
-                                    },
-                                    "text": {"type": "string", "maxLength": 4000},
-                                    "client_id": {
-                                        "type": "string",
-                                        "description": "your id for this message; a retry "
-                                        "with the same id is not answered twice",
-                                    },
-                                    "name": {"type": "string"},
-                                },
-                            }
-                        }
+                "requestBody": _json_body(
+                    required=["sender", "text"],
+                    properties={
+                        "sender": {
+                            "type": "string",
+                            "description": "the customer's id; one conversation per sender",
+                        },
+                        "text": {"type": "string", "maxLength": 4000},
+                        "client_id": {
+                            "type": "string",
+                            "description": "your id for this message; a retry "
+                            "with the same id is not answered twice",
+                        },
+                        "name": {"type": "string"},
                     },
-                },
+                ),
                 "responses": {
                     "200": {
                         "description": "Stored and answered (replies may be empty while an "
@@ -132,22 +133,14 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/feedback": {
             "post": {
                 "summary": "Rate a bot reply",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["message_id", "rating"],
-                                "properties": {
-                                    "message_id": {"type": "integer"},
-                                    "rating": {"type": "string", "enum": ["up", "down"]},
-                                    "comment": {"type": "string", "maxLength": 2000},
-                                },
-                            }
-                        }
+                "requestBody": _json_body(
+                    required=["message_id", "rating"],
+                    properties={
+                        "message_id": {"type": "integer"},
+                        "rating": {"type": "string", "enum": ["up", "down"]},
+                        "comment": {"type": "string", "maxLength": 2000},
                     },
-                },
+                ),
                 "responses": {
                     "201": {"description": "Stored"},
                     "400": _ERROR,
@@ -159,52 +152,36 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Rasa REST channel compatible: {sender, message} -> "
                 "[{recipient_id, text}]",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["sender", "message"],
-                                "properties": {
-                                    "sender": {"type": "string"},
-                                    "message": {"type": "string"},
-                                },
-                            }
-                        }
+                "requestBody": _json_body(
+                    required=["sender", "message"],
+                    properties={
+                        "sender": {"type": "string"},
+                        "message": {"type": "string"},
                     },
-                },
+                ),
                 "responses": {"200": {"description": "The bot's replies"}, "400": _ERROR},
             }
         },
         "/api/v1/answers/search": {
             "post": {
                 "summary": "Search past agents' answers and the FAQ (nothing is stored)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["text"],
-                                "properties": {
-                                    "text": {"type": "string", "maxLength": 4000},
-                                    "k": {
-                                        "type": "integer",
-                                        "minimum": 1,
-                                        "maximum": 20,
-                                        "default": 3,
-                                    },
-                                    "intent": {
-                                        "type": "string",
-                                        "description": "search this intent's answers only, "
-                                        "when the index has any",
-                                    },
-                                },
-                            }
-                        }
+                "requestBody": _json_body(
+                    required=["text"],
+                    properties={
+                        "text": {"type": "string", "maxLength": 4000},
+                        "k": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 20,
+                            "default": 3,
+                        },
+                        "intent": {
+                            "type": "string",
+                            "description": "search this intent's answers only, "
+                            "when the index has any",
+                        },
                     },
-                },
+                ),
                 "responses": {
                     "200": {
                         "description": "The best answers, best first; the bot itself uses one "
@@ -228,18 +205,10 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/understand": {
             "post": {
                 "summary": "Intent and sentiment of a text (nothing is stored)",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["text"],
-                                "properties": {"text": {"type": "string", "maxLength": 4000}},
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_body(
+                    required=["text"],
+                    properties={"text": {"type": "string", "maxLength": 4000}},
+                ),
                 "responses": {
                     "200": {
                         "description": "What the live models make of the text",
@@ -253,26 +222,17 @@ OPENAPI: dict[str, Any] = {
         "/api/v1/handoff": {
             "post": {
                 "summary": "Hand a customer's conversation to the agent queue",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["sender"],
-                                "properties": {
-                                    "sender": {"type": "string"},
-                                    "text": {
-                                        "type": "string",
-                                        "description": "the customer's last message, stored "
-                                        "for the agent",
-                                    },
-                                    "channel": {"type": "string", "default": "rasa"},
-                                },
-                            }
-                        }
+                "requestBody": _json_body(
+                    required=["sender"],
+                    properties={
+                        "sender": {"type": "string"},
+                        "text": {
+                            "type": "string",
+                            "description": "the customer's last message, stored for the agent",
+                        },
+                        "channel": {"type": "string", "default": "rasa"},
                     },
-                },
+                ),
                 "responses": {
                     "200": {
                         "description": "Escalated (or already with an agent); same body as "

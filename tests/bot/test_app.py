@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from bot.app import RUNTIME, create_app
 from bot.events import ConversationStatus
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
+from tests.helpers import runtime_settings
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +24,7 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def settings_for(models: Path, db_url: str, **escalation: Any) -> Settings:
-    return load_settings(
-        None,
-        store={"url": db_url},
-        models={"dir": models, "train_if_missing": False, "reload_interval_s": 0.2},
-        retrieval={"index_dir": models / "answers", "build_if_missing": False, "min_score": 0.5},
-        escalation={"max_failed_turns": 2, **escalation},
-    )
+    return runtime_settings(models, db_url, escalation={"max_failed_turns": 2, **escalation})
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from aiohttp.test_utils import TestServer
 from bot.app import RUNTIME, create_app
 from bot.events import ConversationStatus, Reply, Role, Route
 from bot.service import HandleResult
-from bot.settings import load_settings
 from connectors.rasa_actions import (
     APOLOGY,
     ActionServerSettings,
@@ -33,6 +32,7 @@ from connectors.rasa_actions import (
 )
 from connectors.rasa_cli import URL_ENV
 from connectors.rest import render_answers, render_result
+from tests.helpers import runtime_settings
 
 SUPPORTBOT = Path(sys.executable).with_name("supportbot")
 RASA_VERSION = "3.21.0"
@@ -205,16 +205,7 @@ async def webhook(server: ActionServerProcess, call: dict[str, Any]) -> dict[str
 async def supportbot(
     aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path
 ) -> TestServer:
-    settings = load_settings(
-        None,
-        store={"url": f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"},
-        models={"dir": runtime_models, "train_if_missing": False},
-        retrieval={
-            "index_dir": runtime_models / "answers",
-            "build_if_missing": False,
-            "min_score": 0.5,
-        },
-    )
+    settings = runtime_settings(runtime_models, f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}")
     return await aiohttp_server(create_app(settings))
 
 

@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestClient
 
 from bot.app import RUNTIME, create_app
 from bot.events import ConversationStatus
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from connectors.rest import HANDOFF_TEXT
+from tests.helpers import runtime_settings
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +23,7 @@ MIN_SCORE = 0.5
 
 
 def settings_for(models: Path, db_url: str) -> Settings:
-    return load_settings(
-        None,
-        store={"url": db_url},
-        models={"dir": models, "train_if_missing": False},
-        retrieval={
-            "index_dir": models / "answers",
-            "build_if_missing": False,
-            "min_score": MIN_SCORE,
-        },
-    )
+    return runtime_settings(models, db_url, retrieval={"min_score": MIN_SCORE})
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from bot.app import RUNTIME, create_app
 from bot.delivery import DeliveryError
 from bot.errors import ConfigurationError
 from bot.events import Conversation, ConversationStatus, Reply, Role, Route
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from connectors.telegram import (
     SECRET_HEADER,
     TELEGRAM,
@@ -39,6 +39,7 @@ from connectors.telegram import (
     split_text,
 )
 from tests.fakes.telegram_api import TOKEN, FakeTelegramApi
+from tests.helpers import runtime_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 WEBHOOK_URL = "https://support.example.com/telegram/webhook"
@@ -57,12 +58,8 @@ class RecordedSleeps:
 
 
 def settings_for(models: Path, db_url: str, fake: FakeTelegramApi, **telegram: Any) -> Settings:
-    return load_settings(
-        None,
-        store={"url": db_url},
-        models={"dir": models, "train_if_missing": False, "reload_interval_s": 0.2},
-        retrieval={"index_dir": models / "answers", "build_if_missing": False, "min_score": 0.5},
-        telegram={"token": TOKEN, "base_url": fake.base_url, **telegram},
+    return runtime_settings(
+        models, db_url, telegram={"token": TOKEN, "base_url": fake.base_url, **telegram}
     )
 
 

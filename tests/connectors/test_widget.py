@@ -15,8 +15,9 @@ from aiohttp.test_utils import TestClient
 from bot.app import RUNTIME, create_app
 from bot.errors import BadRequestError
 from bot.events import Feedback, Message, Role
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from connectors.widget import WIDGET, _origin_key, parse_frame
+from tests.helpers import runtime_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Socket = aiohttp.ClientWebSocketResponse
@@ -24,13 +25,7 @@ TIMEOUT = 20.0
 
 
 def settings_for(models: Path, db_url: str, **widget: Any) -> Settings:
-    return load_settings(
-        None,
-        store={"url": db_url},
-        models={"dir": models, "train_if_missing": False, "reload_interval_s": 0.2},
-        retrieval={"index_dir": models / "answers", "build_if_missing": False, "min_score": 0.5},
-        widget=widget,
-    )
+    return runtime_settings(models, db_url, widget=widget)
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from bot.app import RUNTIME, create_app
 from bot.events import Role
-from bot.settings import Settings, load_settings
+from bot.settings import Settings
 from connectors.widget import WIDGET
+from tests.helpers import runtime_settings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -40,13 +41,7 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 
 
 def settings_for(models: Path, db_url: str, routing: Path | None = None) -> Settings:
-    return load_settings(
-        None,
-        store={"url": db_url},
-        models={"dir": models, "train_if_missing": False, "reload_interval_s": 0.2},
-        retrieval={"index_dir": models / "answers", "build_if_missing": False, "min_score": 0.5},
-        routing={"config": routing},
-    )
+    return runtime_settings(models, db_url, routing={"config": routing})
 
 
 @pytest.fixture

@@ -1,0 +1,27 @@
+"""Helpers shared by the tests that run the real app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bot.settings import Settings, load_settings
+
+
+def runtime_settings(models: Path, db_url: str, **sections: dict[str, Any]) -> Settings:
+    """Settings for an in-process app on test models: nothing trained or built on start.
+
+    Args:
+        models: a models directory with live models and `answers/` (the `runtime_models`
+            fixture).
+        db_url: the store URL (a tmp SQLite file or a PostgreSQL test database).
+        sections: per-section overrides, merged into the defaults below.
+    """
+    base: dict[str, dict[str, Any]] = {
+        "store": {"url": db_url},
+        "models": {"dir": models, "train_if_missing": False, "reload_interval_s": 0.2},
+        "retrieval": {"index_dir": models / "answers", "build_if_missing": False, "min_score": 0.5},
+    }
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return load_settings(None, **base)
