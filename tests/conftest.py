@@ -89,6 +89,12 @@ def write_tiny_csv(path: Path) -> Path:
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite store file for one test."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+
+
+@pytest.fixture
 def tiny_csv(tmp_path: Path) -> Path:
     return write_tiny_csv(tmp_path / "tiny.csv")
 

@@ -28,11 +28,6 @@ def settings_for(models: Path, db_url: str, **escalation: Any) -> Settings:
 
 
 @pytest.fixture
-def sqlite_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
-
-
-@pytest.fixture
 async def client(
     aiohttp_client: ClientFactory, runtime_models: Path, sqlite_url: str
 ) -> TestClient[Any, Any]:
