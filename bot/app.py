@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bot.batching import MicroBatcher
+from bot.bus import EventBus, LocalBus
 from bot.delivery import Dispatcher
 from bot.errors import (
     BadRequestError,
@@ -77,6 +78,7 @@ class Runtime:
     metrics: Metrics
     executor: ThreadPoolExecutor
     dispatcher: Dispatcher
+    bus: EventBus
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -116,6 +118,7 @@ def build_runtime(settings: Settings) -> Runtime:
     router = Router(RoutingConfig.load(settings.routing.config))
     router.check()
     dispatcher = Dispatcher()
+    bus = LocalBus()
     service = ConversationService(
         store,
         understander,
@@ -125,6 +128,7 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics,
         settings.retrieval.min_score,
         dispatcher,
+        bus,
     )
     return Runtime(
         settings,
@@ -137,6 +141,7 @@ def build_runtime(settings: Settings) -> Runtime:
         metrics,
         executor,
         dispatcher,
+        bus,
     )
 
 
@@ -185,6 +190,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     app[RUNTIME] = runtime
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await runtime.bus.start()
         await runtime.store.start()
         await runtime.understander.start()
         # Load the encoder now, not on the first customer's question.
@@ -197,6 +203,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
             await runtime.embed_batcher.stop()
             await runtime.understander.stop()
             await runtime.store.stop()
+            await runtime.bus.stop()
             runtime.executor.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifecycle)

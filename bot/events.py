@@ -248,3 +248,5 @@ class EscalationRecord:
     created_at: datetime
     assignee: str | None = None
     resolved_at: datetime | None = None
+    claimed_at: datetime | None = None
+    timed_out_at: datetime | None = None

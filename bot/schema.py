@@ -168,6 +168,8 @@ class EscalationRow(Base):
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     resolved_by: Mapped[str | None] = mapped_column(Text)
+    # When the customer was told nobody claimed it in time (the unclaimed-timeout notice).
+    timed_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class FeedbackRow(Base):
@@ -185,5 +187,79 @@ class FeedbackRow(Base):
     comment: Mapped[str | None] = mapped_column(Text)
     corrected_intent: Mapped[str | None] = mapped_column(Text)
     corrected_sentiment: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AgentRow(Base):
+    """A person who signs in to the console: an agent (answers customers) or an operator."""
+
+    __tablename__ = "agents"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        CheckConstraint("role IN ('agent', 'operator')", name="role"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    role: Mapped[str] = mapped_column(String(16))
+    # A slow KDF's self-describing string (algorithm, parameters, salt, hash).
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AgentSessionRow(Base):
+    """A signed-in console session; kept in the database so every replica knows it."""
+
+    __tablename__ = "agent_sessions"
+    __table_args__ = (Index(None, "agent_id"),)
+
+    # SHA-256 of the cookie's token: a leaked table does not give working cookies.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(BigId, ForeignKey("agents.id"))
+    csrf_token: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SignInFailureRow(Base):
+    """A failed sign-in, counted per name and per address to rate-limit guessing."""
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index(None, "name", "created_at"), Index(None, "address", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    address: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApprovedAnswerRow(Base):
+    """An agent's reply saved as a good answer to a customer's question (for the index)."""
+
+    __tablename__ = "approved_answers"
+    __table_args__ = (Index(None, "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    intent: Mapped[str | None] = mapped_column(Text)
+    conversation_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("conversations.id"))
+    question_message_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("messages.id"))
+    answer_message_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("messages.id"))
+    author: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ConversationLabelRow(Base):
+    """An agent's judgement of a whole conversation (its overall sentiment)."""
+
+    __tablename__ = "conversation_labels"
+    __table_args__ = (Index(None, "conversation_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(String(32), ForeignKey("conversations.id"))
+    sentiment: Mapped[str] = mapped_column(Text)
     author: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from bot.bus import EventBus, LocalBus
 from bot.delivery import Dispatcher
 from bot.errors import StoreUnavailableError
 from bot.escalation import ASKED_FOR_HUMAN, EscalationPolicy
@@ -118,6 +119,8 @@ class ConversationService:
         metrics: counters to update.
         min_answer_score: retrieved answers below this similarity are not used.
         dispatcher: pushes agent replies to the customer's channel.
+        bus: where conversation changes are published for the agent console (topic
+            "console", see `bot/bus.py`).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class ConversationService:
         metrics: Metrics,
         min_answer_score: float,
         dispatcher: Dispatcher | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.store = store
         self.understander = understander
@@ -139,6 +143,7 @@ class ConversationService:
         self.metrics = metrics
         self.min_answer_score = min_answer_score
         self.dispatcher = dispatcher or Dispatcher()
+        self.bus: EventBus = bus or LocalBus()
         self._locks = _KeyedLocks()
 
     async def handle(self, message: Message) -> HandleResult:
@@ -192,7 +197,26 @@ class ConversationService:
             self.metrics.stage_seconds.labels("total").observe(total)
             # Everything that is not a model call is database work (routing is negligible).
             self.metrics.stage_seconds.labels("store").observe(total - sum(model_seconds.values()))
+            await self._announce(conversation, stored.id, conversation.status, status)
             return HandleResult(conversation.id, stored.id, replies, status)
+
+    async def _announce(
+        self,
+        conversation: Conversation,
+        message_id: int,
+        before: ConversationStatus,
+        after: ConversationStatus,
+    ) -> None:
+        """Tell consoles about a new message, and about an escalation it opened."""
+        event = {
+            "conversation_id": conversation.id,
+            "channel": conversation.channel,
+            "message_id": message_id,
+            "status": after.value,
+        }
+        await self.bus.publish("console", {"type": "message", **event})
+        if before == ConversationStatus.BOT and after == ConversationStatus.WAITING:
+            await self.bus.publish("console", {"type": "escalation.opened", **event})
 
     async def _respond(
         self,
@@ -371,6 +395,7 @@ class ConversationService:
             )
             self.metrics.messages.labels(message.channel, route).inc()
             current = await self.store.get_conversation(conversation.id)
+            await self._announce(conversation, stored.id, conversation.status, current.status)
             return HandleResult(conversation.id, stored.id, (reply_of(reply),), current.status)
 
     async def record_feedback(self, feedback: Feedback) -> int:
@@ -382,6 +407,10 @@ class ConversationService:
     async def resolve(self, conversation_id: str, agent: str) -> None:
         """An agent is done: the bot answers this conversation again."""
         await self.store.resolve(conversation_id, agent)
+        await self.bus.publish(
+            "console",
+            {"type": "escalation.resolved", "conversation_id": conversation_id, "agent": agent},
+        )
 
     async def agent_reply(self, conversation_id: str, agent: str, text: str) -> Reply:
         """Store an agent's reply and push it to the customer's channel.
@@ -395,5 +424,15 @@ class ConversationService:
             conversation_id, Role.AGENT, text, route=Route.AGENT, details={"agent": agent}
         )
         reply = reply_of(stored)
+        await self.bus.publish(
+            "console",
+            {
+                "type": "message",
+                "conversation_id": conversation_id,
+                "channel": conversation.channel,
+                "message_id": stored.id,
+                "status": conversation.status.value,
+            },
+        )
         await self.dispatcher.deliver(conversation, reply)
         return reply

@@ -15,7 +15,7 @@ import asyncio
 import math
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -844,6 +844,19 @@ class SqlConversationStore:
             self._reads = async_sessionmaker(reader, expire_on_commit=False)
         return self._engine
 
+    def writing(self, action: str) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session in a transaction that commits on exit, for repositories that share this
+        store's database and connection pool (console accounts, labels, retraining data).
+
+        `action` completes "could not ..." in the StoreUnavailableError raised when the
+        database is unreachable.
+        """
+        return self._write(action)
+
+    def reading(self, action: str) -> AbstractAsyncContextManager[AsyncSession]:
+        """A read-only session (see `writing`)."""
+        return self._read(action)
+
     @asynccontextmanager
     async def _write(self, action: str) -> AsyncIterator[AsyncSession]:
         """A session in a transaction that commits on exit (rolls back on error)."""
@@ -1011,6 +1024,8 @@ def _escalation(row: EscalationRow) -> EscalationRecord:
         created_at=row.created_at,
         assignee=row.assignee,
         resolved_at=row.resolved_at,
+        claimed_at=row.claimed_at,
+        timed_out_at=row.timed_out_at,
     )
 
 

@@ -280,3 +280,24 @@ async def test_the_same_flow_on_postgresql(
     again = await send(client, "pg1", "hello?", client_id="x")
     assert again["duplicate"] and again["message_id"] == duplicate["message_id"]
     assert (await client.get("/readyz")).status == 200
+
+
+async def test_consoles_hear_about_messages_and_escalations(
+    client: TestClient[Any, Any],
+) -> None:
+    bus = client.server.app[RUNTIME].bus
+    async with bus.subscribe("console") as events:
+        await send(client, "u-bus", "hello")
+        first = await asyncio.wait_for(events.get(), timeout=5)
+        assert first["type"] == "message" and first["status"] == "bot"
+        body = await send(client, "u-bus", "I want to talk to a human")
+        assert body["status"] == "waiting"
+        kinds = [(await asyncio.wait_for(events.get(), timeout=5))["type"] for _ in range(2)]
+        assert kinds == ["message", "escalation.opened"]
+        await client.server.app[RUNTIME].service.resolve(body["conversation_id"], "ana")
+        resolved = await asyncio.wait_for(events.get(), timeout=5)
+        assert resolved == {
+            "type": "escalation.resolved",
+            "conversation_id": body["conversation_id"],
+            "agent": "ana",
+        }
