@@ -1,4 +1,4 @@
-"""The in-process event bus: fan-out by topic, order, unsubscribe, lag instead of unbounded memory."""
+"""The in-process event bus: fan-out by topic, order, unsubscribe, lag instead of growing."""
 
 from __future__ import annotations
 
@@ -9,15 +9,18 @@ from bot.bus import LAGGED, LocalBus, QueueSubscription
 
 async def test_every_subscriber_of_a_topic_gets_its_events_in_order() -> None:
     bus = LocalBus()
-    async with bus.subscribe("console") as first, bus.subscribe("console") as second:
-        async with bus.subscribe("models") as other:
-            for n in range(3):
-                await bus.publish("console", {"type": "message", "n": n})
-            assert [(await first.get())["n"] for _ in range(3)] == [0, 1, 2]
-            assert [(await second.get())["n"] for _ in range(3)] == [0, 1, 2]
-            await bus.publish("models", {"versions": {"intent": "v2"}})
-            assert await other.get() == {"versions": {"intent": "v2"}}
-            assert bus.subscriber_count("console") == 2
+    async with (
+        bus.subscribe("console") as first,
+        bus.subscribe("console") as second,
+        bus.subscribe("models") as other,
+    ):
+        for n in range(3):
+            await bus.publish("console", {"type": "message", "n": n})
+        assert [(await first.get())["n"] for _ in range(3)] == [0, 1, 2]
+        assert [(await second.get())["n"] for _ in range(3)] == [0, 1, 2]
+        await bus.publish("models", {"versions": {"intent": "v2"}})
+        assert await other.get() == {"versions": {"intent": "v2"}}
+        assert bus.subscriber_count("console") == 2
     assert bus.subscriber_count("console") == 0 and bus.subscriber_count("models") == 0
 
 
