@@ -12,27 +12,42 @@ import torch
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from bot import logs
+from bot.accounts import SqlAccountStore
 from bot.batching import MicroBatcher
 from bot.bus import EventBus, LocalBus
+from bot.console import ConsoleService
+from bot.console_store import SqlConsoleStore
 from bot.delivery import Dispatcher
 from bot.errors import (
     BadRequestError,
     ConfigurationError,
     ConflictError,
+    ForbiddenError,
     ModelNotFoundError,
     NotFoundError,
+    RateLimitedError,
     StoreUnavailableError,
     SupportbotError,
+    UnauthorizedError,
 )
 from bot.escalation import EscalationPolicy
 from bot.metrics import Metrics
 from bot.nlu import TransformerUnderstander
 from bot.openapi import OPENAPI
-from bot.retrieval import EmbeddingAnswerIndex, SentenceEmbedder, Vectors, index_model
+from bot.redis_bus import RedisBus, RedisTurnLocks
+from bot.retrieval import (
+    EmbeddingAnswerIndex,
+    ReloadingAnswerIndex,
+    SentenceEmbedder,
+    Vectors,
+    index_model,
+)
 from bot.router import Router, RoutingConfig
-from bot.service import ConversationService
+from bot.service import ConversationService, KeyedLocks
 from bot.settings import Settings
 from bot.store import SqlConversationStore
+from connectors.console import ConsoleConnector
 from connectors.rest import RestConnector
 from connectors.telegram import TelegramConnector
 from connectors.widget import WidgetConnector
@@ -41,8 +56,11 @@ log = logging.getLogger(__name__)
 
 STATUS_OF: list[tuple[type[SupportbotError], int]] = [
     (BadRequestError, 400),
+    (UnauthorizedError, 401),
+    (ForbiddenError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (RateLimitedError, 429),
     (StoreUnavailableError, 503),
     (ModelNotFoundError, 503),
     (ConfigurationError, 500),
@@ -61,7 +79,37 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status >= 500:
             log.error("%s %s failed: %s", request.method, request.path, exc)
         headers = {"Retry-After": "1"} if status == 503 else None
+        if isinstance(exc, RateLimitedError):
+            headers = {"Retry-After": str(exc.retry_after)}
         return web.json_response({"error": str(exc)}, status=status, headers=headers)
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tag everything logged for this request with its id (`X-Request-ID` in, or a new one),
+    and echo the id in the response."""
+    rid = logs.new_request_id(request.headers.get(logs.REQUEST_ID_HEADER))
+    request_token = logs.request_id.set(rid)
+    conversation_token = logs.conversation_id.set(None)
+    try:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers[logs.REQUEST_ID_HEADER] = rid
+            raise
+        if not response.prepared:
+            response.headers[logs.REQUEST_ID_HEADER] = rid
+        return response
+    finally:
+        logs.conversation_id.reset(conversation_token)
+        logs.request_id.reset(request_token)
+
+
+async def echo_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: the id on responses a handler prepares itself (WebSocket)."""
+    rid = logs.request_id.get()
+    if rid is not None and logs.REQUEST_ID_HEADER not in response.headers:
+        response.headers[logs.REQUEST_ID_HEADER] = rid
 
 
 @dataclass
@@ -71,12 +119,13 @@ class Runtime:
     settings: Settings
     store: SqlConversationStore
     understander: TransformerUnderstander
-    answers: EmbeddingAnswerIndex
+    answers: ReloadingAnswerIndex
     embedder: SentenceEmbedder
     embed_batcher: MicroBatcher[str, Vectors]
     service: ConversationService
     metrics: Metrics
     executor: ThreadPoolExecutor
+    embed_executor: ThreadPoolExecutor
     dispatcher: Dispatcher
     bus: EventBus
 
@@ -92,7 +141,28 @@ def build_runtime(settings: Settings) -> Runtime:
     # One worker thread for every model call: torch already uses all cores inside one call,
     # and two concurrent forwards would only fight over them.
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-    metrics = Metrics()
+    # With two workers the answer-index encoder gets its own thread, so the embedding batch
+    # of some messages runs while the intent/sentiment batch of the next ones does.
+    embed_executor = (
+        executor
+        if settings.nlu.workers == 1
+        else ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
+    )
+    metrics = Metrics(replica=settings.server.replica)
+    bus: EventBus
+    locks = KeyedLocks()
+    remote: RedisBus | None = None
+    if settings.bus.url:
+        remote = RedisBus(
+            settings.bus.url,
+            settings.bus.prefix,
+            replica=settings.server.replica,
+            on_lost=lambda topic: metrics.bus_events_lost.labels(topic).inc(),
+            on_reconnect=metrics.bus_reconnects.inc,
+        )
+        bus = remote
+    else:
+        bus = LocalBus()
     store = SqlConversationStore(settings.store.url)
     understander = TransformerUnderstander(
         settings.models.dir,
@@ -101,24 +171,31 @@ def build_runtime(settings: Settings) -> Runtime:
         max_wait_ms=settings.nlu.max_wait_ms,
         quantized=settings.models.quantize,
         reload_interval_s=settings.models.reload_interval_s,
+        bus=bus,
     )
     # Query embeddings for the answer index go through the same worker, micro-batched too.
     embedder = SentenceEmbedder(index_model(settings.retrieval.index_dir))
     embed_batcher: MicroBatcher[str, Vectors] = MicroBatcher(
         lambda texts: list(embedder(texts)),
-        executor,
+        embed_executor,
         settings.nlu.max_batch,
         settings.nlu.max_wait_ms,
         name="embed",
     )
     metrics.model_reloads.set_function(lambda: understander.reloads)
-    answers = EmbeddingAnswerIndex.load(
-        settings.retrieval.index_dir, embed=embedder, embed_async=embed_batcher.submit
+    # A rebuilt index (`supportbot retrain`, `index build`) is picked up without a restart.
+    answers = ReloadingAnswerIndex(
+        settings.retrieval.index_dir,
+        lambda directory: EmbeddingAnswerIndex.load(
+            directory, embed=embedder, embed_async=embed_batcher.submit
+        ),
+        settings.models.reload_interval_s,
     )
     router = Router(RoutingConfig.load(settings.routing.config))
     router.check()
-    dispatcher = Dispatcher()
-    bus = LocalBus()
+    # One process delivers pushed replies directly; replicas send them over the bus to
+    # whichever replica holds the customer's socket.
+    dispatcher = Dispatcher(remote)
     service = ConversationService(
         store,
         understander,
@@ -129,6 +206,9 @@ def build_runtime(settings: Settings) -> Runtime:
         settings.retrieval.min_score,
         dispatcher,
         bus,
+        # Per process by default: no cost on the embedded default. Across replicas a Redis
+        # lock per turn (see RedisTurnLocks for why not a PostgreSQL advisory lock).
+        RedisTurnLocks(remote, locks) if remote is not None else locks,
     )
     return Runtime(
         settings,
@@ -140,6 +220,7 @@ def build_runtime(settings: Settings) -> Runtime:
         service,
         metrics,
         executor,
+        embed_executor,
         dispatcher,
         bus,
     )
@@ -162,6 +243,10 @@ async def readyz(request: web.Request) -> web.Response:
         checks["store"] = str(exc)
     ready = all(v == "ok" for v in checks.values())
     body = {"ready": ready, "checks": checks, "models": runtime.understander.versions}
+    if isinstance(runtime.bus, RedisBus):
+        # Reported, not required: without Redis a replica still serves its own customers.
+        body["bus"] = "ok" if runtime.bus.connected else "reconnecting"
+    body["replica"] = runtime.settings.server.replica
     return web.json_response(body, status=200 if ready else 503)
 
 
@@ -185,26 +270,33 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     """
     runtime = runtime or build_runtime(settings)
     app = web.Application(
-        client_max_size=settings.server.max_body_bytes, middlewares=[error_middleware]
+        client_max_size=settings.server.max_body_bytes,
+        middlewares=[request_id_middleware, error_middleware],
     )
+    app.on_response_prepare.append(echo_request_id)
     app[RUNTIME] = runtime
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await runtime.bus.start()
+        await runtime.dispatcher.start()
         await runtime.store.start()
         await runtime.understander.start()
         # Load the encoder now, not on the first customer's question.
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(runtime.executor, runtime.embedder, ["warm-up"])
+        await loop.run_in_executor(runtime.embed_executor, runtime.embedder, ["warm-up"])
         await runtime.embed_batcher.start()
+        await runtime.answers.start()
         try:
             yield
         finally:
+            await runtime.answers.stop()
             await runtime.embed_batcher.stop()
             await runtime.understander.stop()
             await runtime.store.stop()
+            await runtime.dispatcher.stop()
             await runtime.bus.stop()
             runtime.executor.shutdown(wait=False, cancel_futures=True)
+            runtime.embed_executor.shutdown(wait=False, cancel_futures=True)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/healthz", healthz)
@@ -215,6 +307,29 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     WidgetConnector(
         runtime.service, settings.widget, runtime.dispatcher, settings.server.max_message_chars
     ).add_routes(app)
+    console = ConsoleService(
+        runtime.service,
+        SqlConsoleStore(runtime.store),
+        runtime.understander.intent_labels,
+        settings.escalation.unclaimed_timeout_s,
+    )
+    ConsoleConnector(
+        console,
+        SqlAccountStore(runtime.store, settings.console),
+        runtime.bus,
+        settings.console,
+        settings.server.public_url,
+        settings.server.max_message_chars,
+    ).add_routes(app)
+
+    async def console_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await console.start()  # the unclaimed-timeout watcher; needs the started store
+        try:
+            yield
+        finally:
+            await console.stop()
+
+    app.cleanup_ctx.append(console_lifecycle)
     if settings.telegram.token is not None:
         telegram = TelegramConnector(runtime.service, settings.telegram, runtime.dispatcher)
         telegram.add_routes(app)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from bot.errors import SupportbotError
+from bot.errors import ConfigurationError, SupportbotError
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every command registered explicitly."""
+    from bot.accounts_cli import add_parsers as add_agents_parsers
     from bot.retrieval_cli import add_parsers as add_index_parsers
     from bot.serve import add_parsers as add_serve_parsers
     from connectors.rasa_cli import add_parsers as add_rasa_parsers
@@ -27,7 +30,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_parsers(commands)
     add_index_parsers(commands)
     add_rasa_parsers(commands)
+    add_agents_parsers(commands)
     return parser
+
+
+def announce_models(models_dir: Path) -> None:
+    """Tell running replicas that the live models changed, when a bus (Redis) is configured.
+
+    Replicas also poll the registry, so this only makes the switch immediate; a missing or
+    unreachable Redis is reported, not an error.
+    """
+    from bot.models import read_live_versions
+    from bot.settings import load_settings
+
+    try:
+        bus = load_settings().bus
+    except ConfigurationError as exc:
+        print(f"replicas not notified (settings: {exc}); they pick the change up by polling")
+        return
+    if not bus.url:
+        return
+    from bot.redis_bus import publish_once
+
+    event = {"versions": read_live_versions(models_dir)}
+    if asyncio.run(publish_once(bus.url, bus.prefix, "models", event)):
+        print("running replicas notified through Redis; they reload now")
+    else:
+        print("Redis unreachable: running replicas pick the change up by polling")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        return int(ns.handler(ns))
+        status = int(ns.handler(ns))
+        if status == 0 and ns.command == "models" and ns.action in ("promote", "rollback"):
+            announce_models(ns.out)
+        return status
     except SupportbotError as exc:
         print(f"supportbot {ns.command}: error: {exc}", file=sys.stderr)
         return 2

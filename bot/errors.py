@@ -37,3 +37,19 @@ class StoreUnavailableError(SupportbotError):
 
 class BadRequestError(SupportbotError):
     """A request payload is malformed or out of bounds; the message says what to send."""
+
+
+class UnauthorizedError(SupportbotError):
+    """The request needs a signed-in console session (or the name or password was wrong)."""
+
+
+class ForbiddenError(SupportbotError):
+    """Signed in, but not allowed: wrong role, missing CSRF token or a foreign origin."""
+
+
+class RateLimitedError(SupportbotError):
+    """Too many attempts; `retry_after` says how many seconds to wait."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

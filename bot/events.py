@@ -250,3 +250,4 @@ class EscalationRecord:
     resolved_at: datetime | None = None
     claimed_at: datetime | None = None
     timed_out_at: datetime | None = None
+    outcome: str | None = None  # resolved | handed_back, once closed

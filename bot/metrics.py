@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2, 5)
 
@@ -10,8 +10,13 @@ STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 
 class Metrics:
     """The counters and histograms the runtime updates."""
 
-    def __init__(self) -> None:
+    def __init__(self, replica: str = "") -> None:
         self.registry = CollectorRegistry()
+        # Each replica serves its own /metrics; this says which one Prometheus scraped.
+        self.replica = Info(
+            "supportbot_replica", "The replica serving these metrics.", registry=self.registry
+        )
+        self.replica.info({"replica": replica})
         self.messages = Counter(
             "supportbot_messages",
             "Customer messages handled, by channel and route.",
@@ -50,5 +55,16 @@ class Metrics:
         self.model_reloads = Gauge(
             "supportbot_model_reloads",
             "Live model swaps since this process started.",
+            registry=self.registry,
+        )
+        self.bus_events_lost = Counter(
+            "supportbot_bus_events_lost",
+            "Events not sent to the other replicas (Redis unavailable), by topic.",
+            ["topic"],
+            registry=self.registry,
+        )
+        self.bus_reconnects = Counter(
+            "supportbot_bus_reconnects",
+            "Reconnections of the event bus to Redis.",
             registry=self.registry,
         )

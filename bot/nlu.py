@@ -16,12 +16,15 @@ import torch
 from torch import nn
 
 from bot.batching import MicroBatcher
+from bot.bus import EventBus
 from bot.classifier import TransformerClassifier
 from bot.errors import ModelNotFoundError
 from bot.events import Scored, Understanding
 from bot.models import TASKS, read_live_versions
 
 log = logging.getLogger(__name__)
+
+MODELS_TOPIC = "models"
 
 
 def quantize(classifier: TransformerClassifier) -> None:
@@ -104,6 +107,9 @@ class TransformerUnderstander:
         max_batch / max_wait_ms: micro-batching bounds.
         quantized: int8 dynamic quantization on load.
         reload_interval_s: how often the registry is checked.
+        bus: where model changes are announced (topic "models"): a notice from another
+            replica or from `supportbot models promote` makes this one check the registry at
+            once; polling stays the fallback for notices lost while the bus was away.
     """
 
     def __init__(
@@ -114,6 +120,7 @@ class TransformerUnderstander:
         max_wait_ms: float = 0.0,
         quantized: bool = True,
         reload_interval_s: float = 2.0,
+        bus: EventBus | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.quantized = quantized
@@ -124,11 +131,18 @@ class TransformerUnderstander:
             self._classify, executor, max_batch, max_wait_ms, name="nlu"
         )
         self._watcher: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._bus = bus
+        self._nudge = asyncio.Event()
         self.reloads = 0
 
     @property
     def versions(self) -> dict[str, str]:
         return dict(self._models.versions) if self._models else {}
+
+    def intent_labels(self) -> tuple[str, ...]:
+        """The intents the live intent model knows (empty before `start`)."""
+        return self._models.intent.labels if self._models else ()
 
     def ready(self) -> bool:
         return self._models is not None
@@ -140,13 +154,19 @@ class TransformerUnderstander:
         )
         log.info("serving models %s from %s", self._models.versions, self.models_dir)
         await self._batcher.start()
+        if self._bus is not None:
+            subscribed = asyncio.Event()
+            self._listener = asyncio.create_task(self._listen(subscribed), name="model-notices")
+            await subscribed.wait()
         self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
+        for task in (self._watcher, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watcher = self._listener = None
         await self._batcher.stop()
 
     def _classify(self, texts: Sequence[str]) -> list[Understanding]:
@@ -175,11 +195,24 @@ class TransformerUnderstander:
             models.versions,
             time.perf_counter() - started,
         )
+        if self._bus is not None:
+            # Other replicas reload now instead of at their next poll (each one that swaps
+            # announces it too; a replica already on these versions finds nothing to do).
+            await self._bus.publish(MODELS_TOPIC, {"versions": models.versions})
         return True
+
+    async def _listen(self, subscribed: asyncio.Event) -> None:
+        assert self._bus is not None
+        async with self._bus.subscribe(MODELS_TOPIC) as notices:
+            subscribed.set()
+            async for _ in notices:  # a notice, or "lagged": either way, look now
+                self._nudge.set()
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(self.reload_interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._nudge.wait(), self.reload_interval_s)
+            self._nudge.clear()
             try:
                 await self.reload_if_changed()
             except ModelNotFoundError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from bot.events import (
@@ -72,8 +73,10 @@ class ConversationStore(Protocol):
         reply_to: int | None = None,
         route: str | None = None,
         details: dict[str, Any] | None = None,
+        claimed_by: str | None = None,
     ) -> StoredMessage:
-        """Persist a bot, agent or system message (a reply to `reply_to`, if given)."""
+        """Persist a bot, agent or system message (a reply to `reply_to`, if given); with
+        `claimed_by`, only while that agent holds the claim (ConflictError otherwise)."""
 
     async def record_turn(self, conversation_id: str, turn: Turn) -> StoredMessage | None:
         """Annotate the customer message, update failed turns, open the escalation and store
@@ -124,3 +127,10 @@ class AnswerIndex(Protocol):
 
     async def search(self, text: str, k: int = 3, intent: str | None = None) -> Sequence[Answer]:
         """The best answers for `text`, best first, each with its similarity score."""
+
+
+class TurnLocks(Protocol):
+    """Lets one turn of a conversation run at a time (in one process, or across replicas)."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+        """`async with locks.hold(conversation_id): ...` runs alone for that conversation."""

@@ -26,8 +26,10 @@ questions is kept for each question: every phrasing is a way to find it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -60,6 +62,8 @@ from bot.validation import (
     normalize,
     read_csv,
 )
+
+log = logging.getLogger(__name__)
 
 PairKind = Literal["conversation", "faq", "approved"]
 Vectors = npt.NDArray[np.float32]
@@ -601,6 +605,15 @@ def build_answer_pairs(paths: Sequence[Path], report: PairReport | None = None) 
     return _deduplicate(candidates, report)
 
 
+def merge_pairs(pairs: Sequence[AnswerPair]) -> list[AnswerPair]:
+    """De-duplicate pairs from several sources by the module's duplicate rule.
+
+    Used when approved answers from the store join an existing index's pairs.
+    """
+    candidates = [_Candidate(pair, None, order) for order, pair in enumerate(pairs)]
+    return _deduplicate(candidates, PairReport())
+
+
 # -- embedding and search ----------------------------------------------------------------
 
 
@@ -974,3 +987,86 @@ class EmbeddingAnswerIndex:
 def _check_k(k: int) -> None:
     if k < 1:
         raise BadRequestError(f"k must be at least 1, found {k}; ask for 1 or more answers")
+
+
+class ReloadingAnswerIndex:
+    """The answer index directory as served: a rebuilt index is swapped in without a restart.
+
+    A background task checks `index.json` every `interval_s` seconds; when its fingerprint
+    or build time changes (`supportbot retrain` or `index build` replaced the directory), the
+    new index is loaded beside the old one in a worker thread and swapped in with one
+    reference assignment, so a search in flight finishes on the index it started with and
+    none fails. A broken or half-copied directory is logged and the old index kept.
+
+    Args:
+        directory: the index directory.
+        load: loads an index from a directory (the runtime binds its embedder here).
+        interval_s: how often `index.json` is checked.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        load: Callable[[Path], EmbeddingAnswerIndex],
+        interval_s: float = 2.0,
+    ) -> None:
+        self.directory = directory
+        self.interval_s = interval_s
+        self._load = load
+        self.current = load(directory)
+        self._stamp = self._read_stamp()
+        self._watcher: asyncio.Task[None] | None = None
+        self.reloads = 0
+
+    def __len__(self) -> int:
+        return len(self.current)
+
+    def _read_stamp(self) -> str | None:
+        try:
+            meta = json.loads((self.directory / INDEX_FILE).read_text())
+            return f"{meta['fingerprint']} {meta.get('built_at')}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # mid-swap or broken: look again at the next check
+
+    async def search(self, text: str, k: int = 3, intent: str | None = None) -> list[Answer]:
+        """See `EmbeddingAnswerIndex.search`."""
+        return await self.current.search(text, k, intent)
+
+    async def reload_if_changed(self) -> bool:
+        """Load the directory's index if it is not the one served; True when swapped."""
+        stamp = self._read_stamp()
+        if stamp is None or stamp == self._stamp:
+            return False
+        index = await asyncio.to_thread(self._load, self.directory)
+        if index.model != self.current.model:
+            self._stamp = stamp  # do not retry every interval; a restart picks the model up
+            log.error(
+                "answer index in %s was built with %r, not %r; restart the bot to serve it",
+                self.directory,
+                index.model,
+                self.current.model,
+            )
+            return False
+        self.current, self._stamp = index, stamp
+        self.reloads += 1
+        log.info("reloaded the answer index from %s (%d pairs)", self.directory, len(index))
+        return True
+
+    async def start(self) -> None:
+        """Start watching the directory."""
+        self._watcher = asyncio.create_task(self._watch(), name="answer-index-watcher")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.reload_if_changed()
+            except (SupportbotError, OSError, ValueError) as exc:
+                log.error("answer index reload failed, still serving the old one: %s", exc)

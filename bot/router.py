@@ -16,6 +16,15 @@ from bot.events import Message, Understanding
 
 ROUTE_KINDS = ("response", "answer", "handoff", "handler")
 MESSAGE_KEYS = ("rephrase", "handoff", "waiting", "error")
+# Hand-off notices a routing file may leave out (older files have none): these are used.
+DEFAULT_MESSAGES: dict[str, tuple[str, ...]] = {
+    "unclaimed": (
+        "Sorry for the wait: all our agents are busy. Leave your message here and we will "
+        "answer it as soon as someone is free.",
+    ),
+    "resolved": ("Our agent has marked this conversation as resolved. Thanks for your patience!",),
+    "handed_back": ("You're back with the assistant. Ask me anything, or ask for a person again.",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +96,12 @@ class RoutingConfig:
                 problems.append(f"messages.{key}: missing; give at least one text")
                 continue
             messages[key] = tuple(value) if isinstance(value, list) else (str(value),)
+        for key, default_texts in DEFAULT_MESSAGES.items():
+            value = (document.get("messages") or {}).get(key)
+            if value is None:
+                messages[key] = default_texts
+            else:
+                messages[key] = tuple(value) if isinstance(value, list) else (str(value),)
         if problems:
             raise ConfigurationError(f"routing config {source}: " + "; ".join(problems))
         return cls(default, intents, messages, source)

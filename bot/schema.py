@@ -170,6 +170,8 @@ class EscalationRow(Base):
     resolved_by: Mapped[str | None] = mapped_column(Text)
     # When the customer was told nobody claimed it in time (the unclaimed-timeout notice).
     timed_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # How it was closed: `resolved` (the agent dealt with it) or `handed_back` (to the bot).
+    outcome: Mapped[str | None] = mapped_column(String(16))
 
 
 class FeedbackRow(Base):

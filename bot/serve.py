@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bot.logs import configure_logging
 from bot.models import TASKS, read_live_versions
 from bot.settings import Settings, load_settings
 
@@ -87,6 +88,9 @@ def run_serve(ns: argparse.Namespace) -> int:
     if server:
         overrides["server"] = server
     settings = load_settings(ns.config, **overrides)
+    configure_logging(
+        settings.server.log_format, settings.server.replica, logging.getLogger().level
+    )
     prepare(settings)
     if ns.prepare_only:
         asyncio.run(migrate(settings))
@@ -101,6 +105,7 @@ def run_serve(ns: argparse.Namespace) -> int:
     def announce(_: str) -> None:
         print(f"supportbot is running on {base}", flush=True)
         print(f"  web chat     {base}/  (demo page; embed {base}/widget.js on yours)")
+        print(f"  agents       {base}/console  (accounts: supportbot agents add NAME --role agent)")
         print(f"  REST API     {base}/api/v1/messages  (OpenAPI: {base}/api/v1/openapi.json)")
         print(f"  health       {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from bot import logs
 from bot.bus import EventBus, LocalBus
 from bot.delivery import Dispatcher
 from bot.errors import StoreUnavailableError
@@ -28,7 +29,7 @@ from bot.events import (
     Understanding,
 )
 from bot.metrics import Metrics
-from bot.ports import AnswerIndex, ConversationStore, Understander
+from bot.ports import AnswerIndex, ConversationStore, TurnLocks, Understander
 from bot.router import HandlerContext, Router
 
 log = logging.getLogger(__name__)
@@ -79,14 +80,20 @@ def earlier_negativity(recent: Sequence[StoredMessage]) -> list[float]:
     """
     earlier: list[float] = []
     for m in recent[:-1]:  # the newest message is the one being handled
-        if m.route == Route.HANDOFF or m.role == Role.AGENT:
+        if (
+            m.route == Route.HANDOFF
+            or m.role == Role.AGENT
+            # An agent closed the hand-off (bot/console.py): a fresh start, even if no agent
+            # wrote anything.
+            or (m.role == Role.SYSTEM and m.details.get("event") in ("resolved", "handed_back"))
+        ):
             earlier = []
         elif m.role == Role.CUSTOMER and m.negativity is not None:
             earlier.append(m.negativity)
     return earlier
 
 
-class _KeyedLocks:
+class KeyedLocks:
     """One asyncio.Lock per conversation, dropped when nobody holds or waits for it."""
 
     def __init__(self) -> None:
@@ -121,6 +128,8 @@ class ConversationService:
         dispatcher: pushes agent replies to the customer's channel.
         bus: where conversation changes are published for the agent console (topic
             "console", see `bot/bus.py`).
+        locks: serialise the turns of one conversation; default: per process (enough for
+            one replica), `RedisTurnLocks` across replicas.
     """
 
     def __init__(
@@ -134,6 +143,7 @@ class ConversationService:
         min_answer_score: float,
         dispatcher: Dispatcher | None = None,
         bus: EventBus | None = None,
+        locks: TurnLocks | None = None,
     ) -> None:
         self.store = store
         self.understander = understander
@@ -144,7 +154,7 @@ class ConversationService:
         self.min_answer_score = min_answer_score
         self.dispatcher = dispatcher or Dispatcher()
         self.bus: EventBus = bus or LocalBus()
-        self._locks = _KeyedLocks()
+        self._locks: TurnLocks = locks or KeyedLocks()
 
     async def handle(self, message: Message) -> HandleResult:
         """Persist the message, then answer it (or stay silent while an agent has it).
@@ -163,6 +173,7 @@ class ConversationService:
         conversation = await self.store.conversation(
             message.channel, message.sender, message.sender_name
         )
+        logs.conversation_id.set(conversation.id)
         async with self._locks.hold(conversation.id):
             # The conversation's state comes back from the same transaction that stored the
             # message, so an escalation by an earlier message is seen.
@@ -175,10 +186,16 @@ class ConversationService:
             stored, conversation = received.message, received.conversation
             if not received.new:
                 replies = tuple(reply_of(m) for m in await self.store.replies_to(stored.id))
-                self.metrics.messages.labels(message.channel, Route.DUPLICATE).inc()
-                return HandleResult(
-                    conversation.id, stored.id, replies, conversation.status, duplicate=True
-                )
+                # Stored, but neither annotated nor answered: the first attempt died mid-turn
+                # (a replica killed after the commit). We hold the conversation's turn lock,
+                # so that attempt is over: answer now, once, instead of never.
+                interrupted = not replies and stored.route is None
+                if not interrupted:
+                    self.metrics.messages.labels(message.channel, Route.DUPLICATE).inc()
+                    return HandleResult(
+                        conversation.id, stored.id, replies, conversation.status, duplicate=True
+                    )
+                log.warning("message %s was stored but never answered; answering it now", stored.id)
             try:
                 replies, status = await self._respond(
                     conversation, stored, message, started, model_seconds, received.recent
@@ -366,6 +383,7 @@ class ConversationService:
         conversation = await self.store.conversation(
             message.channel, message.sender, message.sender_name
         )
+        logs.conversation_id.set(conversation.id)
         async with self._locks.hold(conversation.id):
             stored, new = await self.store.add_customer_message(
                 conversation.id, message.text, message.client_id

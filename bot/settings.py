@@ -7,6 +7,7 @@ receives only its own section. Secrets are `SecretStr` and never printed.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +30,15 @@ class ServerSettings(BaseModel):
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="largest accepted request body")
     max_message_chars: int = Field(4000, ge=1, description="longest accepted customer message")
     public_url: str | None = Field(None, description="URL customers reach, for printed links")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text, or json: one object per line with time, level, logger, message, "
+        "replica, request_id, conversation_id",
+    )
+    replica: str = Field(
+        default_factory=socket.gethostname,
+        description="this replica's name in logs and metrics (default: the host name)",
+    )
 
 
 class StoreSettings(BaseModel):
@@ -60,6 +70,13 @@ class NluSettings(BaseModel):
         0.0,
         ge=0,
         description="extra wait for company; 0: batches form while the previous one runs",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=2,
+        description="model worker threads: 2 runs intent/sentiment and the answer-index "
+        "encoder side by side (a core each), 1 runs every model call on one thread",
     )
     threads: int = Field(
         1,
@@ -97,6 +114,12 @@ class EscalationSettings(BaseModel):
     )
     handoff_min_confidence: float = Field(
         0.5, ge=0, le=1, description="confidence a hand-off intent needs"
+    )
+    unclaimed_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="an escalation no agent claimed for this long: the customer is told once "
+        "(routing message `unclaimed`)",
     )
 
 
@@ -136,6 +159,69 @@ class TelegramSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The agent console: sign-in sessions and the sign-in rate limit."""
+
+    session_hours: float = Field(12.0, gt=0, description="how long a console sign-in lasts")
+    max_failed_sign_ins: int = Field(
+        5,
+        ge=1,
+        description="failed sign-ins per name (4x per client address) within the window "
+        "before sign-in answers 429",
+    )
+    sign_in_window_s: float = Field(
+        900.0, gt=0, description="the window failed sign-ins are counted in"
+    )
+
+
+class BusSettings(BaseModel):
+    """Events between replicas (console updates, pushed replies, model reloads)."""
+
+    url: str | None = Field(
+        None,
+        description="redis://HOST:6379/0 for several replicas; unset: one process, in memory",
+    )
+    prefix: str = Field(
+        "supportbot:",
+        description="put before every Redis channel and lock name (deployments sharing a Redis)",
+    )
+
+
+class RetrainSettings(BaseModel):
+    """`supportbot retrain`: how feedback is sampled and when a candidate may go live."""
+
+    tolerance: float = Field(
+        1.0, ge=0, description="frozen-test accuracy points a candidate may lose and still go live"
+    )
+    max_intent_drop: float = Field(
+        10.0,
+        ge=0,
+        description="F1 points any one intent (or sentiment) may lose on the frozen test set",
+    )
+    min_label_support: int = Field(
+        5, ge=1, description="labels with fewer frozen-test examples are reported, not gated"
+    )
+    replay: int = Field(
+        2000, ge=0, description="earlier training examples replayed (stratified) with the feedback"
+    )
+    holdout_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of each label's agent labels held out for the gate"
+    )
+    min_new_intent_examples: int = Field(
+        5, ge=1, description="labelled messages a new intent needs before it is learned"
+    )
+    include_rated: bool = Field(
+        False, description="also learn from bot answers customers rated helpful (weak labels)"
+    )
+    learning_rate: float | None = Field(
+        3e-5,
+        gt=0,
+        lt=1,
+        description="encoder learning rate of a retrain (null: the live model's); lower than "
+        "training's 1e-4 so old intents are kept (see the retraining benchmark)",
+    )
+
+
 class Settings(BaseSettings):
     """All of supportbot's runtime settings."""
 
@@ -144,6 +230,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         nested_model_default_partial_update=True,
+        # An empty variable means unset: docker-compose's `${TELEGRAM_TOKEN:-}` must not turn
+        # Telegram on with an empty token.
+        env_ignore_empty=True,
     )
 
     server: ServerSettings = ServerSettings()
@@ -155,6 +244,9 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     telegram: TelegramSettings = TelegramSettings()
     widget: WidgetSettings = WidgetSettings()
+    bus: BusSettings = BusSettings()
+    console: ConsoleSettings = ConsoleSettings()
+    retrain: RetrainSettings = RetrainSettings()
 
     @classmethod
     def settings_customise_sources(

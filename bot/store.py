@@ -33,6 +33,7 @@ from sqlalchemy.exc import (
     InterfaceError,
     OperationalError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -88,7 +89,9 @@ DRIVERS = {
 }
 
 # Failures that mean "the database did not answer", as opposed to "it refused the request".
-CONNECTION_ERRORS = (OperationalError, InterfaceError, OSError)
+# A pool timeout (every connection busy for `timeout` seconds: an overloaded replica) is one
+# too: the client should come back later (503), not be told the message failed (500).
+CONNECTION_ERRORS = (OperationalError, InterfaceError, OSError, PoolTimeoutError)
 
 # PostgreSQL SQLSTATE classes that mean no session could be had: connection exception (08),
 # bad user or password (28), no such database (3D), too many connections (53), server
@@ -595,13 +598,20 @@ class SqlConversationStore:
         reply_to: int | None = None,
         route: str | None = None,
         details: dict[str, Any] | None = None,
+        claimed_by: str | None = None,
     ) -> StoredMessage:
         """Persist a bot, agent or system message (a reply to `reply_to`, if given).
+
+        Args:
+            claimed_by: store the message only if this agent holds the conversation's claim,
+                checked under the conversation's row lock, so a release or another agent's
+                claim landing at the same moment cannot let the reply through.
 
         Raises:
             NotFoundError: the conversation, or the message `reply_to`, does not exist.
             BadRequestError: `role` is not a `Role`, or `reply_to` belongs to another
                 conversation.
+            ConflictError: `claimed_by` is given and that agent does not hold the claim.
         """
         try:
             role_value = Role(role).value
@@ -612,6 +622,17 @@ class SqlConversationStore:
         now = utcnow()
         async with self._write("store a message") as session:
             conversation = await self._locked_conversation(session, conversation_id)
+            if claimed_by is not None and (
+                conversation.status != ConversationStatus.CLAIMED.value
+                or conversation.assignee != claimed_by
+            ):
+                holder = conversation.assignee
+                raise ConflictError(
+                    f"claimed by {holder}: conversation {conversation_id} is theirs"
+                    if holder and holder != claimed_by
+                    else f"claim it first: conversation {conversation_id} is not claimed by "
+                    f"{claimed_by}"
+                )
             if reply_to is not None:
                 parent = await session.scalar(
                     select(MessageRow.conversation_id).where(MessageRow.id == reply_to)
@@ -757,6 +778,7 @@ class SqlConversationStore:
             row.status = "resolved"
             row.resolved_at = now
             row.resolved_by = agent
+            row.outcome = "resolved"
             conversation.status = ConversationStatus.BOT.value
             conversation.assignee = None
             conversation.failed_turns = 0
@@ -1026,6 +1048,7 @@ def _escalation(row: EscalationRow) -> EscalationRecord:
         resolved_at=row.resolved_at,
         claimed_at=row.claimed_at,
         timed_out_at=row.timed_out_at,
+        outcome=row.outcome,
     )
 
 

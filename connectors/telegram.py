@@ -526,7 +526,7 @@ class TelegramConnector:
     # -- webhook -----------------------------------------------------------------------------
 
     async def webhook(self, request: web.Request) -> web.Response:
-        """`POST /telegram/webhook`: check the secret, queue the update for PTB."""
+        """`POST /telegram/webhook`: check the secret, handle the update, then answer 200."""
         secret = self.settings.secret_token
         if secret is not None:
             given = request.headers.get(SECRET_HEADER, "")
@@ -548,7 +548,13 @@ class TelegramConnector:
             update = Update.de_json(body, application.bot)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise BadRequestError(f"the body is not a Telegram Update: {exc!r}") from exc
-        await application.update_queue.put(update)
+        # Handled before answering, not queued: a replica killed mid-update never said 200, so
+        # Telegram sends the update again (through the proxy, to any replica), where the
+        # client id recognises what was already stored and answered. The processor keeps one
+        # chat's updates in order and bounds how many run at once, as for polling.
+        await application.update_processor.process_update(
+            update, application.process_update(update)
+        )
         return web.json_response({})
 
     # -- handlers ----------------------------------------------------------------------------

@@ -228,7 +228,7 @@ class WidgetConnector:
         )
         self._stylesheet = _static("widget.css")
         self._demo = _static("demo.html")
-        dispatcher.register(CHANNEL, self)
+        dispatcher.register(CHANNEL, self, local_only=True)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.demo_page)

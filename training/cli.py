@@ -99,6 +99,39 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     rollback.add_argument("task", choices=TASKS)
     models.set_defaults(handler=run_models)
 
+    retrain = commands.add_parser(
+        "retrain",
+        help="learn from agents' labels in the store; promote only if the gate passes",
+        description="Fine-tune the live intent and sentiment models on what agents labelled "
+        "(plus a replay of earlier data), compare with the live models on their frozen test "
+        "set and on held-out feedback, promote when the gate passes, and rebuild the answer "
+        "index with approved answers. Settings come from --config and SUPPORTBOT_* variables "
+        "(section retrain), like `serve`. Exit status: 0 all candidates live, 1 a candidate "
+        "was kept back by the gate, 2 nothing done (no labels, another retrain running).",
+    )
+    retrain.add_argument("--config", type=Path, help="YAML settings file (as for serve)")
+    retrain.add_argument("--models", type=Path, help="models directory (default: models.dir)")
+    retrain.add_argument(
+        "--dry-run", action="store_true", help="print the training set and the plan; write nothing"
+    )
+    retrain.add_argument(
+        "--include-rated",
+        action="store_true",
+        default=None,
+        help="also learn from bot answers customers rated helpful (weak labels)",
+    )
+    retrain.add_argument("--tolerance", type=float, help="frozen-test accuracy points to lose")
+    retrain.add_argument("--max-intent-drop", type=float, help="F1 points any one label may lose")
+    retrain.add_argument("--replay", type=int, help="earlier examples replayed")
+    retrain.add_argument("--epochs", type=int, help="passes over the retraining set")
+    retrain.add_argument(
+        "--learning-rate", type=float, help="encoder learning rate (default: retrain setting)"
+    )
+    retrain.add_argument("--seed", type=int, default=42)
+    retrain.add_argument("--no-progress", action="store_true", help="no progress bar")
+    retrain.add_argument("--json", action="store_true", help="print one JSON object")
+    retrain.set_defaults(handler=run_retrain)
+
 
 def run_train(ns: argparse.Namespace) -> int:
     from training.pipeline import train_task
@@ -207,3 +240,37 @@ def run_models(ns: argparse.Namespace) -> int:
         print(f"{ns.task} {version} is live again")
         return 0
     raise SupportbotError(f"unknown models action {ns.action!r}")
+
+
+def run_retrain(ns: argparse.Namespace) -> int:
+    from bot.settings import load_settings
+    from training.retrain import RetrainOptions, describe, retrain
+
+    overrides: dict[str, Any] = {}
+    if ns.models is not None:
+        overrides["models"] = {"dir": ns.models}
+    settings = load_settings(ns.config, **overrides)
+    config = settings.retrain
+    options = RetrainOptions(
+        dry_run=ns.dry_run,
+        include_rated=config.include_rated if ns.include_rated is None else ns.include_rated,
+        tolerance=config.tolerance if ns.tolerance is None else ns.tolerance,
+        max_intent_drop=config.max_intent_drop
+        if ns.max_intent_drop is None
+        else ns.max_intent_drop,
+        min_label_support=config.min_label_support,
+        replay=config.replay if ns.replay is None else ns.replay,
+        holdout_fraction=config.holdout_fraction,
+        min_new_label_examples=config.min_new_intent_examples,
+        epochs=ns.epochs,
+        learning_rate=config.learning_rate if ns.learning_rate is None else ns.learning_rate,
+        seed=ns.seed,
+        progress=not ns.no_progress,
+    )
+    result = retrain(settings, options)
+    if ns.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        for line in describe(result):
+            print(line)
+    return result.exit_code

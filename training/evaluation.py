@@ -87,6 +87,10 @@ def compute_metrics(
         else 0.0,
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(targets, predicted, labels=index).tolist()
+        if known.any()
+        # Only labels the model does not know (a retrain's new intents, judged on the live
+        # model): no row to fill, and sklearn refuses such a matrix.
+        else np.zeros((len(labels), len(labels)), dtype=int).tolist()
         if len(targets)
         else [],
         "labels": list(labels),

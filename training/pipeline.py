@@ -7,7 +7,7 @@ import json
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from bot.classifier import ClassifierMeta, TransformerClassifier, save_classifier
+from bot.errors import ModelNotFoundError
+from bot.validation import normalize
 from training.arguments import TrainingArguments
 from training.calibration import calibrate
 from training.data import Columns, Example, LoadReport, drop_overlap, load_examples
@@ -28,6 +30,9 @@ from training.trainer import FineTuneResult, encode, fine_tune, predict_logits
 REPORT_FILE = "report.txt"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
+# The frozen test set a version was evaluated on, and the examples a retrain replays from.
+TEST_SET_FILE = "test_set.jsonl"
+REPLAY_POOL_FILE = "replay_pool.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,229 @@ def _history(result: FineTuneResult) -> list[dict[str, Any]]:
     ]
 
 
+@dataclass
+class FittedClassifier:
+    """A fine-tuned, calibrated classifier in memory, not yet registered.
+
+    `train_task` registers it at once; `supportbot retrain` first compares it with the live
+    model and registers it either way, live only when the gate passes.
+    """
+
+    task: str
+    labels: tuple[str, ...]
+    args: TrainingArguments
+    result: FineTuneResult
+    temperature: float
+    threshold: float
+    calibration: dict[str, Any]
+    validation_metrics: dict[str, Any]
+
+    def evaluate(self, examples: Sequence[Example]) -> dict[str, Any]:
+        """Metrics on labelled examples (labels it does not know count as wrong)."""
+        pad_id = self.result.tokenizer.pad_token_id or 0
+        ids = encode(self.result.tokenizer, [e.text for e in examples], self.args.max_length)
+        logits = (
+            predict_logits(self.result.model, ids, pad_id)
+            if ids
+            else torch.empty(0, len(self.labels))
+        )
+        return evaluate_examples(logits, examples, self.labels, self.temperature, self.threshold)
+
+
+def fit_classifier(
+    task: str,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    args: TrainingArguments,
+    progress: bool = True,
+    init_from: Path | None = None,
+    labels: Sequence[str] | None = None,
+) -> FittedClassifier:
+    """Fine-tune on `train`, keep the best epoch by `validation`, calibrate on `validation`.
+
+    Args:
+        labels: the head's labels (default: those in `train` and `validation`, sorted).
+    """
+    labels = tuple(labels or sorted({e.label for e in [*train, *validation]}))
+    result = fine_tune(train, validation, labels, args, progress, init_from)
+    pad_id = result.tokenizer.pad_token_id or 0
+    val_ids = encode(result.tokenizer, [e.text for e in validation], args.max_length)
+    val_logits = predict_logits(result.model, val_ids, pad_id)
+    index = {label: i for i, label in enumerate(labels)}
+    val_targets = torch.tensor([index[e.label] for e in validation], dtype=torch.long)
+    calibration = calibrate(val_logits, val_targets, args.abstain_precision)
+    val_metrics = evaluate_examples(
+        val_logits, validation, labels, calibration.temperature, calibration.threshold
+    )
+    return FittedClassifier(
+        task=task,
+        labels=labels,
+        args=args,
+        result=result,
+        temperature=calibration.temperature,
+        threshold=calibration.threshold,
+        calibration={
+            "temperature": calibration.temperature,
+            "abstain_threshold": calibration.threshold,
+            "validation_ece_before": calibration.ece_before,
+            "validation_ece_after": calibration.ece_after,
+            "validation_coverage": calibration.coverage,
+            "validation_precision_at_threshold": calibration.precision_at_threshold,
+        },
+        validation_metrics=val_metrics,
+    )
+
+
+def write_examples(path: Path, examples: Sequence[Example]) -> None:
+    """Save labelled examples as JSONL (`text`, `label`, `source`, `line`)."""
+    with path.open("w", encoding="utf-8") as handle:
+        for e in examples:
+            record = {"text": e.text, "label": e.label, "source": e.source, "line": e.line}
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_examples(path: Path) -> list[Example]:
+    """Read examples saved by `write_examples`."""
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out.append(
+                Example(
+                    str(record["text"]),
+                    str(record["label"]),
+                    str(record.get("source", path)),
+                    int(record.get("line", 0)),
+                )
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class VersionData:
+    """What a registered version needs saved besides the model, for later retraining.
+
+    Attributes:
+        test: the frozen test set the version was evaluated on (`test_set.jsonl`); a retrain
+            compares candidate and live model on exactly these examples.
+        pool: every labelled example the version's lineage learned from, minus the test set
+            (`replay_pool.jsonl`); a retrain replays a sample of it so old intents are kept.
+        test_source: how the test set was chosen, for the report.
+        info: extra entries for `data.json` (files read, feedback counts, ...).
+        train_size: examples actually trained on.
+    """
+
+    test: Sequence[Example]
+    pool: Sequence[Example]
+    test_source: str
+    info: dict[str, Any]
+    train_size: int
+
+
+def register_version(
+    out: Path,
+    fitted: FittedClassifier,
+    data: VersionData,
+    started: float,
+    promote: bool | None,
+    test_metrics: dict[str, Any] | None = None,
+    extra_files: Callable[[Path], None] | None = None,
+) -> tuple[ModelVersion, str, dict[str, Any]]:
+    """Write the model, its data and its reports to a staging directory, then commit it.
+
+    Args:
+        out: the models root (registry).
+        fitted: from `fit_classifier`.
+        data: test set, replay pool and data facts (see `VersionData`).
+        started: `time.perf_counter()` at the start of the run (for the report).
+        promote: see `FileModelRegistry.commit`.
+        test_metrics: the metrics on `data.test` when already computed.
+        extra_files: writes more files into the staging directory before the commit.
+
+    Returns:
+        The version, the readable report and the metrics.
+    """
+    task, labels, args, result = fitted.task, fitted.labels, fitted.args, fitted.result
+    test_metrics = test_metrics if test_metrics is not None else fitted.evaluate(data.test)
+    registry = FileModelRegistry(out)
+    staging = registry.stage(task)
+    try:
+        meta = ClassifierMeta(
+            task=task,
+            labels=labels,
+            max_length=args.max_length,
+            temperature=fitted.temperature,
+            abstain_threshold=fitted.threshold,
+            backbone=args.model,
+        )
+        save_classifier(result.model, result.tokenizer, meta, staging)
+        (staging / "label_map.json").write_text(
+            json.dumps({"id2label": dict(enumerate(labels))}, indent=2) + "\n"
+        )
+        (staging / "training_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
+        write_examples(staging / TEST_SET_FILE, data.test)
+        write_examples(staging / REPLAY_POOL_FILE, data.pool)
+        data_info = {
+            "fingerprint": fingerprint([*data.pool, *data.test]),
+            "test_fingerprint": fingerprint(data.test),
+            "pool_fingerprint": fingerprint(data.pool),
+            **data.info,
+            "sizes": {
+                "train": data.train_size,
+                "validation": fitted.validation_metrics["n"],
+                "test": len(data.test),
+                "replay_pool": len(data.pool),
+            },
+            "label_counts": {
+                label: sum(1 for e in [*data.pool, *data.test] if e.label == label)
+                for label in labels
+            },
+        }
+        (staging / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
+        seconds = round(time.perf_counter() - started, 1)
+        metrics = {
+            "task": task,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "evaluated_on": data.test_source,
+            "test": test_metrics,
+            "validation": fitted.validation_metrics,
+            "calibration": fitted.calibration,
+            "training": {
+                "epochs_run": len(result.history),
+                "best_epoch": result.best_epoch,
+                "stopped_early": result.stopped_early,
+                "seconds": seconds,
+                "class_weights": result.class_weights,
+                "history": _history(result),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+            # Headline figures at the top level, for `evaluate --json`-style consumers.
+            "accuracy": test_metrics["accuracy"],
+            "macro_f1": test_metrics["macro_f1"],
+            "per_class": test_metrics["per_class"],
+        }
+        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+        report = render_report(test_metrics, f"{task} model on the {data.test_source}")
+        report += (
+            f"\ncalibration: temperature {fitted.temperature:.3f}, validation ECE "
+            f"{fitted.calibration['validation_ece_before']:.4f} -> "
+            f"{fitted.calibration['validation_ece_after']:.4f}\n"
+            f"training: {data.train_size} train / {fitted.validation_metrics['n']} validation / "
+            f"{len(data.test)} test examples, {len(result.history)} epoch(s), best epoch "
+            f"{result.best_epoch}, {seconds} s\n"
+        )
+        (staging / REPORT_FILE).write_text(report)
+        plot_confusion(test_metrics["confusion_matrix"], labels, staging / CONFUSION_FILE)
+        if extra_files is not None:
+            extra_files(staging)
+        version = registry.commit(task, staging, promote=promote)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version, report, metrics
+
+
 def train_task(
     task: str,
     data: Sequence[Path],
@@ -143,14 +371,7 @@ def train_task(
     if not test:
         test_examples = split.test
     labels = tuple(sorted({e.label for e in examples}))
-
-    result = fine_tune(split.train, split.validation, labels, args, progress, init_from)
-    pad_id = result.tokenizer.pad_token_id or 0
-    val_ids = encode(result.tokenizer, [e.text for e in split.validation], args.max_length)
-    val_logits = predict_logits(result.model, val_ids, pad_id)
-    index = {label: i for i, label in enumerate(labels)}
-    val_targets = torch.tensor([index[e.label] for e in split.validation], dtype=torch.long)
-    calibration = calibrate(val_logits, val_targets, args.abstain_precision)
+    fitted = fit_classifier(task, split.train, split.validation, args, progress, init_from, labels)
 
     report_source = "held-out test set" if test else "held-out test split"
     if not test_examples:
@@ -161,88 +382,41 @@ def train_task(
         else:
             test_examples = split.train
             report_source = "training data (nothing held out: figures are optimistic)"
-    test_ids = encode(result.tokenizer, [e.text for e in test_examples], args.max_length)
-    test_logits = predict_logits(result.model, test_ids, pad_id)
-    test_metrics = evaluate_examples(
-        test_logits, test_examples, labels, calibration.temperature, calibration.threshold
+    test_keys = {normalize(e.text) for e in test_examples}
+    pool = [e for e in [*split.train, *split.validation] if normalize(e.text) not in test_keys]
+    if not pool:
+        pool = list(split.train)  # the training-data fallback: nothing else to replay
+    version, report, metrics = register_version(
+        out,
+        fitted,
+        VersionData(
+            test=test_examples,
+            pool=pool,
+            test_source=report_source,
+            info={
+                "fingerprint": fingerprint(examples),
+                "files": load_report.files,
+                "test_files": [str(p) for p in test],
+            },
+            train_size=len(split.train),
+        ),
+        started,
+        promote,
     )
-    val_metrics = evaluate_examples(
-        val_logits, split.validation, labels, calibration.temperature, calibration.threshold
-    )
-
-    registry = FileModelRegistry(out)
-    staging = registry.stage(task)
-    try:
-        meta = ClassifierMeta(
-            task=task,
-            labels=labels,
-            max_length=args.max_length,
-            temperature=calibration.temperature,
-            abstain_threshold=calibration.threshold,
-            backbone=args.model,
-        )
-        save_classifier(result.model, result.tokenizer, meta, staging)
-        (staging / "label_map.json").write_text(
-            json.dumps({"id2label": dict(enumerate(labels))}, indent=2) + "\n"
-        )
-        (staging / "training_args.json").write_text(json.dumps(args.to_dict(), indent=2) + "\n")
-        data_info = {
-            "fingerprint": fingerprint(examples),
-            "test_fingerprint": fingerprint(test_examples),
-            "files": load_report.files,
-            "test_files": [str(p) for p in test],
-            "sizes": {
-                "train": len(split.train),
-                "validation": len(split.validation),
-                "test": len(test_examples),
-            },
-            "label_counts": {
-                label: sum(1 for e in examples if e.label == label) for label in labels
-            },
-        }
-        (staging / "data.json").write_text(json.dumps(data_info, indent=2) + "\n")
-        metrics = {
-            "task": task,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "evaluated_on": report_source,
-            "test": test_metrics,
-            "validation": val_metrics,
-            "calibration": {
-                "temperature": calibration.temperature,
-                "abstain_threshold": calibration.threshold,
-                "validation_ece_before": calibration.ece_before,
-                "validation_ece_after": calibration.ece_after,
-                "validation_coverage": calibration.coverage,
-                "validation_precision_at_threshold": calibration.precision_at_threshold,
-            },
-            "training": {
-                "epochs_run": len(result.history),
-                "best_epoch": result.best_epoch,
-                "stopped_early": result.stopped_early,
-                "seconds": round(time.perf_counter() - started, 1),
-                "class_weights": result.class_weights,
-                "history": _history(result),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-            },
-            # Headline figures at the top level, for `evaluate --json`-style consumers.
-            "accuracy": test_metrics["accuracy"],
-            "macro_f1": test_metrics["macro_f1"],
-            "per_class": test_metrics["per_class"],
-        }
-        (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-        report = render_report(test_metrics, f"{task} model on the {report_source}")
-        report += (
-            f"\ncalibration: temperature {calibration.temperature:.3f}, validation ECE "
-            f"{calibration.ece_before:.4f} -> {calibration.ece_after:.4f}\n"
-            f"training: {len(split.train)} train / {len(split.validation)} validation / "
-            f"{len(test_examples)} test examples, {len(result.history)} epoch(s), best epoch "
-            f"{result.best_epoch}, {metrics['training']['seconds']} s\n"
-        )
-        (staging / REPORT_FILE).write_text(report)
-        plot_confusion(test_metrics["confusion_matrix"], labels, staging / CONFUSION_FILE)
-        version = registry.commit(task, staging, promote=promote)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return TrainingRun(version=version, report=report, metrics=metrics, load_report=load_report)
+
+
+def frozen_data(version_dir: Path) -> tuple[list[Example], list[Example]]:
+    """The frozen test set and the replay pool saved with a version.
+
+    Raises:
+        ModelNotFoundError: the version was trained before these files were kept.
+    """
+    test_path, pool_path = version_dir / TEST_SET_FILE, version_dir / REPLAY_POOL_FILE
+    if not (test_path.is_file() and pool_path.is_file()):
+        raise ModelNotFoundError(
+            f"{version_dir} has no {TEST_SET_FILE} / {REPLAY_POOL_FILE} (it was trained by an "
+            "older supportbot), so it cannot be compared on the test set it was evaluated on; "
+            "train the task once more with `supportbot train ... --promote yes`, then retrain"
+        )
+    return read_examples(test_path), read_examples(pool_path)

@@ -152,7 +152,8 @@ def build_model(
     """A fresh head on the backbone, or a copy of an existing model with its head grown.
 
     With `init_from`, rows of the head for labels the old model knew are copied, so
-    retraining starts from what the live model learned; new labels start fresh.
+    retraining starts from what the live model learned; new labels start fresh (and
+    `fine_tune` then sets them from their examples, see `init_new_rows`).
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -177,6 +178,90 @@ def build_model(
             "Hugging Face name available offline in the cache, or `bundled`"
         ) from exc
     return MeanPoolingClassifier(encoder, len(labels)), tokenizer
+
+
+def _embeddings(
+    model: MeanPoolingClassifier, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64
+) -> torch.Tensor:
+    """Mean-pooled embeddings of already-encoded texts, in input order (no dropout)."""
+    device = next(model.parameters()).device
+    out = torch.empty(len(ids), model.head.in_features)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            input_ids, mask = collate(ids, chunk, pad_id)
+            out[chunk] = model.embed(input_ids.to(device), mask.to(device)).float().cpu()
+    return out
+
+
+def init_new_rows(
+    model: MeanPoolingClassifier,
+    tokenizer: Any,
+    known: Sequence[str],
+    labels: Sequence[str],
+    train: Sequence[Example],
+    max_length: int,
+    seed: int,
+    background: int = 512,
+) -> list[str]:
+    """Prototype initialisation of the head rows of labels the live model did not know.
+
+    A fresh random row starts near zero, so a new intent with a dozen examples spends most
+    of a retrain just getting noticed; on Banking77 (10 new intents, ~16 labels each) that
+    left it short of the 85 % target. Instead each new row points from the centre of the
+    old examples' embeddings to the mean embedding of the new label's examples, as the live
+    encoder sees them. Centring matters: mean-pooled embeddings share a large common
+    direction, and an uncentred prototype would score every message high for the new label.
+    The row is then scaled and biased so that, on average, it gives its own examples the
+    logit the live head gives a true class and the old examples the logit it gives a wrong
+    class: the new label enters on the same footing as the old ones.
+
+    Returns the labels whose rows were set (new labels with training examples).
+    """
+    known_set = set(known)
+    old_rows = [i for i, label in enumerate(labels) if label in known_set]
+    texts: dict[str, list[str]] = {}
+    for e in train:
+        if e.label not in known_set:
+            texts.setdefault(e.label, []).append(e.text)
+    old_examples = [e for e in train if e.label in known_set]
+    if not texts or not old_rows or not old_examples:
+        return []
+    rng = random.Random(seed)
+    if len(old_examples) > background:
+        old_examples = rng.sample(old_examples, background)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    old_emb = _embeddings(
+        model, encode(tokenizer, [e.text for e in old_examples], max_length), pad_id
+    )
+    with torch.no_grad():
+        weight, bias = model.head.weight.detach().cpu(), model.head.bias.detach().cpu()
+        old_logits = old_emb @ weight[old_rows].T + bias[old_rows]
+        column = {row: j for j, row in enumerate(old_rows)}
+        true_col = torch.tensor([column[labels.index(e.label)] for e in old_examples])
+        true_logit = old_logits.gather(1, true_col[:, None]).squeeze(1)
+        off_mask = torch.ones_like(old_logits, dtype=torch.bool)
+        off_mask[torch.arange(len(old_examples)), true_col] = False
+        t_mean = float(true_logit.mean())
+        o_mean = float(old_logits[off_mask].mean())
+        centre = old_emb.mean(0)
+        done = []
+        for label, group in sorted(texts.items()):
+            emb = _embeddings(model, encode(tokenizer, group, max_length), pad_id)
+            direction = F.normalize(emb.mean(0) - centre, dim=0)
+            own = float(((emb - centre) @ direction).mean())
+            # logit(e) = scale * direction . (e - centre) + o_mean: o_mean on average over
+            # old examples (centred: 0), t_mean on average over the label's own examples.
+            scale = (t_mean - o_mean) / max(own, 1e-6)
+            row = labels.index(label)
+            model.head.weight[row] = (scale * direction).to(model.head.weight.dtype)
+            model.head.bias[row] = o_mean - scale * float(direction @ centre)
+            done.append(label)
+    model.train(was_training)
+    return done
 
 
 def _apply_lora(model: MeanPoolingClassifier, args: TrainingArguments) -> None:
@@ -224,6 +309,12 @@ def fine_tune(
     seed_everything(args.seed)
     label_index = {label: i for i, label in enumerate(labels)}
     model, tokenizer = build_model(labels, args, init_from)
+    if init_from is not None:
+        from bot.classifier import read_meta
+
+        init_new_rows(
+            model, tokenizer, read_meta(init_from).labels, labels, train, args.max_length, args.seed
+        )
     if args.lora:
         _apply_lora(model, args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -526,3 +526,44 @@ async def test_saved_and_loaded_index_answers_identically(
     loaded = EmbeddingAnswerIndex.load(shop_index.save(tmp_path / "answers"))
     for query in ("where's my package", "can i get a receipt for my order", "klarna?"):
         assert await loaded.search(query, k=3) == await shop_index.search(query, k=3)
+
+
+# -- serving a rebuilt index without a restart --------------------------------------------
+
+
+async def test_reloading_index_swaps_in_a_rebuilt_index_and_survives_a_broken_one(
+    tmp_path: Path,
+) -> None:
+    from bot.retrieval import ReloadingAnswerIndex, merge_pairs
+
+    directory = keyword_index().save(tmp_path / "answers")
+    served = ReloadingAnswerIndex(
+        directory, lambda d: EmbeddingAnswerIndex.load(d, embed=keyword_embed), interval_s=0.05
+    )
+    assert not await served.reload_if_changed()  # nothing changed
+    assert (await served.search("klarna"))[0].text == "Klarna answer."
+
+    approved = AnswerPair(
+        "pay with klarna", "Approved Klarna answer.", "payment", "s:1", "approved"
+    )
+    merged = merge_pairs([*keyword_pairs(), approved])
+    # Same question: the FAQ keeps its place over an approved answer; new questions join.
+    assert [p.answer for p in merged if p.question == "pay with klarna"] == ["Klarna answer."]
+    extra = AnswerPair("klarna invoice klarna", "Invoice via Klarna.", None, "s:2", "approved")
+    EmbeddingAnswerIndex.build(
+        merge_pairs([*keyword_pairs(), extra]), model="keywords", embed=keyword_embed
+    ).save(directory)
+    await served.start()
+    try:
+        for _ in range(100):
+            if served.reloads:
+                break
+            await asyncio.sleep(0.05)
+        assert served.reloads == 1 and len(served) == 7
+        assert (await served.search("klarna invoice klarna"))[0].text == "Invoice via Klarna."
+
+        (directory / INDEX_FILE).write_text("{broken")  # a damaged copy: keep serving
+        await asyncio.sleep(0.2)
+        assert served.reloads == 1 and len(served) == 7
+    finally:
+        await served.stop()

@@ -48,3 +48,20 @@ def test_invalid_values_are_explained(tmp_path: Path, monkeypatch: pytest.Monkey
         load_settings(config)
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_settings(tmp_path / "missing.yml")
+
+
+def test_empty_variables_mean_unset_and_replicas_get_their_own_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What docker-compose passes for `${TELEGRAM_TOKEN:-}` when the operator set nothing.
+    monkeypatch.setenv("SUPPORTBOT_TELEGRAM__TOKEN", "")
+    monkeypatch.setenv("SUPPORTBOT_BUS__URL", "")
+    monkeypatch.delenv("SUPPORTBOT_SERVER__REPLICA", raising=False)
+    settings = load_settings()
+    assert settings.telegram.token is None and settings.bus.url is None
+    assert settings.server.replica  # the host name by default
+    assert settings.server.log_format == "text"
+    monkeypatch.setenv("SUPPORTBOT_BUS__URL", "redis://redis:6379/0")
+    monkeypatch.setenv("SUPPORTBOT_SERVER__LOG_FORMAT", "json")
+    settings = load_settings()
+    assert settings.bus.url == "redis://redis:6379/0" and settings.server.log_format == "json"

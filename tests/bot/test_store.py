@@ -479,6 +479,24 @@ async def test_concurrent_claims_let_one_agent_win(
     assert holder == winners[0].assignee
 
 
+async def test_an_agent_reply_needs_the_claim_at_the_moment_it_is_stored(
+    store: SqlConversationStore,
+) -> None:
+    conversation = await store.conversation("widget", "s1")
+    await store.escalate(conversation.id, angry())
+    with pytest.raises(ConflictError, match="claim it first"):
+        await store.add_message(conversation.id, Role.AGENT, "hi", claimed_by="agent-a")
+    await store.claim(conversation.id, "agent-a")
+    stored = await store.add_message(conversation.id, Role.AGENT, "hi", claimed_by="agent-a")
+    with pytest.raises(ConflictError, match="claimed by agent-a"):
+        await store.add_message(conversation.id, Role.AGENT, "me too", claimed_by="agent-b")
+    await store.resolve(conversation.id, "agent-a")
+    with pytest.raises(ConflictError, match="claim it first"):
+        await store.add_message(conversation.id, Role.AGENT, "late", claimed_by="agent-a")
+    texts = [m.text for m in await store.transcript(conversation.id)]
+    assert texts == ["hi"] and stored.text == "hi"
+
+
 async def test_open_escalations_are_most_urgent_first_then_oldest(
     store: SqlConversationStore,
 ) -> None:
@@ -1027,3 +1045,17 @@ async def test_receive_returns_state_and_recent_messages_from_one_transaction(
     again = await store.receive(conversation.id, "four", client_id="c-4", recent=3)
     assert not again.new and again.message.id == received.message.id
     assert len(await store.transcript(conversation.id)) == 4
+
+
+async def test_a_replica_out_of_connections_answers_retry_later(tmp_path: Path) -> None:
+    # Every pooled connection busy for longer than the timeout (an overloaded replica): the
+    # request is refused as unavailable (HTTP 503 + Retry-After), not failed (500).
+    store = SqlConversationStore(f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}", timeout=0.2)
+    await store.start()
+    try:
+        async with store.writing("hold the only connection") as session:
+            await session.execute(text("SELECT 1"))  # sessions connect on first use
+            with pytest.raises(StoreUnavailableError, match="cannot look up a conversation"):
+                await store.conversation("widget", "s1")
+    finally:
+        await store.stop()

@@ -1,13 +1,24 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 from training.arguments import TrainingArguments
 from training.data import Example
-from training.trainer import class_weights_for, collate, fine_tune, make_batches
+from tests.conftest import RUNTIME_ROWS
+from training.trainer import (
+    build_model,
+    class_weights_for,
+    collate,
+    encode,
+    fine_tune,
+    init_new_rows,
+    make_batches,
+    predict_logits,
+)
 
 
 def test_batches_cover_every_index_once_and_bucketing_cuts_padding() -> None:
@@ -66,3 +77,40 @@ def test_lora_training_produces_a_plain_encoder() -> None:
     )
     # merged back: no peft wrapper left, so the directory saves as a normal HF model
     assert type(result.model.encoder).__name__ == "BertModel"
+
+
+def test_new_head_rows_start_from_their_examples(runtime_models: Path) -> None:
+    from bot.classifier import read_meta
+    from training.registry import FileModelRegistry
+
+    live = FileModelRegistry(runtime_models).live_path("intent")
+    known = read_meta(live).labels
+    labels = sorted([*known, "cancel_order"])
+    cancel = [
+        "please cancel my order",
+        "i want to cancel the order i just placed",
+        "cancel order BC-104522 please",
+        "how do i cancel my purchase",
+        "cancel my order before it ships",
+    ]
+    old = [Example(t, label, "mem", i) for i, (t, label, _) in enumerate(RUNTIME_ROWS)]
+    train = [*old, *(Example(t, "cancel_order", "mem", i) for i, t in enumerate(cancel))]
+    args = TrainingArguments(seed=5)
+    model, tokenizer = build_model(labels, args, live)
+    row = labels.index("cancel_order")
+    before = model.head.weight.detach().clone()
+
+    assert init_new_rows(model, tokenizer, known, labels, train, args.max_length, 5) == [
+        "cancel_order"
+    ]
+
+    others = [i for i in range(len(labels)) if i != row]
+    assert torch.equal(model.head.weight[others], before[others])  # old rows untouched
+    pad = tokenizer.pad_token_id
+    new_logits = predict_logits(model, encode(tokenizer, cancel, args.max_length), pad)
+    old_logits = predict_logits(model, encode(tokenizer, [e.text for e in old], 64), pad)
+    # From the start the new label wins on its own examples and stays out of the old ones'.
+    assert (new_logits.argmax(-1) == row).float().mean() >= 0.8
+    assert (old_logits.argmax(-1) == row).float().mean() <= 0.1
+    # Without a live model to compare with there is nothing to initialise from.
+    assert init_new_rows(model, tokenizer, [], labels, train, args.max_length, 5) == []

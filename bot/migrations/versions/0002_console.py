@@ -1,5 +1,5 @@
 """Console accounts and sessions, sign-in failures, approved answers, conversation labels,
-and the unclaimed-escalation timeout.
+the unclaimed-escalation timeout and how an escalation ended (its outcome).
 
 Revision ID: 0002
 Revises: 0001
@@ -29,7 +29,7 @@ def timestamp(name: str, nullable: bool = False) -> sa.Column[datetime]:
 
 
 def upgrade() -> None:
-    """Create the console's tables and add `escalations.timed_out_at`."""
+    """Create the console's tables; add `escalations.timed_out_at` and `.outcome`."""
     op.create_table(
         "agents",
         sa.Column("id", BIG_ID, autoincrement=True, nullable=False),
@@ -119,11 +119,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("escalations") as batch:
         batch.add_column(sa.Column("timed_out_at", sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column("outcome", sa.String(16), nullable=True))
 
 
 def downgrade() -> None:
-    """Drop the console's tables and `escalations.timed_out_at`."""
+    """Drop the console's tables and the two escalation columns."""
     with op.batch_alter_table("escalations") as batch:
+        batch.drop_column("outcome")
         batch.drop_column("timed_out_at")
     op.drop_table("conversation_labels")
     op.drop_table("approved_answers")

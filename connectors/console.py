@@ -1,0 +1,592 @@
+"""The agent console over HTTP: its pages, its JSON API and its live-events WebSocket.
+
+The contract with the pages is `docs/console.md`. Everything under `/console` needs a signed-in
+session (a cookie holding a random token) except the sign-in page, the static assets and
+`POST /console/api/session`. Every state-changing API request must also carry the session's
+CSRF token in `X-CSRF-Token`. Only translation and the session checks live here: the use cases
+are `bot.console.ConsoleService`, accounts are `bot.accounts.SqlAccountStore`, and domain
+errors become status codes in `bot.app.error_middleware`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from yarl import URL
+
+from bot.accounts import AgentSession, SqlAccountStore
+from bot.bus import EventBus, Subscription
+from bot.console import TOPIC, ConsoleService
+from bot.console_store import Closed, ConversationView, Dashboard, MessageLabels, QueueItem
+from bot.errors import BadRequestError, ForbiddenError, UnauthorizedError
+from bot.events import EscalationRecord, Role, StoredMessage
+from bot.settings import ConsoleSettings
+from connectors.rest import read_json
+
+log = logging.getLogger(__name__)
+
+COOKIE = "supportbot_console"
+CSRF_HEADER = "X-CSRF-Token"
+PAGE = "console.html"
+SIGN_IN_PAGE = "console-sign-in.html"
+ASSETS = {
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "console-sign-in.js": "text/javascript",
+}
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+HEARTBEAT_S = 30.0
+MAX_NAME_CHARS = 200
+MAX_PASSWORD_CHARS = 1024
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+ApiHandler = Callable[[web.Request, AgentSession], Awaitable[web.StreamResponse]]
+
+
+def _static(name: str) -> str:
+    path = resources.files("connectors").joinpath("static", name)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise web.HTTPNotFound(text=f"{name} is missing from connectors/static") from exc
+
+
+# -- parsers: JSON bodies -> arguments -----------------------------------------------------------
+
+
+def _text(body: dict[str, Any], key: str, required: bool, max_chars: int) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequestError(f'field "{key}" is missing; it is required')
+        return None
+    if not isinstance(value, str):
+        raise BadRequestError(f'field "{key}" must be a string, not {type(value).__name__}')
+    if required and not value.strip():
+        raise BadRequestError(f'field "{key}" is empty')
+    if len(value) > max_chars:
+        raise BadRequestError(
+            f'field "{key}" has {len(value)} characters; the limit is {max_chars}'
+        )
+    return value
+
+
+def _id(body: dict[str, Any], key: str, required: bool) -> int | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequestError(f'field "{key}" must be the integer id of a message')
+    return value
+
+
+def _message_id(request: web.Request) -> int:
+    raw = request.match_info["message_id"]
+    if not raw.isdigit():
+        raise BadRequestError(f"message id {raw!r} is not a number")
+    return int(raw)
+
+
+# -- renderers: records -> JSON ------------------------------------------------------------------
+
+
+def render_escalation(escalation: EscalationRecord | None) -> dict[str, Any] | None:
+    if escalation is None:
+        return None
+    return {
+        "id": escalation.id,
+        "conversation_id": escalation.conversation_id,
+        "reason": escalation.reason,
+        "explanation": escalation.explanation,
+        "scores": escalation.scores,
+        "priority": escalation.priority,
+        "status": escalation.status,
+        "assignee": escalation.assignee,
+        "created_at": escalation.created_at.isoformat(),
+        "claimed_at": _iso(escalation.claimed_at),
+        "resolved_at": _iso(escalation.resolved_at),
+        "timed_out_at": _iso(escalation.timed_out_at),
+        "outcome": escalation.outcome,
+    }
+
+
+def render_item(item: QueueItem) -> dict[str, Any]:
+    conversation, escalation = item.conversation, item.escalation
+    return {
+        "conversation_id": conversation.id,
+        "escalation_id": escalation.id,
+        "channel": conversation.channel,
+        "customer": conversation.sender_name or conversation.sender,
+        "reason": escalation.reason,
+        "explanation": escalation.explanation,
+        "priority": escalation.priority,
+        "urgency": round(item.urgency, 4),
+        "status": escalation.status,
+        "assignee": escalation.assignee,
+        "created_at": escalation.created_at.isoformat(),
+        "waiting_s": round(item.waiting_s, 1),
+        "last_message": item.last_message,
+        "unread": item.unread,
+        "timed_out": escalation.timed_out_at is not None,
+    }
+
+
+def render_message(
+    message: StoredMessage, labels: MessageLabels | None = None, approved: bool = False
+) -> dict[str, Any]:
+    labels = labels or MessageLabels()
+    details = message.details
+    return {
+        "id": message.id,
+        "role": str(message.role),
+        "text": message.text,
+        "created_at": message.created_at.isoformat(),
+        "intent": message.intent,
+        "confidence": message.intent_confidence,
+        "sentiment": message.sentiment,
+        "negativity": message.negativity,
+        "route": message.route,
+        "agent": details.get("agent") if message.role == Role.AGENT else None,
+        "source": details.get("source") if message.role == Role.BOT else None,
+        "score": details.get("score") if message.role == Role.BOT else None,
+        "labels": {
+            "intent": labels.intent,
+            "sentiment": labels.sentiment,
+            "rating": {"up": "good", "down": "bad"}.get(labels.rating or ""),
+            "by": labels.by,
+        },
+        "approved": approved,
+    }
+
+
+def render_view(view: ConversationView) -> dict[str, Any]:
+    conversation = view.conversation
+    last_customer = next(
+        (m for m in reversed(view.messages) if m.role == Role.CUSTOMER and m.details), None
+    )
+    guesses = last_customer.details.get("top_intents", []) if last_customer else []
+    return {
+        "conversation": {
+            "id": conversation.id,
+            "channel": conversation.channel,
+            "customer": conversation.sender_name or conversation.sender,
+            "status": str(conversation.status),
+            "assignee": conversation.assignee,
+            "created_at": conversation.created_at.isoformat(),
+        },
+        "escalation": render_escalation(view.escalation),
+        "messages": [
+            render_message(m, view.labels.get(m.id), m.id in view.approved) for m in view.messages
+        ],
+        "guesses": [[str(label), float(score)] for label, score in guesses],
+        "labels": {"sentiment": view.sentiment},
+    }
+
+
+def render_dashboard(dashboard: Dashboard) -> dict[str, Any]:
+    days = [
+        {
+            "date": day.date.isoformat(),
+            "messages": day.messages,
+            "customer_messages": day.customer_messages,
+            "automated": day.automated,
+            "automation_rate": round(day.automation_rate, 4),
+            "escalations": dict(sorted(day.escalations.items())),
+            "feedback": {"up": day.feedback.get("up", 0), "down": day.feedback.get("down", 0)},
+        }
+        for day in dashboard.days
+    ]
+    customer_messages = sum(d.customer_messages for d in dashboard.days)
+    automated = sum(d.automated for d in dashboard.days)
+    escalations: dict[str, int] = {}
+    for day in dashboard.days:
+        for reason, count in day.escalations.items():
+            escalations[reason] = escalations.get(reason, 0) + count
+    totals = {
+        "messages": sum(d.messages for d in dashboard.days),
+        "customer_messages": customer_messages,
+        "automated": automated,
+        "automation_rate": round(automated / customer_messages, 4) if customer_messages else 0.0,
+        "escalations": dict(sorted(escalations.items())),
+        "feedback": {
+            "up": sum(d.feedback.get("up", 0) for d in dashboard.days),
+            "down": sum(d.feedback.get("down", 0) for d in dashboard.days),
+        },
+        "open_escalations": dashboard.open_escalations,
+        "outcomes": {
+            "resolved": dashboard.outcomes.get("resolved", 0),
+            "handed_back": dashboard.outcomes.get("handed_back", 0),
+        },
+    }
+    intents = [
+        {"intent": f.intent, "messages": f.messages, "mean_confidence": f.mean_confidence}
+        for f in dashboard.intents
+    ]
+    return {"days": days, "intents": intents, "totals": totals}
+
+
+def render_closed(closed: Closed) -> dict[str, Any]:
+    return {"escalation": render_escalation(closed.escalation)}
+
+
+def _behind_proxy(request: web.Request) -> bool:
+    """Whether the peer is on loopback or a private network (a reverse proxy such as the
+    bundled nginx), whose `X-Forwarded-*` headers are then believed."""
+    try:
+        peer = ipaddress.ip_address(request.remote or "")
+    except ValueError:
+        return False
+    return peer.is_loopback or peer.is_private
+
+
+def client_address(request: web.Request) -> str:
+    """The customer-facing client address: the proxy's `X-Forwarded-For` entry (the one it
+    appended, rightmost) when the peer is a local proxy, else the TCP peer.
+
+    Without this, behind nginx every agent would share the proxy's address, and a handful of
+    typos would rate-limit everyone.
+    """
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if forwarded and _behind_proxy(request):
+        last = forwarded.split(",")[-1].strip()
+        if last:
+            return last
+    return request.remote or "unknown"
+
+
+def came_over_https(request: web.Request) -> bool:
+    """https directly, or (from a local proxy) `X-Forwarded-Proto: https`."""
+    if request.secure:
+        return True
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https" and _behind_proxy(request)
+
+
+def _authority(url: URL) -> str:
+    """`host[:port]` of a URL, lower-cased, the scheme's default port dropped."""
+    host = (url.host or "").lower()
+    return f"{host}:{url.port}" if url.port and not url.is_default_port() else host
+
+
+def _iso(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat())
+
+
+class ConsoleConnector:
+    """Serves the console's pages, JSON API and events socket.
+
+    Args:
+        console: the console's use cases.
+        accounts: accounts and sessions.
+        bus: where the "console" events come from.
+        settings: the console section (session lifetime).
+        public_url: `server.public_url`; an https one makes the cookie Secure, and its origin
+            may open the events socket.
+        max_message_chars: longest reply an agent may send.
+    """
+
+    def __init__(
+        self,
+        console: ConsoleService,
+        accounts: SqlAccountStore,
+        bus: EventBus,
+        settings: ConsoleSettings,
+        public_url: str | None,
+        max_message_chars: int,
+    ) -> None:
+        self.console = console
+        self.accounts = accounts
+        self.bus = bus
+        self.settings = settings
+        self.public_url = URL(public_url) if public_url else None
+        self.max_message_chars = max_message_chars
+        self._sockets: dict[str, set[web.WebSocketResponse]] = {}
+
+    def add_routes(self, app: web.Application) -> None:
+        api = "/console/api"
+        app.router.add_get("/console", self.page)
+        app.router.add_get("/console/", self.page)
+        app.router.add_get("/console/sign-in", self.sign_in_page)
+        app.router.add_get("/console/static/{name}", self.asset)
+        app.router.add_post(f"{api}/session", self.sign_in)
+        app.router.add_delete(f"{api}/session", self._api(self.sign_out))
+        app.router.add_get(f"{api}/me", self._api(self.me))
+        app.router.add_get(f"{api}/queue", self._api(self.queue))
+        app.router.add_get(f"{api}/intents", self._api(self.intents))
+        app.router.add_get(f"{api}/dashboard", self._api(self.dashboard))
+        app.router.add_get(f"{api}/events", self.events)
+        conversation = f"{api}/conversations/{{conversation_id}}"
+        app.router.add_get(conversation, self._api(self.conversation))
+        app.router.add_post(f"{conversation}/claim", self._api(self.claim))
+        app.router.add_post(f"{conversation}/release", self._api(self.release))
+        app.router.add_post(f"{conversation}/reply", self._api(self.reply))
+        app.router.add_post(f"{conversation}/handback", self._api(self.hand_back))
+        app.router.add_post(f"{conversation}/resolve", self._api(self.resolve))
+        app.router.add_post(f"{conversation}/labels", self._api(self.label_conversation))
+        app.router.add_post(f"{api}/messages/{{message_id}}/labels", self._api(self.label_message))
+        app.router.add_post(f"{api}/approved-answers", self._api(self.approve_answer))
+        app.on_shutdown.append(self._close_all)
+        app[CONSOLE] = self
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def signed_in(self, request: web.Request) -> AgentSession:
+        """The request's session (UnauthorizedError without a live one)."""
+        return await self.accounts.session(request.cookies.get(COOKIE, ""))
+
+    def _api(self, handler: ApiHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Wrap an API handler in the session check and, for changes, the CSRF check."""
+
+        async def checked(request: web.Request) -> web.StreamResponse:
+            session = await self.signed_in(request)
+            if request.method not in SAFE_METHODS:
+                sent = request.headers.get(CSRF_HEADER, "")
+                if not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+                    raise ForbiddenError(
+                        f"missing or wrong {CSRF_HEADER} header; send the csrf_token from "
+                        "sign-in or GET /console/api/me"
+                    )
+            return await handler(request, session)
+
+        return checked
+
+    def _secure(self, request: web.Request) -> bool:
+        https_url = self.public_url is not None and self.public_url.scheme == "https"
+        return came_over_https(request) or https_url
+
+    async def sign_in(self, request: web.Request) -> web.Response:
+        body = await read_json(request)
+        name = _text(body, "name", True, MAX_NAME_CHARS)
+        password = _text(body, "password", True, MAX_PASSWORD_CHARS)
+        assert name is not None and password is not None
+        signed = await self.accounts.sign_in(name.strip(), password, client_address(request))
+        agent = signed.session.agent
+        response = web.json_response(
+            {
+                "agent": {"name": agent.name, "role": agent.role.value},
+                "csrf_token": signed.session.csrf_token,
+            }
+        )
+        response.set_cookie(
+            COOKIE,
+            signed.token,
+            max_age=int(self.settings.session_hours * 3600),
+            path="/console",
+            httponly=True,
+            samesite="Strict",
+            secure=self._secure(request),
+        )
+        response.headers["Cache-Control"] = "no-store"
+        log.info("console: %s signed in from %s", agent.name, client_address(request))
+        return response
+
+    async def sign_out(self, request: web.Request, session: AgentSession) -> web.Response:
+        await self.accounts.sign_out(request.cookies.get(COOKIE, ""))
+        for ws in list(self._sockets.get(session.id, ())):
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"signed out")
+        response = web.Response(status=204)
+        response.del_cookie(COOKIE, path="/console")
+        return response
+
+    async def me(self, request: web.Request, session: AgentSession) -> web.Response:
+        agent = session.agent
+        return web.json_response(
+            {"name": agent.name, "role": agent.role.value, "csrf_token": session.csrf_token}
+        )
+
+    # -- pages -------------------------------------------------------------------------------
+
+    async def page(self, request: web.Request) -> web.Response:
+        try:
+            await self.signed_in(request)
+        except UnauthorizedError:
+            raise web.HTTPFound(
+                "/console/sign-in?next=/console", headers={"Cache-Control": "no-store"}
+            ) from None
+        return web.Response(
+            text=_static(PAGE), content_type="text/html", charset="utf-8", headers=PAGE_HEADERS
+        )
+
+    async def sign_in_page(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=_static(SIGN_IN_PAGE),
+            content_type="text/html",
+            charset="utf-8",
+            headers=PAGE_HEADERS,
+        )
+
+    async def asset(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        content_type = ASSETS.get(name)
+        if content_type is None:
+            raise web.HTTPNotFound(text=f"no console asset {name!r}")
+        return web.Response(
+            text=_static(name),
+            content_type=content_type,
+            charset="utf-8",
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    # -- the queue and conversations ---------------------------------------------------------
+
+    async def queue(self, request: web.Request, session: AgentSession) -> web.Response:
+        items = await self.console.queue()
+        return web.json_response({"escalations": [render_item(i) for i in items]})
+
+    async def conversation(self, request: web.Request, session: AgentSession) -> web.Response:
+        view = await self.console.view(request.match_info["conversation_id"])
+        return web.json_response(render_view(view))
+
+    async def claim(self, request: web.Request, session: AgentSession) -> web.Response:
+        cid = request.match_info["conversation_id"]
+        escalation = await self.console.claim(cid, session.agent)
+        return web.json_response({"escalation": render_escalation(escalation)})
+
+    async def release(self, request: web.Request, session: AgentSession) -> web.Response:
+        cid = request.match_info["conversation_id"]
+        escalation = await self.console.release(cid, session.agent)
+        return web.json_response({"escalation": render_escalation(escalation)})
+
+    async def hand_back(self, request: web.Request, session: AgentSession) -> web.Response:
+        closed = await self.console.hand_back(request.match_info["conversation_id"], session.agent)
+        return web.json_response(render_closed(closed))
+
+    async def resolve(self, request: web.Request, session: AgentSession) -> web.Response:
+        closed = await self.console.resolve(request.match_info["conversation_id"], session.agent)
+        return web.json_response(render_closed(closed))
+
+    async def reply(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json(request)
+        text = _text(body, "text", True, self.max_message_chars)
+        assert text is not None
+        message, delivered = await self.console.reply(
+            request.match_info["conversation_id"], session.agent, text
+        )
+        return web.json_response(
+            {"message": render_message(message), "delivered": delivered}, status=201
+        )
+
+    # -- labels ------------------------------------------------------------------------------
+
+    async def label_message(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json(request)
+        feedback_id = await self.console.label_message(
+            _message_id(request),
+            session.agent,
+            intent=_text(body, "intent", False, 64),
+            sentiment=_text(body, "sentiment", False, 16),
+            rating=_text(body, "rating", False, 16),
+        )
+        return web.json_response({"id": feedback_id}, status=201)
+
+    async def label_conversation(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json(request)
+        sentiment = _text(body, "sentiment", True, 16)
+        assert sentiment is not None
+        label_id = await self.console.label_conversation(
+            request.match_info["conversation_id"], session.agent, sentiment
+        )
+        return web.json_response({"id": label_id}, status=201)
+
+    async def approve_answer(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json(request)
+        answer_id = _id(body, "answer_message_id", True)
+        assert answer_id is not None
+        approved_id = await self.console.approve_answer(
+            session.agent,
+            answer_id,
+            question_message_id=_id(body, "question_message_id", False),
+            question=_text(body, "question", False, self.max_message_chars),
+            intent=_text(body, "intent", False, 64),
+        )
+        return web.json_response({"id": approved_id}, status=201)
+
+    async def intents(self, request: web.Request, session: AgentSession) -> web.Response:
+        return web.json_response({"intents": await self.console.intents()})
+
+    async def dashboard(self, request: web.Request, session: AgentSession) -> web.Response:
+        raw = request.query.get("days", "7")
+        if not raw.isdigit():
+            raise BadRequestError(f"days must be a whole number of days; got {raw!r}")
+        dashboard = await self.console.dashboard(session.agent, int(raw))
+        return web.json_response(render_dashboard(dashboard))
+
+    # -- live events -------------------------------------------------------------------------
+
+    def check_origin(self, request: web.Request) -> None:
+        """Refuse (ForbiddenError) a socket opened by a page of another site.
+
+        The cookie is SameSite=Strict, but WebSocket handshakes are not covered by CORS, so
+        the Origin is checked too: the console's own host, or `server.public_url`.
+        """
+        origin = request.headers.get("Origin")
+        if origin is None:
+            raise ForbiddenError("the events socket needs an Origin header (open it from the page)")
+        own = {_authority(URL(f"{request.scheme}://{request.host}"))}
+        if self.public_url is not None:
+            own.add(_authority(self.public_url))
+        # Host and port only: behind a TLS-terminating proxy the scheme seen here is http.
+        if _authority(URL(origin.strip())) not in own:
+            raise ForbiddenError(
+                f"origin {origin} may not open the console's events; open the console from "
+                "its own address"
+            )
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        session = await self.signed_in(request)
+        self.check_origin(request)
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=4096)
+        await ws.prepare(request)
+        self._sockets.setdefault(session.id, set()).add(ws)
+        try:
+            # Subscribed before the hello: a page that loads after the hello misses nothing.
+            async with self.bus.subscribe(TOPIC) as events:
+                await ws.send_json({"type": "hello"})
+                forward = asyncio.create_task(self._forward(events, ws), name="console-events")
+                try:
+                    async for frame in ws:
+                        if frame.type == WSMsgType.ERROR:
+                            break  # the console sends nothing; any frame is ignored
+                finally:
+                    forward.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await forward
+        finally:
+            sockets = self._sockets.get(session.id)
+            if sockets is not None:
+                sockets.discard(ws)
+                if not sockets:
+                    del self._sockets[session.id]
+        return ws
+
+    async def _forward(self, events: Subscription, ws: web.WebSocketResponse) -> None:
+        try:
+            async for event in events:
+                await ws.send_json(event)
+        except ConnectionResetError:
+            log.info("console events socket closed while sending")
+            return
+        # The bus stopped (shutdown): the page reconnects and reloads.
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"events ended")
+
+    async def _close_all(self, app: web.Application) -> None:
+        for sockets in list(self._sockets.values()):
+            for ws in list(sockets):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+CONSOLE = web.AppKey("console", ConsoleConnector)
