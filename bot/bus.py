@@ -134,3 +134,10 @@ class LocalBus:
 
     def subscriber_count(self, topic: str) -> int:
         return len(self._subscribers.get(topic, ()))
+
+    def announce_lag(self) -> None:
+        """Tell every subscriber it may have missed events (e.g. after a reconnect)."""
+        for topic, subscribers in self._subscribers.items():
+            for subscription in list(subscribers):
+                subscription.put(LAGGED)
+            log.debug("event bus: told %d %s subscribers they lagged", len(subscribers), topic)

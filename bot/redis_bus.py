@@ -22,7 +22,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from uuid import uuid4
 
 from redis.asyncio import Redis
@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError
 from redis.retry import Retry
 
-from bot.bus import LAGGED, Event, QueueSubscription
+from bot.bus import Event, LocalBus, QueueSubscription
 from bot.errors import ConfigurationError, StoreUnavailableError
 from bot.ports import TurnLocks
 
@@ -94,7 +94,8 @@ class RedisBus:
         self.origin = uuid4().hex
         self._on_lost = on_lost or (lambda topic: None)
         self._on_reconnect = on_reconnect or (lambda: None)
-        self._subscribers: dict[str, set[QueueSubscription]] = {}
+        # This process's subscribers; Redis only carries events between processes.
+        self._local = LocalBus()
         self._client: Redis | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -153,10 +154,7 @@ class RedisBus:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._client.aclose()
             self._client = None
-        for subscribers in self._subscribers.values():
-            for subscription in subscribers:
-                subscription.close()
-        self._subscribers.clear()
+        await self._local.stop()
 
     async def publish(self, topic: str, event: Event) -> None:
         """Hand `event` to this replica's subscribers, then to the other replicas.
@@ -177,24 +175,13 @@ class RedisBus:
 
     def deliver_local(self, topic: str, event: Event) -> None:
         """Hand `event` to this process's subscribers of `topic`."""
-        for subscription in list(self._subscribers.get(topic, ())):
-            subscription.put(event)
+        self._local.deliver_local(topic, event)
 
-    @asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[QueueSubscription]:
-        subscription = QueueSubscription()
-        self._subscribers.setdefault(topic, set()).add(subscription)
-        try:
-            yield subscription
-        finally:
-            subscribers = self._subscribers.get(topic)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._subscribers[topic]
+    def subscribe(self, topic: str) -> AbstractAsyncContextManager[QueueSubscription]:
+        return self._local.subscribe(topic)
 
     def subscriber_count(self, topic: str) -> int:
-        return len(self._subscribers.get(topic, ()))
+        return self._local.subscriber_count(topic)
 
     # -- internals -------------------------------------------------------------------------
 
@@ -272,11 +259,8 @@ class RedisBus:
             self.deliver_local(topic, event)
 
     def _announce_lag(self) -> None:
-        for topic, subscribers in self._subscribers.items():
-            # "models" subscribers treat any event as "check the registry now".
-            for subscription in list(subscribers):
-                subscription.put(LAGGED)
-            log.debug("event bus: told %d %s subscribers they lagged", len(subscribers), topic)
+        # "models" subscribers treat any event as "check the registry now".
+        self._local.announce_lag()
 
 
 class RedisTurnLocks:
