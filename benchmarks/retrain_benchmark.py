@@ -13,6 +13,11 @@
 Reads the data set where it lies (default ../shared/datasets, or --datasets PATH):
 
     .venv/bin/python benchmarks/retrain_benchmark.py [--replay 2000] [--per-intent 20]
+        [--learning-rate LR] [--no-oversample] [--work DIR [--reuse]]
+
+--reuse retrains from the directory's live model and leaves the candidate live if promoted, so a
+second --reuse finds nothing new to learn: to repeat a trial from the same base, run each on a
+copy holding only v1 (registry.json live "v1") and supportbot.db.
 """
 
 from __future__ import annotations
@@ -87,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retrain-epochs", type=int, help="epochs of the retrain (default: supportbot's auto)"
     )
+    parser.add_argument(
+        "--no-oversample",
+        action="store_true",
+        help="train on each new intent's labels once (default: repeated to an old intent's count)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
         "--base-epochs", type=int, default=2, help="epochs of the base model (2: the recipe)"
@@ -152,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=ns.seed,
             epochs=ns.retrain_epochs,
             learning_rate=ns.learning_rate or settings.retrain.learning_rate,
+            oversample_new_labels=not ns.no_oversample,
         ),
     )
     retrain_seconds = time.perf_counter() - started

@@ -6,7 +6,9 @@ One run, per task (intent, then sentiment):
    model" means), hold out a seeded slice of them per label for evaluation, and mix the rest
    with a stratified replay sample of the live model's replay pool (everything its lineage
    learned from), so old intents are not forgotten.
-2. Fine-tune starting from the live model; the head grows a row per new intent.
+2. Fine-tune starting from the live model; the head grows a row per new intent, started
+   at the intent's prototype (`training.trainer.init_new_rows`), and the new intents' examples
+   are repeated up to an average old intent's count (`oversample_new_labels`).
 3. Evaluate live and candidate side by side on the live model's frozen test set and on the
    held-out feedback slice; write `retrain_report.md` / `retrain_report.json` into the
    candidate's version directory.

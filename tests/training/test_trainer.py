@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import RUNTIME_ROWS
 from training.arguments import TrainingArguments
 from training.data import Example
-from tests.conftest import RUNTIME_ROWS
 from training.trainer import (
     build_model,
     class_weights_for,
