@@ -97,6 +97,9 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     promote.add_argument("version")
     rollback = actions.add_parser("rollback", help="make the previous live version live again")
     rollback.add_argument("task", choices=TASKS)
+    # `--out` is accepted after the action too (`models list --out DIR`), where users type it.
+    for action in (listing, show, promote, rollback):
+        action.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="models directory")
     models.set_defaults(handler=run_models)
 
     retrain = commands.add_parser(

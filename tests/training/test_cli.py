@@ -51,6 +51,10 @@ def test_train_prints_report_and_the_new_directory_last(tmp_path: Path, tiny_csv
     tasks = json.loads(listing.stdout)["tasks"]
     assert tasks["intent"]["live"] == "v1"
     assert [v["version"] for v in tasks["intent"]["versions"]] == ["v1"]
+    # The directory may also follow the action, where users tend to type it.
+    after = supportbot("models", "list", "--json", "--out", str(out))
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == json.loads(listing.stdout)
 
 
 @pytest.mark.slow
