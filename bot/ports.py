@@ -41,6 +41,9 @@ class ConversationStore(Protocol):
     ) -> Conversation:
         """The conversation of (channel, sender), created on first contact."""
 
+    async def find_conversation(self, channel: str, sender: str) -> Conversation | None:
+        """The conversation of (channel, sender) if it exists; never creates one."""
+
     async def get_conversation(self, conversation_id: str) -> Conversation:
         """A conversation by id; NotFoundError when unknown."""
 

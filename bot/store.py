@@ -330,6 +330,17 @@ class SqlConversationStore:
 
     # -- conversations -----------------------------------------------------------------------
 
+    async def find_conversation(self, channel: str, sender: str) -> Conversation | None:
+        """The conversation of (channel, sender) if the customer ever wrote, else None.
+
+        Read-only: opening the widget or a transcript must not create conversations (a page
+        view is not a conversation, and a burst of page views must not queue for writes).
+        """
+        where = (ConversationRow.channel == channel, ConversationRow.sender == sender)
+        async with self._read("look up a conversation") as session:
+            row = await session.scalar(select(ConversationRow).where(*where))
+        return None if row is None else _conversation(row)
+
     async def conversation(
         self, channel: str, sender: str, sender_name: str | None = None
     ) -> Conversation:

@@ -369,8 +369,11 @@ class WidgetConnector:
 
     async def _check_rateable(self, session: str, message_id: int) -> None:
         """A widget customer may rate the bot replies of their own conversation only."""
-        conversation = await self.service.store.conversation(CHANNEL, session)
-        for message in await self.service.store.transcript(conversation.id):
+        conversation = await self.service.store.find_conversation(CHANNEL, session)
+        transcript = (
+            [] if conversation is None else await self.service.store.transcript(conversation.id)
+        )
+        for message in transcript:
             if message.id == message_id:
                 if not reply_of(message).rateable:
                     raise BadRequestError(
@@ -384,7 +387,9 @@ class WidgetConnector:
         )
 
     async def _history(self, session: str) -> dict[str, Any]:
-        conversation = await self.service.store.conversation(CHANNEL, session)
+        conversation = await self.service.store.find_conversation(CHANNEL, session)
+        if conversation is None:  # a visitor who has not written yet
+            return render_history([], ConversationStatus.BOT)
         messages = await self.service.store.transcript(conversation.id, limit=HISTORY_LIMIT)
         return render_history(messages, conversation.status)
 

@@ -141,7 +141,11 @@ async def test_connect_gets_history_and_a_message_gets_ack_reply_and_status(
 ) -> None:
     ws, first = await history(client, "session-a1")
     assert first == {"type": "history", "status": "bot", "messages": []}
+    # Opening the widget is not a conversation: nothing is written until the visitor writes.
+    store = client.server.app[RUNTIME].store
+    assert await store.find_conversation("widget", "session-a1") is None
     ack, reply, status = await say(ws, "hello there", "c-1")
+    assert await store.find_conversation("widget", "session-a1") is not None
     assert ack["type"] == "ack" and ack["client_id"] == "c-1" and ack["duplicate"] is False
     assert reply["type"] == "reply" and reply["role"] == "bot" and reply["route"] == "response"
     assert reply["rateable"] is True and reply["text"]
