@@ -26,6 +26,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from training.arguments import TrainingArguments
+from training.cli import layers_to_tune, tuned_layers
 from training.data import normalize
 from training.pipeline import train_task
 
@@ -133,6 +134,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--epochs", type=int, help="override the automatic epoch count")
     parser.add_argument("--model", default="bundled")
+    parser.add_argument(
+        "--tuned-layers", type=tuned_layers, help="as `supportbot train` (default 3)"
+    )
     parser.add_argument("--no-progress", action="store_true")
     ns = parser.parse_args()
     if not ns.datasets.is_dir():
@@ -154,7 +158,11 @@ def main() -> int:
             write_csv(rows.train, folder / "train.csv", rows.task)
             write_csv(rows.test, folder / "test.csv", rows.task)
             args = TrainingArguments(
-                model=ns.model, epochs=ns.epochs, seed=ns.seed, min_examples_per_label=2
+                model=ns.model,
+                epochs=ns.epochs,
+                seed=ns.seed,
+                min_examples_per_label=2,
+                tuned_layers=layers_to_tune(ns.tuned_layers, lora=False),
             )
             started = time.perf_counter()
             run = train_task(

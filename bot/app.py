@@ -164,6 +164,10 @@ def build_runtime(settings: Settings) -> Runtime:
     else:
         bus = LocalBus()
     store = SqlConversationStore(settings.store.url)
+    # The answer index's encoder. When the classifiers were trained with the lower layers
+    # frozen (the default), the understander runs its shared layers once for all three
+    # models and hands the query embedding along with intent and sentiment.
+    embedder = SentenceEmbedder(index_model(settings.retrieval.index_dir))
     understander = TransformerUnderstander(
         settings.models.dir,
         executor,
@@ -172,9 +176,9 @@ def build_runtime(settings: Settings) -> Runtime:
         quantized=settings.models.quantize,
         reload_interval_s=settings.models.reload_interval_s,
         bus=bus,
+        query_encoder=embedder if settings.nlu.share_encoder else None,
     )
-    # Query embeddings for the answer index go through the same worker, micro-batched too.
-    embedder = SentenceEmbedder(index_model(settings.retrieval.index_dir))
+    # Otherwise query embeddings go through the same worker, micro-batched too.
     embed_batcher: MicroBatcher[str, Vectors] = MicroBatcher(
         lambda texts: list(embedder(texts)),
         embed_executor,

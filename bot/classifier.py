@@ -16,7 +16,7 @@ all-MiniLM-L6-v2 were trained with it; a [CLS] head throws that training away.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,26 @@ class MeanPoolingClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.head(self.dropout(self.embed(input_ids, attention_mask)))
+
+
+def length_chunks(
+    tokenizer: Any, texts: Sequence[str], max_length: int, batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Tokenize once, sort by length and yield (positions in `texts`, input ids, attention
+    mask) per chunk of similar length, so one long message does not make a whole batch pay
+    for its padding."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad = tokenizer.pad_token_id or 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = len(ids[chunk[-1]])
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, i in enumerate(chunk):
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+            mask[row, : len(ids[i])] = 1
+        yield chunk, input_ids, mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,31 +196,33 @@ class TransformerClassifier:
         """
         if not texts:
             return torch.empty(0, len(self.labels))
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.meta.max_length)[
-            "input_ids"
-        ]
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = torch.empty(len(ids), len(self.labels))
-        pad = self.tokenizer.pad_token_id or 0
+        out = torch.empty(len(texts), len(self.labels))
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                chunk = order[start : start + self.batch_size]
-                width = len(ids[chunk[-1]])
-                input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                    mask[row, : len(ids[i])] = 1
+            for chunk, input_ids, mask in length_chunks(
+                self.tokenizer, texts, self.meta.max_length, self.batch_size
+            ):
                 out[chunk] = self.model(input_ids, mask).float()
         return out
 
+    def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits from mean-pooled encoder states computed elsewhere (a shared forward)."""
+        with torch.inference_mode():
+            return self.model.head(pooled).float()
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities: the temperature-scaled softmax of `logits`."""
+        return torch.softmax(logits / self.meta.temperature, dim=-1)
+
     def predict_proba(self, texts: Sequence[str]) -> torch.Tensor:
         """Calibrated probabilities (temperature-scaled softmax)."""
-        return torch.softmax(self.logits(texts) / self.meta.temperature, dim=-1)
+        return self.calibrated(self.logits(texts))
 
     def predict(self, texts: Sequence[str], top_k: int = 3) -> list[Prediction]:
         """Classify texts; a prediction below the stored threshold is marked abstained."""
-        probs = self.predict_proba(texts)
+        return self.predictions(self.predict_proba(texts), top_k)
+
+    def predictions(self, probs: torch.Tensor, top_k: int = 3) -> list[Prediction]:
+        """One `Prediction` per row of calibrated probabilities."""
         k = min(top_k, len(self.labels))
         out = []
         for row in probs:

@@ -88,6 +88,9 @@ class Understanding:
         sentiment: negative / neutral / positive.
         negativity: P(negative) - P(positive), in [-1, 1]; the escalation policy's signal.
         model_versions: e.g. {"intent": "v3", "sentiment": "v1"}.
+        query_embedding: the message embedded with the answer index's encoder, when the
+            models share their forward with it (bot/shared_encoder.py); else None and the
+            index embeds the message itself.
     """
 
     intent: str | None
@@ -97,6 +100,7 @@ class Understanding:
     negativity: float
     sentiment_scores: tuple[Scored, ...]
     model_versions: dict[str, str]
+    query_embedding: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

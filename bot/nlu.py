@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from bot.classifier import TransformerClassifier
 from bot.errors import ModelNotFoundError
 from bot.events import Scored, Understanding
 from bot.models import TASKS, read_live_versions
+from bot.shared_encoder import PROBE_TEXTS, Branch, SharedEncoder, common_depth, transformer_layers
 
 log = logging.getLogger(__name__)
 
@@ -37,16 +39,32 @@ def quantize(classifier: TransformerClassifier) -> None:
         classifier.model = quantize_dynamic(classifier.model, {nn.Linear}, dtype=torch.qint8)
 
 
+class QueryEncoder(Protocol):
+    """The answer index's encoder, as far as sharing its forward needs it (SentenceEmbedder)."""
+
+    def __call__(self, texts: Sequence[str]) -> Any: ...
+
+    def shareable(self) -> tuple[Any, Any, int] | None: ...
+
+
 @dataclass(frozen=True)
 class ModelSet:
-    """The intent and sentiment classifiers of one registry state."""
+    """The intent and sentiment classifiers of one registry state.
+
+    `shared` is set when the classifiers (and the answer index's encoder, when given) have
+    their embeddings and lower layers in common: then one forward serves all of them and
+    every `Understanding` carries the message's query embedding for the answer index.
+    """
 
     intent: TransformerClassifier
     sentiment: TransformerClassifier
     versions: dict[str, str]
+    shared: SharedEncoder | None = None
 
     @classmethod
-    def load(cls, models_dir: Path, quantized: bool) -> ModelSet:
+    def load(
+        cls, models_dir: Path, quantized: bool, query_encoder: QueryEncoder | None = None
+    ) -> ModelSet:
         live = read_live_versions(models_dir)
         missing = [task for task in TASKS if task not in live]
         if missing:
@@ -56,20 +74,39 @@ class ModelSet:
             )
         intent = TransformerClassifier(models_dir / "intent" / live["intent"])
         sentiment = TransformerClassifier(models_dir / "sentiment" / live["sentiment"])
-        if quantized:
+        versions = {task: live[task] for task in TASKS}
+        shared = share_forward(intent, sentiment, query_encoder)
+        if quantized and shared is not None:
+            # int8 only where the classifiers compute on their own: the shared layers stay
+            # float32, since the answer index was embedded in float32 (int8 moved its
+            # embeddings too far, see README).
+            shared.quantize_tops({"intent", "sentiment"})
+        elif quantized:
             quantize(intent)
             quantize(sentiment)
-        return cls(intent, sentiment, {task: live[task] for task in TASKS})
+        return cls(intent, sentiment, versions, shared)
 
     def classify(self, texts: Sequence[str]) -> list[Understanding]:
         """Intent and sentiment for a batch of texts (blocking; runs in the worker thread)."""
-        intents = self.intent.predict(texts, top_k=3)
-        sentiment_probs = self.sentiment.predict_proba(texts)
+        query: torch.Tensor | None = None
+        if self.shared is not None:
+            pooled = self.shared.pooled(texts)
+            intents = self.intent.predictions(
+                self.intent.calibrated(self.intent.head_logits(pooled["intent"]))
+            )
+            sentiment_probs = self.sentiment.calibrated(
+                self.sentiment.head_logits(pooled["sentiment"])
+            )
+            if "query" in pooled:
+                query = torch.nn.functional.normalize(pooled["query"], dim=-1)
+        else:
+            intents = self.intent.predict(texts, top_k=3)
+            sentiment_probs = self.sentiment.predict_proba(texts)
         labels = self.sentiment.labels
         neg = labels.index("negative") if "negative" in labels else None
         pos = labels.index("positive") if "positive" in labels else None
         out = []
-        for prediction, probs in zip(intents, sentiment_probs, strict=True):
+        for row, (prediction, probs) in enumerate(zip(intents, sentiment_probs, strict=True)):
             scores = tuple(
                 sorted(
                     (Scored(label, float(p)) for label, p in zip(labels, probs, strict=True)),
@@ -88,9 +125,89 @@ class ModelSet:
                     negativity=negativity,
                     sentiment_scores=scores,
                     model_versions=dict(self.versions),
+                    query_embedding=None if query is None else query[row].numpy(),
                 )
             )
         return out
+
+
+def share_forward(
+    intent: TransformerClassifier,
+    sentiment: TransformerClassifier,
+    query_encoder: QueryEncoder | None,
+) -> SharedEncoder | None:
+    """A shared forward for the two classifiers and, if it shares layers with them, the
+    answer index's encoder; None when they share nothing or the shared forward does not give
+    what each model gives on its own (checked on probe texts, float32, before quantization)."""
+    classifiers = [
+        Branch("intent", intent.model.encoder),
+        Branch("sentiment", sentiment.model.encoder),
+    ]
+    query = query_encoder.shareable() if query_encoder is not None else None
+    candidates = []
+    if query is not None:
+        candidates.append(
+            (
+                classifiers + [Branch("query", query[0])],
+                max(intent.meta.max_length, sentiment.meta.max_length, query[2]),
+            )
+        )
+    candidates.append((classifiers, max(intent.meta.max_length, sentiment.meta.max_length)))
+    for branches, max_length in candidates:
+        if common_depth([b.encoder for b in branches]) is None:
+            continue
+        shared = SharedEncoder(branches, intent.tokenizer, max_length)
+        try:
+            worst = _check_shared(shared, intent, sentiment, query_encoder)
+        except ValueError as exc:
+            log.warning("%s", exc)
+            continue
+        names = ", ".join(b.name for b in branches)
+        log.info(
+            "%s share the embeddings and %d of %d layers: one forward per message "
+            "(largest difference to their own forwards %.1e)",
+            names,
+            shared.depth,
+            len(transformer_layers(intent.model.encoder) or []),
+            worst,
+        )
+        return shared
+    log.info("the models share no layers: each runs its own forward")
+    return None
+
+
+def _check_shared(
+    shared: SharedEncoder,
+    intent: TransformerClassifier,
+    sentiment: TransformerClassifier,
+    query_encoder: QueryEncoder | None,
+    tolerance: float = 1e-3,
+) -> float:
+    """Largest difference between the shared forward and each model's own on PROBE_TEXTS.
+
+    Raises:
+        ValueError: above `tolerance` (e.g. different tokenizers).
+    """
+    texts = list(PROBE_TEXTS)
+    pooled = shared.pooled(texts)
+    pairs = [
+        (intent.head_logits(pooled["intent"]), intent.logits(texts)),
+        (sentiment.head_logits(pooled["sentiment"]), sentiment.logits(texts)),
+    ]
+    if "query" in pooled and query_encoder is not None:
+        pairs.append(
+            (
+                torch.nn.functional.normalize(pooled["query"], dim=-1),
+                torch.as_tensor(query_encoder(texts)).float(),
+            )
+        )
+    worst = max(float((a - b).abs().max()) for a, b in pairs)
+    if worst > tolerance:
+        raise ValueError(
+            f"the shared forward differs from the models' own by {worst:.2g} (> {tolerance}); "
+            "serving each model on its own"
+        )
+    return worst
 
 
 class TransformerUnderstander:
@@ -110,6 +227,8 @@ class TransformerUnderstander:
         bus: where model changes are announced (topic "models"): a notice from another
             replica or from `supportbot models promote` makes this one check the registry at
             once; polling stays the fallback for notices lost while the bus was away.
+        query_encoder: the answer index's encoder; when it shares layers with the
+            classifiers, one forward serves all three (see `ModelSet`).
     """
 
     def __init__(
@@ -121,8 +240,10 @@ class TransformerUnderstander:
         quantized: bool = True,
         reload_interval_s: float = 2.0,
         bus: EventBus | None = None,
+        query_encoder: QueryEncoder | None = None,
     ) -> None:
         self.models_dir = models_dir
+        self.query_encoder = query_encoder
         self.quantized = quantized
         self.reload_interval_s = reload_interval_s
         self._executor = executor
@@ -150,7 +271,7 @@ class TransformerUnderstander:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._models = await loop.run_in_executor(
-            None, ModelSet.load, self.models_dir, self.quantized
+            None, ModelSet.load, self.models_dir, self.quantized, self.query_encoder
         )
         log.info("serving models %s from %s", self._models.versions, self.models_dir)
         await self._batcher.start()
@@ -185,7 +306,9 @@ class TransformerUnderstander:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         # Loading happens beside serving (default executor), not in the inference worker.
-        models = await loop.run_in_executor(None, ModelSet.load, self.models_dir, self.quantized)
+        models = await loop.run_in_executor(
+            None, ModelSet.load, self.models_dir, self.quantized, self.query_encoder
+        )
         old = self.versions
         self._models = models
         self.reloads += 1

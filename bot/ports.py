@@ -41,6 +41,11 @@ class ConversationStore(Protocol):
     ) -> Conversation:
         """The conversation of (channel, sender), created on first contact."""
 
+    async def conversation_id(
+        self, channel: str, sender: str, sender_name: str | None = None
+    ) -> str:
+        """`conversation(...).id`, possibly remembered from an earlier call (ids never change)."""
+
     async def find_conversation(self, channel: str, sender: str) -> Conversation | None:
         """The conversation of (channel, sender) if it exists; never creates one."""
 
@@ -128,8 +133,13 @@ class Understander(Protocol):
 class AnswerIndex(Protocol):
     """Past questions and the answers that resolved them."""
 
-    async def search(self, text: str, k: int = 3, intent: str | None = None) -> Sequence[Answer]:
-        """The best answers for `text`, best first, each with its similarity score."""
+    async def search(
+        self, text: str, k: int = 3, intent: str | None = None, embedding: Any = None
+    ) -> Sequence[Answer]:
+        """The best answers for `text`, best first, each with its similarity score.
+
+        `embedding`: `text` already embedded with the index's encoder (then it is not
+        embedded again), e.g. `Understanding.query_embedding`."""
 
 
 class TurnLocks(Protocol):

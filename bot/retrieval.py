@@ -644,6 +644,25 @@ class SentenceEmbedder:
                 self._encoder = SentenceTransformer(resolve_backbone(self.model), device="cpu")
             return self._encoder
 
+    def shareable(self) -> tuple[Any, Any, int] | None:
+        """(transformers encoder, tokenizer, max tokens) when this model is exactly a
+        transformer with mean pooling (and normalization), so that its forward can be shared
+        with the classifiers (bot/shared_encoder.py); None for any other pipeline."""
+        modules = list(self._load())
+        kinds = [type(module).__name__ for module in modules]
+        if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
+            return None
+        pooling = modules[1].get_config_dict()
+        modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_") and v}
+        if pooling.get("pooling_mode", "mean") != "mean" or set(modes) - {
+            "pooling_mode_mean_tokens"
+        }:
+            return None
+        encoder = getattr(modules[0], "auto_model", None)
+        if encoder is None:
+            return None
+        return encoder, modules[0].tokenizer, int(self._load().max_seq_length)
+
     def __call__(self, texts: Sequence[str]) -> Vectors:
         """L2-normalized float32 embeddings, one row per text."""
         encoder = self._encoder if self._encoder is not None else self._load()
@@ -897,7 +916,13 @@ class EmbeddingAnswerIndex:
             )
         return index
 
-    async def search(self, text: str, k: int = 3, intent: str | None = None) -> list[Answer]:
+    async def search(
+        self,
+        text: str,
+        k: int = 3,
+        intent: str | None = None,
+        embedding: Vectors | None = None,
+    ) -> list[Answer]:
         """The best answers for `text`, best first, each with its cosine similarity.
 
         The query is embedded off the event loop: by `embed_async` when given, otherwise in a
@@ -907,6 +932,9 @@ class EmbeddingAnswerIndex:
             text: the customer's message; blank text finds nothing.
             k: at most this many answers.
             intent: prefer pairs of this intent: only they are searched when any exist.
+            embedding: `text` already embedded with this index's encoder (the runtime's
+                shared forward makes it together with intent and sentiment); then it is not
+                embedded again.
 
         Raises:
             BadRequestError: `k` is below 1.
@@ -914,6 +942,8 @@ class EmbeddingAnswerIndex:
         _check_k(k)
         if not text.strip():
             return []
+        if embedding is not None:
+            return self.search_embedding(embedding, k, intent)
         if self._embed_async is not None:
             vector = await self._embed_async(text)
             return self.search_embedding(vector, k, intent)
@@ -1028,9 +1058,15 @@ class ReloadingAnswerIndex:
         except (OSError, ValueError, KeyError, TypeError):
             return None  # mid-swap or broken: look again at the next check
 
-    async def search(self, text: str, k: int = 3, intent: str | None = None) -> list[Answer]:
+    async def search(
+        self,
+        text: str,
+        k: int = 3,
+        intent: str | None = None,
+        embedding: Vectors | None = None,
+    ) -> list[Answer]:
         """See `EmbeddingAnswerIndex.search`."""
-        return await self.current.search(text, k, intent)
+        return await self.current.search(text, k, intent, embedding)
 
     async def reload_if_changed(self) -> bool:
         """Load the directory's index if it is not the one served; True when swapped."""

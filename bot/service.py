@@ -170,15 +170,15 @@ class ConversationService:
         """
         started = time.perf_counter()
         model_seconds: dict[str, float] = {}
-        conversation = await self.store.conversation(
+        conversation_id = await self.store.conversation_id(
             message.channel, message.sender, message.sender_name
         )
-        logs.conversation_id.set(conversation.id)
-        async with self._locks.hold(conversation.id):
+        logs.conversation_id.set(conversation_id)
+        async with self._locks.hold(conversation_id):
             # The conversation's state comes back from the same transaction that stored the
             # message, so an escalation by an earlier message is seen.
             received = await self.store.receive(
-                conversation.id,
+                conversation_id,
                 message.text,
                 message.client_id,
                 recent=4 * self.policy.settings.trend_window,
@@ -348,7 +348,9 @@ class ConversationService:
                 Route.HANDLER, text, {"handler": route.handler}, quick_replies=route.quick_replies
             )
         stage = time.perf_counter()
-        hits = await self.answers.search(message.text, k=3, intent=understanding.intent)
+        hits = await self.answers.search(
+            message.text, k=3, intent=understanding.intent, embedding=understanding.query_embedding
+        )
         model_seconds["retrieval"] = time.perf_counter() - stage
         self.metrics.stage_seconds.labels("retrieval").observe(model_seconds["retrieval"])
         if hits and hits[0].score >= self.min_answer_score:

@@ -78,6 +78,11 @@ class NluSettings(BaseModel):
         description="model worker threads: 2 runs intent/sentiment and the answer-index "
         "encoder side by side (a core each), 1 runs every model call on one thread",
     )
+    share_encoder: bool = Field(
+        True,
+        description="run the layers intent, sentiment and the answer index have in common "
+        "once per message (false: every model runs its own forward)",
+    )
     threads: int = Field(
         1,
         ge=1,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
@@ -24,7 +25,7 @@ from uuid import uuid4
 from alembic import command
 from alembic.config import Config
 from alembic.util import CommandError
-from sqlalchemy import Connection, Select, event, select, text
+from sqlalchemy import Connection, Select, event, insert, select, text, update
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -78,6 +79,8 @@ PG_MIGRATION_LOCK = 7_305_162_401
 # Execution option marking transactions that only read. On SQLite every other transaction
 # starts with BEGIN IMMEDIATE (see `create_store_engine`).
 READ_ONLY_OPTION = "supportbot_read_only"
+# Conversation ids remembered per process (`conversation_id`): about 10 MB at most.
+KNOWN_CONVERSATIONS = 50_000
 
 # The async driver each accepted URL scheme is mapped to.
 DRIVERS = {
@@ -146,7 +149,7 @@ def normalize_url(url: str | URL) -> URL:
 
 
 def create_store_engine(
-    url: str | URL, *, echo: bool = False, timeout: float = 10.0
+    url: str | URL, *, echo: bool = False, timeout: float = 10.0, read_only: bool = False
 ) -> AsyncEngine:
     """An async engine for the store's database, with the store's connection settings.
 
@@ -157,6 +160,7 @@ def create_store_engine(
         url: see `normalize_url`.
         echo: log every SQL statement.
         timeout: seconds to wait for a connection (PostgreSQL) or a lock (SQLite).
+        read_only: SQLite: an engine for read transactions only, with connections of its own.
     """
     parsed = normalize_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -175,8 +179,18 @@ def create_store_engine(
     # One connection: SQLite has one writer at a time anyway, and a writer waiting in SQLite's
     # busy handler sleeps in steps of up to 100 ms, while a coroutine waiting for the pooled
     # connection resumes the moment it is free (measured: benchmarks/runtime_benchmark.py).
+    # Readers get connections of their own (`read_only`): in WAL mode they never wait for
+    # the writer, so a lookup does not queue behind the writes.
+    # No rollback when a connection goes back to the pool: every session ends its
+    # transaction itself, and on the one writer connection that extra round trip to the
+    # driver's thread was time the next writer waited for.
     engine = create_async_engine(
-        parsed, echo=echo, pool_size=1, max_overflow=0, pool_timeout=timeout
+        parsed,
+        echo=echo,
+        pool_size=2 if read_only else 1,
+        max_overflow=0,
+        pool_timeout=timeout,
+        pool_reset_on_return=None,
     )
     busy_ms = max(1, int(timeout * 1000))
 
@@ -204,7 +218,7 @@ def create_store_engine(
         # A deferred transaction that reads and then writes fails at once with "database is
         # locked" if another connection committed in between (the busy timeout does not
         # apply); taking the write lock at BEGIN makes writers queue instead.
-        if connection.get_execution_options().get(READ_ONLY_OPTION, False):
+        if read_only or connection.get_execution_options().get(READ_ONLY_OPTION, False):
             connection.exec_driver_sql("BEGIN")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -276,6 +290,9 @@ class SqlConversationStore:
         self._echo = echo
         self._timeout = timeout
         self._engine: AsyncEngine | None = None
+        self._reader: AsyncEngine | None = None  # SQLite: separate read connections
+        # (channel, sender) -> (conversation id, sender name), least recently used first.
+        self._ids: OrderedDict[tuple[str, str], tuple[str, str | None]] = OrderedDict()
         self._writes: async_sessionmaker[AsyncSession] | None = None
         self._reads: async_sessionmaker[AsyncSession] | None = None
         self._started = False
@@ -308,9 +325,11 @@ class SqlConversationStore:
         """Close all connections. The store can be started again afterwards."""
         self._started = False
         engine, self._engine = self._engine, None
+        reader, self._reader = self._reader, None
         self._writes = self._reads = None
-        if engine is not None:
-            await engine.dispose()
+        for closing in (engine, reader):
+            if closing is not None:
+                await closing.dispose()
 
     async def ping(self) -> None:
         """Check that the database answers a trivial query within the timeout.
@@ -340,6 +359,30 @@ class SqlConversationStore:
         async with self._read("look up a conversation") as session:
             row = await session.scalar(select(ConversationRow).where(*where))
         return None if row is None else _conversation(row)
+
+    async def conversation_id(
+        self, channel: str, sender: str, sender_name: str | None = None
+    ) -> str:
+        """The id of the conversation of (channel, sender), created on first contact.
+
+        What handling a message needs before it takes the conversation's turn lock. The ids
+        of recent senders are remembered in this process (a conversation's id never changes
+        and conversations are never deleted), which saves a read transaction per message;
+        a new `sender_name` still goes to the database.
+
+        Raises:
+            BadRequestError: `channel` or `sender` is empty.
+        """
+        key = (channel, sender)
+        known = self._ids.get(key)
+        if known is not None and (sender_name is None or sender_name == known[1]):
+            self._ids.move_to_end(key)
+            return known[0]
+        conversation = await self.conversation(channel, sender, sender_name)
+        self._ids[key] = (conversation.id, conversation.sender_name)
+        if len(self._ids) > KNOWN_CONVERSATIONS:
+            self._ids.popitem(last=False)
+        return conversation.id
 
     async def conversation(
         self, channel: str, sender: str, sender_name: str | None = None
@@ -559,47 +602,79 @@ class SqlConversationStore:
     ) -> StoredMessage | None:
         now = utcnow()
         u = turn.understanding
+        # Core statements, not the ORM: this runs for every message while the (SQLite)
+        # write lock is held, and three statements instead of five keep it short.
+        changes: dict[str, Any] = {"updated_at": now}
+        if turn.failed_turns is not None:
+            changes["failed_turns"] = turn.failed_turns
         async with self._write("record a turn") as session:
-            conversation = await self._locked_conversation(session, conversation_id)
-            message = await session.get(MessageRow, turn.message_id, with_for_update=True)
-            if message is None:
-                raise _no_message(turn.message_id)
-            if message.conversation_id != conversation_id:
-                raise BadRequestError(
-                    f"message {turn.message_id} belongs to conversation "
-                    f"{message.conversation_id}, not {conversation_id}"
+            # Locks the conversation row first (PostgreSQL), as every state change does.
+            touched = await session.execute(
+                update(ConversationRow)
+                .where(ConversationRow.id == conversation_id)
+                .values(**changes)
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(touched) == 0:
+                raise _no_conversation(conversation_id)
+            annotated = await session.execute(
+                update(MessageRow)
+                .where(
+                    MessageRow.id == turn.message_id,
+                    MessageRow.conversation_id == conversation_id,
                 )
-            message.intent = u.intent
-            # float(): model output is often a numpy scalar, which the drivers cannot bind.
-            message.intent_confidence = float(u.intent_confidence)
-            message.sentiment = u.sentiment
-            message.negativity = float(u.negativity)
-            message.model_versions = dict(u.model_versions)
-            message.route = str(turn.route)
-            message.latency_ms = float(turn.latency_ms)
-            message.details = dict(turn.details)
-            if turn.failed_turns is not None:
-                conversation.failed_turns = turn.failed_turns
+                .values(
+                    intent=u.intent,
+                    # float(): model output is often a numpy scalar, which drivers cannot bind.
+                    intent_confidence=float(u.intent_confidence),
+                    sentiment=u.sentiment,
+                    negativity=float(u.negativity),
+                    model_versions=dict(u.model_versions),
+                    route=str(turn.route),
+                    latency_ms=float(turn.latency_ms),
+                    details=dict(turn.details),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(annotated) == 0:
+                owner = await session.scalar(
+                    select(MessageRow.conversation_id).where(MessageRow.id == turn.message_id)
+                )
+                if owner is None:
+                    raise _no_message(turn.message_id)
+                raise BadRequestError(
+                    f"message {turn.message_id} belongs to conversation {owner}, not "
+                    f"{conversation_id}"
+                )
             if (
                 escalation is not None
                 and await session.scalar(_unresolved(conversation_id)) is None
             ):
+                conversation = await self._locked_conversation(session, conversation_id)
                 _open_escalation(session, conversation, escalation, priority, now)
-            reply = None
-            if turn.reply_text is not None:
-                reply = MessageRow(
-                    conversation_id=conversation_id,
-                    role=Role.BOT.value,
-                    text=turn.reply_text,
-                    reply_to=turn.message_id,
-                    route=str(turn.route),
-                    details=dict(turn.reply_details) or None,
-                    created_at=now,
-                )
-                session.add(reply)
-            conversation.updated_at = now
-            await session.flush()
-        return None if reply is None else _message(reply)
+            if turn.reply_text is None:
+                return None
+            reply = {
+                "conversation_id": conversation_id,
+                "role": Role.BOT.value,
+                "text": turn.reply_text,
+                "reply_to": turn.message_id,
+                "route": str(turn.route),
+                "details": dict(turn.reply_details) or None,
+                "created_at": now,
+            }
+            reply_id = (
+                await session.execute(insert(MessageRow).values(**reply).returning(MessageRow.id))
+            ).scalar_one()
+        return StoredMessage(
+            id=int(reply_id),
+            conversation_id=conversation_id,
+            role=Role.BOT,
+            text=turn.reply_text,
+            created_at=now,
+            route=str(turn.route),
+            details=dict(turn.reply_details),
+        )
 
     async def add_message(
         self,
@@ -872,6 +947,10 @@ class SqlConversationStore:
         if self._engine is None:
             engine = create_store_engine(self._url, echo=self._echo, timeout=self._timeout)
             reader = engine.execution_options(**{READ_ONLY_OPTION: True})
+            if self._url.get_backend_name() == "sqlite":
+                reader = self._reader = create_store_engine(
+                    self._url, echo=self._echo, timeout=self._timeout, read_only=True
+                )
             self._engine = engine
             self._writes = async_sessionmaker(engine, expire_on_commit=False)
             self._reads = async_sessionmaker(reader, expire_on_commit=False)
@@ -1024,6 +1103,10 @@ def _conversation(row: ConversationRow) -> Conversation:
         failed_turns=row.failed_turns,
         assignee=row.assignee,
     )
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def _message(row: MessageRow) -> StoredMessage:

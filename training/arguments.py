@@ -18,7 +18,8 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 class TrainingArguments:
     """Everything that decides how a classifier is fine-tuned.
 
-    The defaults are the recipe measured on Banking77 in ../shared/MEASUREMENTS.md: mean
+    The defaults are the recipe measured on Banking77 (../shared/MEASUREMENTS.md, with the top
+    three layers tuned, benchmarks/training_benchmark.py): mean
     pooling + linear head, body lr 1e-4 with the head at 20x, label smoothing 0.1 and
     length-bucketed batches.
 
@@ -43,6 +44,10 @@ class TrainingArguments:
         min_examples_per_label: validation rejects labels with fewer distinct examples.
         seed: makes splits, initialisation and batch order reproducible.
         length_bucketing: batch texts of similar length (about 45 % less padding work).
+        tuned_layers: fine-tune only this many top transformer layers (and the head); the
+            embeddings and the layers below stay the backbone's. The runtime then computes
+            those shared layers once per message for intent, sentiment and the answer index
+            (see bot/shared_encoder.py). None fine-tunes every layer.
         lora: train LoRA adapters (peft) instead of the whole encoder; for large backbones.
         mixed_precision: `auto` uses bf16/fp16 autocast on a GPU and full precision on CPU.
         abstain_precision: the stored abstain threshold is the lowest calibrated confidence
@@ -66,8 +71,9 @@ class TrainingArguments:
     min_examples_per_label: int = 5
     seed: int = 42
     length_bucketing: bool = True
-    target_steps: int = 500
+    target_steps: int = 800
     max_epochs: int = 30
+    tuned_layers: int | None = 3
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -110,6 +116,14 @@ class TrainingArguments:
         )
         need(self.min_examples_per_label >= 0, "min_examples_per_label must be >= 0")
         need(self.target_steps >= 1 and self.max_epochs >= 1, "target_steps, max_epochs >= 1")
+        need(
+            self.tuned_layers is None or self.tuned_layers >= 1,
+            f"tuned_layers must be >= 1 (or all), got {self.tuned_layers}",
+        )
+        need(
+            not (self.lora and self.tuned_layers is not None),
+            "lora adapts every layer: use it with tuned_layers all (`--tuned-layers all`)",
+        )
         need(self.lora_r >= 1 and 0 <= self.lora_dropout < 1, "lora_r >= 1, lora_dropout in [0,1)")
         need(
             self.mixed_precision in MIXED_PRECISION,

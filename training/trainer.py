@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from bot.classifier import MeanPoolingClassifier, load_model
 from bot.errors import ConfigurationError
 from bot.models import quiet_transformers, resolve_backbone
+from bot.shared_encoder import freeze_lower_layers
 from training.arguments import TrainingArguments
 from training.data import Example
 
@@ -295,7 +296,8 @@ def fine_tune(
     progress: bool = True,
     init_from: Path | None = None,
 ) -> FineTuneResult:
-    """Fine-tune encoder and head end to end; return the best model by validation macro-F1.
+    """Fine-tune the head and the encoder's top `args.tuned_layers` layers (all of them when
+    None); return the best model by validation macro-F1.
 
     Args:
         train: training examples (labels must all be in `labels`).
@@ -315,6 +317,11 @@ def fine_tune(
         init_new_rows(
             model, tokenizer, read_meta(init_from).labels, labels, train, args.max_length, args.seed
         )
+    if args.tuned_layers is not None:
+        try:
+            freeze_lower_layers(model.encoder, args.tuned_layers)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
     if args.lora:
         _apply_lora(model, args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -216,6 +216,19 @@ async def test_concurrent_first_contacts_create_one_conversation(
     assert len({conversation.id for conversation in results}) == 1
 
 
+async def test_conversation_ids_are_remembered_but_renames_still_reach_the_database(
+    open_store: Callable[[], Awaitable[SqlConversationStore]],
+) -> None:
+    store, replica = await open_store(), await open_store()
+    first = await store.conversation_id("telegram", "42", "Ann")
+    assert await store.conversation_id("telegram", "42") == first
+    assert await store.conversation_id("telegram", "42", "Ann") == first
+    assert await store.conversation_id("telegram", "43") != first
+    assert await replica.conversation_id("telegram", "42") == first
+    assert await store.conversation_id("telegram", "42", "Ann B.") == first
+    assert (await replica.get_conversation(first)).sender_name == "Ann B."
+
+
 async def test_a_new_sender_name_replaces_the_stored_one(store: SqlConversationStore) -> None:
     created = await store.conversation("telegram", "7", "Ann")
     renamed = await store.conversation("telegram", "7", "Ann B.")
@@ -1053,9 +1066,12 @@ async def test_a_replica_out_of_connections_answers_retry_later(tmp_path: Path) 
     store = SqlConversationStore(f"sqlite+aiosqlite:///{tmp_path / 'busy.db'}", timeout=0.2)
     await store.start()
     try:
+        known = await store.conversation("widget", "s1")
         async with store.writing("hold the only connection") as session:
             await session.execute(text("SELECT 1"))  # sessions connect on first use
-            with pytest.raises(StoreUnavailableError, match="cannot look up a conversation"):
-                await store.conversation("widget", "s1")
+            with pytest.raises(StoreUnavailableError, match="cannot store a customer message"):
+                await store.receive(known.id, "hello?")
+            # Reads have connections of their own on SQLite: they do not queue behind writes.
+            assert (await store.conversation("widget", "s1")).id == known.id
     finally:
         await store.stop()

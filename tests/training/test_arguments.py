@@ -137,6 +137,7 @@ def test_to_dict_from_dict_round_trip_through_json() -> None:
         batch_size=8,
         learning_rate=3e-5,
         class_weighting="balanced",
+        tuned_layers=None,
         lora=True,
         lora_r=4,
         mixed_precision="no",
@@ -168,3 +169,22 @@ def test_from_dict_validates_values() -> None:
 
 def test_from_dict_fills_missing_keys_with_defaults() -> None:
     assert TrainingArguments.from_dict({"seed": 1}) == TrainingArguments(seed=1)
+
+
+def test_tuned_layers_flag_and_its_rules() -> None:
+    import argparse
+
+    from training.cli import layers_to_tune, tuned_layers
+
+    assert tuned_layers("2") == 2 and tuned_layers("ALL") == "all"
+    for bad in ("0", "-1", "some"):
+        with pytest.raises(argparse.ArgumentTypeError, match="number of layers >= 1 or `all`"):
+            tuned_layers(bad)
+    assert layers_to_tune(None, lora=False) == TrainingArguments().tuned_layers == 3
+    assert layers_to_tune(None, lora=True) is None  # LoRA adapts every layer
+    assert layers_to_tune("all", lora=False) is None
+    assert layers_to_tune(1, lora=False) == 1
+    with pytest.raises(ConfigurationError, match="--tuned-layers all"):
+        TrainingArguments(lora=True, tuned_layers=2)
+    with pytest.raises(ConfigurationError, match="tuned_layers must be >= 1"):
+        TrainingArguments(tuned_layers=0)

@@ -73,7 +73,11 @@ def test_lora_training_produces_a_plain_encoder() -> None:
         for i, t in enumerate(["hello there", "hello you", "bye now", "bye then"])
     ]
     result = fine_tune(
-        train, [], ["bye", "hello"], TrainingArguments(epochs=1, lora=True), progress=False
+        train,
+        [],
+        ["bye", "hello"],
+        TrainingArguments(epochs=1, lora=True, tuned_layers=None),
+        progress=False,
     )
     # merged back: no peft wrapper left, so the directory saves as a normal HF model
     assert type(result.model.encoder).__name__ == "BertModel"
