@@ -12,7 +12,7 @@
 
 Reads the data set where it lies (default ../shared/datasets, or --datasets PATH):
 
-    .venv/bin/python benchmarks/retrain_benchmark.py [--replay 2000] [--per-intent 20]
+    .venv/bin/python benchmarks/retrain_benchmark.py [--replay 8000] [--per-intent 20]
         [--learning-rate LR] [--no-oversample] [--work DIR [--reuse]]
 
 --reuse retrains from the directory's live model and leaves the candidate live if promoted, so a
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", type=Path, default=DEFAULT_DATASETS)
     parser.add_argument("--held-out", type=int, default=10, help="intents left out of training")
     parser.add_argument("--per-intent", type=int, default=20, help="agent labels per new intent")
-    parser.add_argument("--replay", type=int, default=2000, help="earlier examples replayed")
+    parser.add_argument("--replay", type=int, default=8000, help="earlier examples replayed")
     parser.add_argument(
         "--learning-rate", type=float, help="retrain encoder learning rate (default: setting)"
     )

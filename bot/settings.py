@@ -207,7 +207,7 @@ class RetrainSettings(BaseModel):
         5, ge=1, description="labels with fewer frozen-test examples are reported, not gated"
     )
     replay: int = Field(
-        2000, ge=0, description="earlier training examples replayed (stratified) with the feedback"
+        8000, ge=0, description="earlier training examples replayed (stratified) with the feedback"
     )
     holdout_fraction: float = Field(
         0.2, ge=0, lt=1, description="share of each label's agent labels held out for the gate"
@@ -219,7 +219,7 @@ class RetrainSettings(BaseModel):
         False, description="also learn from bot answers customers rated helpful (weak labels)"
     )
     learning_rate: float | None = Field(
-        3e-5,
+        5e-5,
         gt=0,
         lt=1,
         description="encoder learning rate of a retrain (null: the live model's); lower than "

@@ -5,8 +5,13 @@ answer index's sentence encoder. All three start from the same backbone, and tra
 fine-tunes only the top layers of the classifiers (`TrainingArguments.tuned_layers`), so the
 embeddings and the lower layers of all three are the same weights. `SharedEncoder` runs
 those common layers once per batch and only the differing top layers per model: with the
-default two tuned layers of a six-layer MiniLM that is 4 + 3 x 2 = 10 layer passes per
+default three tuned layers of a six-layer MiniLM that is 3 + 3 x 3 = 12 layer passes per
 message instead of 18, and one model call per message instead of two.
+
+Texts are truncated at the longest max length of the models sharing the pass (the answer
+index's encoder takes 256 tokens, the classifiers were trained on 64): a very long message is
+classified on more of its text than the classifier saw in training, which mean pooling
+tolerates, rather than searched on less than the index was embedded with.
 
 The common part is found by comparing weights when the models are loaded, never assumed from
 metadata, and the shared computation is checked against each model's own forward on probe

@@ -96,11 +96,11 @@ class RetrainOptions:
     tolerance: float = 1.0
     max_intent_drop: float = 10.0
     min_label_support: int = 5
-    replay: int = 2000
+    replay: int = 8000
     holdout_fraction: float = 0.2
     min_new_label_examples: int = 5
     epochs: int | None = None
-    learning_rate: float | None = 3e-5
+    learning_rate: float | None = 5e-5
     oversample_new_labels: bool = True
     seed: int = 42
     progress: bool = True
@@ -309,8 +309,8 @@ def oversample_new_labels(
 ) -> list[Example]:
     """Repeat the examples of new labels until each has as many as an average old label.
 
-    A new intent has a dozen or so agent labels against ~30 replayed examples of each old
-    intent (replay 2000 over Banking77's 67), so per epoch it is seen half as often and
+    A new intent has a dozen or so agent labels against ~120 replayed examples of each old
+    intent (replay 8000 over Banking77's 67), so per epoch it is seen a tenth as often and
     learned slowly. Whole copies of each example, then a seeded sample of them for the
     remainder, bring it level; labels already at the old average are left as they are.
     Call this after the validation split, so no copy of a validation example is trained on.
@@ -573,16 +573,20 @@ def train_candidate(
         learning_rate=options.learning_rate or args.learning_rate,
     )
     examples = [*plan.replay, *plan.train_feedback]
-    split = stratified_split(examples, args.validation_fraction, 0.0, args.seed)
+    # Early stopping watches the replayed examples only: every agent label is learned from
+    # (a new intent has a dozen or two, and a tenth of them would be one or two messages of
+    # validation each), and the held-out feedback slice judges the feedback afterwards.
+    split = stratified_split(plan.replay, args.validation_fraction, 0.0, args.seed)
     labels = tuple(sorted(set(plan.live_labels) | {e.label for e in examples}))
-    train = list(split.train)
+    train = [*split.train, *plan.train_feedback]
     if options.oversample_new_labels:
         train = oversample_new_labels(train, plan.new_labels, args.seed)
     _say(
         progress,
         f"{task}: fine-tuning from {plan.live_version} on {len(train)} examples "
         f"({len(plan.replay)} replayed, {len(plan.train_feedback)} from feedback, "
-        f"{len(train) - len(split.train)} repeats of new-label examples; "
+        f"{len(train) - len(split.train) - len(plan.train_feedback)} repeats of new-label "
+        "examples; "
         f"{len(split.validation)} kept for early stopping), new labels: "
         f"{', '.join(plan.new_labels) or 'none'}",
     )

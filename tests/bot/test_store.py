@@ -1038,8 +1038,14 @@ async def test_record_turn_refuses_a_message_of_another_conversation(
     first = await store.conversation("rest", "a")
     second = await store.conversation("rest", "b")
     message, _ = await store.add_customer_message(first.id, "hi")
+    before = await store.get_conversation(second.id)
     with pytest.raises(BadRequestError, match="belongs to conversation"):
-        await store.record_turn(second.id, Turn(message.id, understanding(), Route.ANSWER, 1.0))
+        await store.record_turn(
+            second.id, Turn(message.id, understanding(), Route.ANSWER, 1.0, failed_turns=2)
+        )
+    # The whole turn rolled back: the conversation touched first is as it was.
+    assert await store.get_conversation(second.id) == before
+    assert (await store.transcript(first.id))[0].route is None
     with pytest.raises(NotFoundError):
         await store.record_turn(first.id, Turn(999999, understanding(), Route.ANSWER, 1.0))
 
