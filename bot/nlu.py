@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import warnings
@@ -76,32 +77,36 @@ class ModelSet:
         sentiment = TransformerClassifier(models_dir / "sentiment" / live["sentiment"])
         versions = {task: live[task] for task in TASKS}
         shared = share_forward(intent, sentiment, query_encoder)
-        if quantized and shared is not None:
+        if quantized:
             # int8 only where the classifiers compute on their own: the shared layers stay
             # float32, since the answer index was embedded in float32 (int8 moved its
             # embeddings too far, see README).
-            shared.quantize_tops({"intent", "sentiment"})
-        elif quantized:
-            quantize(intent)
-            quantize(sentiment)
+            on_own = {"intent", "sentiment"}
+            if shared is not None:
+                shared.quantize_tops(on_own)
+                on_own -= shared.names
+            for name, model in (("intent", intent), ("sentiment", sentiment)):
+                if name in on_own:
+                    quantize(model)
         return cls(intent, sentiment, versions, shared)
 
     def classify(self, texts: Sequence[str]) -> list[Understanding]:
         """Intent and sentiment for a batch of texts (blocking; runs in the worker thread)."""
-        query: torch.Tensor | None = None
-        if self.shared is not None:
-            pooled = self.shared.pooled(texts)
-            intents = self.intent.predictions(
-                self.intent.calibrated(self.intent.head_logits(pooled["intent"]))
-            )
+        pooled = self.shared.pooled(texts) if self.shared is not None else {}
+        if "intent" in pooled:
+            intent_probs = self.intent.calibrated(self.intent.head_logits(pooled["intent"]))
+        else:
+            intent_probs = self.intent.predict_proba(texts)
+        intents = self.intent.predictions(intent_probs, top_k=3)
+        if "sentiment" in pooled:
             sentiment_probs = self.sentiment.calibrated(
                 self.sentiment.head_logits(pooled["sentiment"])
             )
-            if "query" in pooled:
-                query = torch.nn.functional.normalize(pooled["query"], dim=-1)
         else:
-            intents = self.intent.predict(texts, top_k=3)
             sentiment_probs = self.sentiment.predict_proba(texts)
+        query = (
+            torch.nn.functional.normalize(pooled["query"], dim=-1) if "query" in pooled else None
+        )
         labels = self.sentiment.labels
         neg = labels.index("negative") if "negative" in labels else None
         pos = labels.index("positive") if "positive" in labels else None
@@ -136,40 +141,42 @@ def share_forward(
     sentiment: TransformerClassifier,
     query_encoder: QueryEncoder | None,
 ) -> SharedEncoder | None:
-    """A shared forward for the two classifiers and, if it shares layers with them, the
-    answer index's encoder; None when they share nothing or the shared forward does not give
-    what each model gives on its own (checked on probe texts, float32, before quantization)."""
-    classifiers = [
-        Branch("intent", intent.model.encoder),
-        Branch("sentiment", sentiment.model.encoder),
-    ]
+    """A shared forward for the largest group of the models (intent, sentiment, the answer
+    index's encoder) that have layers in common, e.g. intent and the index when sentiment was
+    trained with every layer tuned; None when no two share anything or the shared forward
+    does not give what each model gives on its own (checked on probe texts, float32, before
+    quantization). Models outside the group run their own forward."""
+    models: dict[str, tuple[Any, int]] = {
+        "intent": (intent.model.encoder, intent.meta.max_length),
+        "sentiment": (sentiment.model.encoder, sentiment.meta.max_length),
+    }
     query = query_encoder.shareable() if query_encoder is not None else None
-    candidates = []
     if query is not None:
-        candidates.append(
-            (
-                classifiers + [Branch("query", query[0])],
-                max(intent.meta.max_length, sentiment.meta.max_length, query[2]),
-            )
-        )
-    candidates.append((classifiers, max(intent.meta.max_length, sentiment.meta.max_length)))
-    for branches, max_length in candidates:
-        if common_depth([b.encoder for b in branches]) is None:
+        models["query"] = (query[0], query[2])
+    groups = [
+        names
+        for size in range(len(models), 1, -1)
+        for names in itertools.combinations(models, size)
+    ]
+    for names in groups:
+        if common_depth([models[name][0] for name in names]) is None:
             continue
+        branches = [Branch(name, models[name][0]) for name in names]
+        max_length = max(models[name][1] for name in names)
         shared = SharedEncoder(branches, intent.tokenizer, max_length)
         try:
             worst = _check_shared(shared, intent, sentiment, query_encoder)
         except ValueError as exc:
             log.warning("%s", exc)
             continue
-        names = ", ".join(b.name for b in branches)
         log.info(
             "%s share the embeddings and %d of %d layers: one forward per message "
-            "(largest difference to their own forwards %.1e)",
-            names,
+            "(largest difference to their own forwards %.1e)%s",
+            ", ".join(names),
             shared.depth,
             len(transformer_layers(intent.model.encoder) or []),
             worst,
+            "".join(f"; {name} runs its own" for name in models if name not in names),
         )
         return shared
     log.info("the models share no layers: each runs its own forward")
@@ -191,8 +198,9 @@ def _check_shared(
     texts = list(PROBE_TEXTS)
     pooled = shared.pooled(texts)
     pairs = [
-        (intent.head_logits(pooled["intent"]), intent.logits(texts)),
-        (sentiment.head_logits(pooled["sentiment"]), sentiment.logits(texts)),
+        (model.head_logits(pooled[name]), model.logits(texts))
+        for name, model in (("intent", intent), ("sentiment", sentiment))
+        if name in pooled
     ]
     if "query" in pooled and query_encoder is not None:
         pairs.append(

@@ -146,6 +146,11 @@ class SharedEncoder:
             b.name: list(transformer_layers(b.encoder) or [])[depth:] for b in self.branches
         }
 
+    @property
+    def names(self) -> set[str]:
+        """The models this forward serves."""
+        return {b.name for b in self.branches}
+
     def quantize_tops(self, names: set[str]) -> None:
         """int8 dynamic quantization of the named branches' own layers (not the shared ones)."""
         from torch.ao.quantization import quantize_dynamic

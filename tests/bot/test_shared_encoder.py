@@ -131,20 +131,38 @@ def test_quantized_shared_models_agree_with_float(runtime_models: Path) -> None:
     )
 
 
-def test_a_fully_fine_tuned_model_is_served_on_its_own(
+def test_a_fully_fine_tuned_model_runs_its_own_forward_beside_the_shared_one(
     runtime_models: Path, tmp_path: Path
 ) -> None:
     import shutil
 
     models = tmp_path / "models"
     shutil.copytree(runtime_models, models)
-    # As if trained with --tuned-layers all: the embeddings moved too.
-    classifier = TransformerClassifier(models / "intent" / "v1")
-    perturb(classifier.model.encoder.embeddings)
-    classifier.model.encoder.save_pretrained(models / "intent" / "v1")
+    # As if sentiment was trained with --tuned-layers all: its embeddings moved too.
+    sentiment = TransformerClassifier(models / "sentiment" / "v1")
+    perturb(sentiment.model.encoder.embeddings)
+    sentiment.model.encoder.save_pretrained(models / "sentiment" / "v1")
+    texts = ["hi", "this is useless, I want a human now"]
 
     loaded = ModelSet.load(models, quantized=False, query_encoder=SentenceEmbedder("bundled"))
 
-    assert loaded.shared is None
-    understood = loaded.classify(["hi"])[0]
-    assert understood.query_embedding is None and understood.top_intents
+    assert loaded.shared is not None and loaded.shared.names == {"intent", "query"}
+    understood = loaded.classify(texts)
+    own = TransformerClassifier(models / "sentiment" / "v1").predict_proba(texts)
+    for u, probs in zip(understood, own, strict=True):
+        assert u.query_embedding is not None
+        assert dict((s.label, s.score) for s in u.sentiment_scores)[u.sentiment] == (
+            pytest.approx(float(probs.max()), abs=1e-5)
+        )
+    # int8 for what runs on its own: sentiment as a whole, intent's own top layers.
+    quantized = ModelSet.load(models, quantized=True, query_encoder=SentenceEmbedder("bundled"))
+    assert [u.sentiment for u in quantized.classify(texts)] == [u.sentiment for u in understood]
+
+    # Nothing in common at all (intent moved too, no index encoder): each on its own.
+    intent = TransformerClassifier(models / "intent" / "v1")
+    perturb(intent.model.encoder.embeddings)
+    perturb(intent.model.encoder.embeddings)
+    intent.model.encoder.save_pretrained(models / "intent" / "v1")
+    alone = ModelSet.load(models, quantized=False)
+    assert alone.shared is None
+    assert alone.classify(["hi"])[0].query_embedding is None
