@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
+
+from bot.tasks import cancel_and_wait
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -59,11 +60,8 @@ class MicroBatcher(Generic[T, R]):
         self._task = asyncio.create_task(self._run(), name=f"{self.name}-loop")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     async def submit(self, item: T) -> R:
         """Process one item as part of some batch; returns its result."""

@@ -10,7 +10,6 @@ within `escalation.unclaimed_timeout_s` gets the customer one notice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from bot.errors import BadRequestError, ForbiddenError, StoreUnavailableError
 from bot.events import Conversation, EscalationRecord, Feedback, Role, Route, StoredMessage
 from bot.schema import utcnow
 from bot.service import ConversationService, reply_of
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,8 @@ class ConsoleService:
         self._watcher = asyncio.create_task(self._watch_unclaimed(), name="unclaimed-timeout")
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        watcher, self._watcher = self._watcher, None
+        await cancel_and_wait(watcher)
 
     # -- reading -----------------------------------------------------------------------------
 

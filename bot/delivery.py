@@ -16,7 +16,6 @@ so it is sent exactly once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 from bot.bus import EventBus
 from bot.errors import SupportbotError
 from bot.events import Conversation, ConversationStatus, Reply, Role, Route
+from bot.tasks import cancel_and_wait
 
 DELIVER_TOPIC = "deliver"
 
@@ -83,10 +83,7 @@ class Dispatcher:
 
     async def stop(self) -> None:
         listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
+        await cancel_and_wait(listener)
 
     async def deliver(self, conversation: Conversation, reply: Reply) -> None:
         """Push `reply` through the channel's deliverer, if the channel has one.

@@ -24,6 +24,7 @@ from bot.errors import ModelNotFoundError
 from bot.events import Scored, Understanding
 from bot.models import TASKS, read_live_versions
 from bot.shared_encoder import PROBE_TEXTS, Branch, SharedEncoder, common_depth, transformer_layers
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -290,12 +291,8 @@ class TransformerUnderstander:
         self._watcher = asyncio.create_task(self._watch(), name="model-watcher")
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._watcher = self._listener = None
+        tasks, self._watcher, self._listener = (self._watcher, self._listener), None, None
+        await cancel_and_wait(*tasks)
         await self._batcher.stop()
 
     def _classify(self, texts: Sequence[str]) -> list[Understanding]:

@@ -26,7 +26,6 @@ questions is kept for each question: every phrasing is a way to find it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -53,6 +52,7 @@ from bot.errors import (
 )
 from bot.events import Answer
 from bot.models import DEFAULT_BACKBONE, quiet_transformers, resolve_backbone
+from bot.tasks import cancel_and_wait
 from bot.validation import (
     DataProblemsError,
     Problem,
@@ -1093,11 +1093,8 @@ class ReloadingAnswerIndex:
         self._watcher = asyncio.create_task(self._watch(), name="answer-index-watcher")
 
     async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
+        watcher, self._watcher = self._watcher, None
+        await cancel_and_wait(watcher)
 
     async def _watch(self) -> None:
         while True:

@@ -11,7 +11,6 @@ errors become status codes in `bot.app.error_middleware`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import logging
@@ -29,6 +28,7 @@ from bot.console_store import Closed, ConversationView, Dashboard, MessageLabels
 from bot.errors import BadRequestError, ForbiddenError, UnauthorizedError
 from bot.events import EscalationRecord, Role, StoredMessage
 from bot.settings import ConsoleSettings
+from bot.tasks import cancel_and_wait
 from connectors.rest import read_json
 
 log = logging.getLogger(__name__)
@@ -562,9 +562,7 @@ class ConsoleConnector:
                         if frame.type == WSMsgType.ERROR:
                             break  # the console sends nothing; any frame is ignored
                 finally:
-                    forward.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await forward
+                    await cancel_and_wait(forward)
         finally:
             sockets = self._sockets.get(session.id)
             if sockets is not None:

@@ -56,6 +56,7 @@ from bot.errors import BadRequestError, ConfigurationError, NotFoundError
 from bot.events import Conversation, Feedback, Message, Reply
 from bot.service import ConversationService, HandleResult
 from bot.settings import TelegramSettings
+from bot.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -734,9 +735,7 @@ class TelegramConnector:
         try:
             yield
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            await cancel_and_wait(refresher)
 
     def _running(self) -> TelegramApplication:
         if self._application is None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.settings import Settings, load_settings
 
 
@@ -25,3 +27,25 @@ def runtime_settings(models: Path, db_url: str, **sections: dict[str, Any]) -> S
     for section, values in sections.items():
         base[section] = {**base.get(section, {}), **values}
     return load_settings(None, **base)
+
+
+# -- browser tests (fixture `browser` in tests/connectors/conftest.py) --
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+]
+# Screenshots of the browser tests, for a person to look at.
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+# pytestmark of every browser test module.
+BROWSER_TESTS = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="/usr/bin/chromium is missing; install Debian's chromium (make chromium)",
+    ),
+]

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from bot.accounts import Agent, SqlAccountStore
 from bot.app import RUNTIME, create_app
@@ -26,16 +26,8 @@ from bot.events import ConversationStatus, Escalation, Role
 from connectors.console import CONSOLE
 from connectors.telegram import TELEGRAM
 from tests.fakes.telegram_api import TOKEN, FakeTelegramApi
-from tests.helpers import runtime_settings
+from tests.helpers import ARTIFACTS, BROWSER_TESTS, runtime_settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
 PASSWORD = "correct horse battery"
 ANGRY = "absolutely terrible, i am furious"
 VIEWPORT = {"width": 1400, "height": 900}
@@ -49,29 +41,11 @@ AudioContext.prototype.createOscillator = function () {
 };
 """
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is missing; install Debian's chromium (make chromium)",
-    ),
-]
+pytestmark = BROWSER_TESTS
 
 expect.set_options(timeout=20_000)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

@@ -3,37 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from bot.app import RUNTIME, create_app
 from bot.events import Role
 from bot.settings import Settings
 from connectors.widget import WIDGET
-from tests.helpers import runtime_settings
+from tests.helpers import ARTIFACTS, BROWSER_TESTS, runtime_settings
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-]
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not CHROMIUM.exists(),
-        reason="/usr/bin/chromium is missing; install Debian's chromium (make chromium)",
-    ),
-]
+pytestmark = BROWSER_TESTS
 
 expect.set_options(timeout=20_000)
 
@@ -42,18 +26,6 @@ ServerFactory = Callable[..., Awaitable[TestServer]]
 
 def settings_for(models: Path, db_url: str, routing: Path | None = None) -> Settings:
     return runtime_settings(models, db_url, routing={"config": routing})
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def serve(
