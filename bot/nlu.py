@@ -160,11 +160,12 @@ def share_forward(
         for names in itertools.combinations(models, size)
     ]
     for names in groups:
-        if common_depth([models[name][0] for name in names]) is None:
+        depth = common_depth([models[name][0] for name in names])
+        if depth is None:
             continue
         branches = [Branch(name, models[name][0]) for name in names]
         max_length = max(models[name][1] for name in names)
-        shared = SharedEncoder(branches, intent.tokenizer, max_length)
+        shared = SharedEncoder(branches, intent.tokenizer, max_length, depth=depth)
         try:
             worst = _check_shared(shared, intent, sentiment, query_encoder)
         except ValueError as exc:

@@ -121,6 +121,7 @@ class SharedEncoder:
         max_length: tokens per text (longer texts are truncated).
         batch_size: texts per forward pass; a batch is sorted by length and run in chunks of
             similar length, so one long message does not make the rest pay for its padding.
+        depth: `common_depth` of the branches when the caller already compared their weights.
     """
 
     def __init__(
@@ -129,8 +130,10 @@ class SharedEncoder:
         tokenizer: Any,
         max_length: int,
         batch_size: int = 16,
+        depth: int | None = None,
     ) -> None:
-        depth = common_depth([b.encoder for b in branches])
+        if depth is None:
+            depth = common_depth([b.encoder for b in branches])
         if depth is None:
             raise ValueError("these encoders share no layers")
         self.depth = depth
