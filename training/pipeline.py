@@ -138,14 +138,16 @@ def fit_classifier(
     progress: bool = True,
     init_from: Path | None = None,
     labels: Sequence[str] | None = None,
+    align: bool = True,
 ) -> FittedClassifier:
     """Fine-tune on `train`, keep the best epoch by `validation`, calibrate on `validation`.
 
     Args:
         labels: the head's labels (default: those in `train` and `validation`, sorted).
+        align: see `fine_tune`.
     """
     labels = tuple(labels or sorted({e.label for e in [*train, *validation]}))
-    result = fine_tune(train, validation, labels, args, progress, init_from)
+    result = fine_tune(train, validation, labels, args, progress, init_from, align)
     pad_id = result.tokenizer.pad_token_id or 0
     val_ids = encode(result.tokenizer, [e.text for e in validation], args.max_length)
     val_logits = predict_logits(result.model, val_ids, pad_id)

@@ -8,7 +8,8 @@ One run, per task (intent, then sentiment):
    learned from), so old intents are not forgotten.
 2. Fine-tune starting from the live model; the head grows a row per new intent, started
    at the intent's prototype (`training.trainer.init_new_rows`), and the new intents' examples
-   are repeated up to an average old intent's count (`oversample_new_labels`).
+   are repeated up to an average old intent's count (`oversample_new_labels`); after
+   training each new row gets the old rows' average norm (`training.trainer.align_new_rows`).
 3. Evaluate live and candidate side by side on the live model's frozen test set and on the
    held-out feedback slice; write `retrain_report.md` / `retrain_report.json` into the
    candidate's version directory.
@@ -87,6 +88,8 @@ class RetrainOptions:
             cut the old intents' loss from 1.8 to 0.6 points (benchmarks/retrain_benchmark.py).
         oversample_new_labels: repeat the training examples of new labels until each has as
             many as an average old label in the replay sample (see `oversample_new_labels`).
+        align_new_rows: after training, give each new label's head row the old rows'
+            average norm (`training.trainer.align_new_rows`).
         seed: sampling, hold-out and training seed.
         progress: show fine-tuning progress on stderr.
     """
@@ -102,6 +105,7 @@ class RetrainOptions:
     epochs: int | None = None
     learning_rate: float | None = 5e-5
     oversample_new_labels: bool = True
+    align_new_rows: bool = True
     seed: int = 42
     progress: bool = True
 
@@ -506,6 +510,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['training_set']['feedback']} from feedback "
         f"({report['training_set']['weak']} weak) = {report['training_set']['total']}",
         f"- new labels: {', '.join(report['training_set']['new_labels']) or 'none'}",
+    ]
+    aligned = report["training_set"].get("aligned_rows") or {}
+    if aligned:
+        lines.append(
+            "- new label rows aligned to the old rows' average norm: "
+            + ", ".join(f"{name} {a:.3f} -> {b:.3f}" for name, (a, b) in aligned.items())
+        )
+    lines += [
         f"- wall time: {report['seconds']} s",
         "",
         "## Gate",
@@ -591,7 +603,14 @@ def train_candidate(
         f"{', '.join(plan.new_labels) or 'none'}",
     )
     fitted = fit_classifier(
-        task, train, split.validation, args, options.progress, live_path, labels
+        task,
+        train,
+        split.validation,
+        args,
+        options.progress,
+        live_path,
+        labels,
+        align=options.align_new_rows,
     )
     for epoch in fitted.result.history:
         f1 = "-" if epoch.validation_macro_f1 is None else f"{epoch.validation_macro_f1:.4f}"
@@ -599,6 +618,14 @@ def train_candidate(
             progress,
             f"{task}: epoch {epoch.epoch}: loss {epoch.train_loss:.4f}, validation "
             f"macro-F1 {f1} ({epoch.seconds:.1f} s)",
+        )
+    aligned = fitted.result.aligned
+    if aligned:
+        before = [norm for norm, _ in aligned.values()]
+        _say(
+            progress,
+            f"{task}: {len(aligned)} new label row(s) aligned to the old rows' average norm "
+            f"{next(iter(aligned.values()))[1]:.3f} (trained: {min(before):.3f}-{max(before):.3f})",
         )
     _say(progress, f"{task}: evaluating live {plan.live_version} and the candidate")
     heldout = [x.example() for x in plan.heldout]
@@ -627,6 +654,7 @@ def train_candidate(
             "replay": options.replay,
             "holdout_fraction": options.holdout_fraction,
             "oversample_new_labels": options.oversample_new_labels,
+            "align_new_rows": options.align_new_rows,
             "include_rated": options.include_rated,
             "seed": options.seed,
         },
@@ -637,6 +665,7 @@ def train_candidate(
             "total": len(examples),
             "heldout_feedback": len(plan.heldout),
             "new_labels": plan.new_labels,
+            "aligned_rows": aligned,
             "too_few_examples": plan.too_few,
         },
         "gate": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],

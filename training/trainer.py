@@ -55,6 +55,8 @@ class FineTuneResult:
     stopped_early: bool = False
     seconds: float = 0.0
     class_weights: list[float] | None = None
+    # New labels whose head rows `align_new_rows` rescaled: label -> [norm before, after].
+    aligned: dict[str, list[float]] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -265,6 +267,38 @@ def init_new_rows(
     return done
 
 
+def align_new_rows(
+    model: MeanPoolingClassifier, labels: Sequence[str], new: Sequence[str]
+) -> dict[str, list[float]]:
+    """Give each new label's head row the average norm of the old labels' rows.
+
+    Weight aligning (Zhao et al., "Maintaining Discrimination and Fairness in Class
+    Incremental Learning", CVPR 2020), applied after a retrain. A new intent learns from a
+    dozen or two agent labels, an old one from the hundreds its lineage saw: its row ends
+    up shorter, so its logits are smaller and its messages go to a close old intent. On
+    Banking77 (10 new intents, 16 labels each) 61 of the new intents' 62 test errors went
+    that way; aligned, the new intents gain 2.0 and 4.3 points on two seeds and the old move
+    by 0.1 and 0.3 (see the retraining benchmark). Data-free: nothing is fitted on held-out
+    messages, and the direction of each row, what it learned, is kept.
+
+    Returns each aligned label's row norm, before and after.
+    """
+    new_set = set(new)
+    new_rows = [i for i, label in enumerate(labels) if label in new_set]
+    old_rows = [i for i, label in enumerate(labels) if label not in new_set]
+    if not new_rows or not old_rows:
+        return {}
+    with torch.no_grad():
+        weight = model.head.weight
+        target = weight[old_rows].norm(dim=1).mean()
+        norms = weight[new_rows].norm(dim=1, keepdim=True).clamp_min(1e-12)
+        weight[new_rows] = weight[new_rows] * (target / norms)
+    return {
+        labels[row]: [round(float(norm), 4), round(float(target), 4)]
+        for row, norm in zip(new_rows, norms.squeeze(1), strict=True)
+    }
+
+
 def _apply_lora(model: MeanPoolingClassifier, args: TrainingArguments) -> None:
     from peft import LoraConfig, get_peft_model
 
@@ -295,6 +329,7 @@ def fine_tune(
     args: TrainingArguments,
     progress: bool = True,
     init_from: Path | None = None,
+    align: bool = True,
 ) -> FineTuneResult:
     """Fine-tune the head and the encoder's top `args.tuned_layers` layers (all of them when
     None); return the best model by validation macro-F1.
@@ -306,15 +341,18 @@ def fine_tune(
         args: hyperparameters.
         progress: show a progress bar with loss and ETA on stderr.
         init_from: start from this saved model instead of the backbone.
+        align: with `init_from`, give the rows of labels it did not know the old rows'
+            average norm after training (`align_new_rows`).
     """
     started = time.perf_counter()
     seed_everything(args.seed)
     label_index = {label: i for i, label in enumerate(labels)}
     model, tokenizer = build_model(labels, args, init_from)
+    new_labels: list[str] = []
     if init_from is not None:
         from bot.classifier import read_meta
 
-        init_new_rows(
+        new_labels = init_new_rows(
             model, tokenizer, read_meta(init_from).labels, labels, train, args.max_length, args.seed
         )
     if args.tuned_layers is not None:
@@ -451,6 +489,8 @@ def fine_tune(
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    if align and new_labels:
+        result.aligned = align_new_rows(model, labels, new_labels)
     if args.lora:
         model.encoder = model.encoder.merge_and_unload()
     model.to("cpu").eval()

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from aiohttp.test_utils import TestClient
+from safetensors.torch import load_file
 
 from bot.accounts import SqlAccountStore
 from bot.app import RUNTIME, create_app
+from bot.classifier import HEAD_FILE, read_meta
 from bot.cli import main
 from bot.events import Feedback, Role
 from bot.settings import ConsoleSettings
@@ -374,7 +377,17 @@ async def test_operator_loop_learns_a_new_intent_and_rolls_back(
     report = json.loads((models / "intent" / "v2" / "retrain_report.json").read_text())
     assert report["comparison"]["feedback"]["candidate"]["accuracy"] >= 0.5
     assert report["comparison"]["feedback"]["live"]["accuracy"] == 0.0
-    assert "| cancel_order |" in (models / "intent" / "v2" / "retrain_report.md").read_text()
+    markdown = (models / "intent" / "v2" / "retrain_report.md").read_text()
+    assert "| cancel_order |" in markdown
+    # The new intent's head row was aligned to the old rows' average norm after training.
+    before_norm, after_norm = report["training_set"]["aligned_rows"]["cancel_order"]
+    assert before_norm > 0 and after_norm > 0
+    assert f"cancel_order {before_norm:.3f} -> {after_norm:.3f}" in markdown
+    norms = load_file(str(models / "intent" / "v2" / HEAD_FILE))["weight"].norm(dim=1)
+    row = read_meta(models / "intent" / "v2").labels.index("cancel_order")
+    others = torch.cat([norms[:row], norms[row + 1 :]])
+    assert float(norms[row]) == pytest.approx(float(others.mean()), rel=1e-4)
+    assert after_norm == pytest.approx(float(others.mean()), abs=1e-3)
     listing = await _models_json(capsys, models)
     assert listing["tasks"]["intent"]["live"] == "v2"
 

@@ -10,6 +10,7 @@ from tests.conftest import RUNTIME_ROWS
 from training.arguments import TrainingArguments
 from training.data import Example
 from training.trainer import (
+    align_new_rows,
     build_model,
     class_weights_for,
     collate,
@@ -118,3 +119,34 @@ def test_new_head_rows_start_from_their_examples(runtime_models: Path) -> None:
     assert (old_logits.argmax(-1) == row).float().mean() <= 0.1
     # Without a live model to compare with there is nothing to initialise from.
     assert init_new_rows(model, tokenizer, [], labels, train, args.max_length, 5) == []
+
+
+def test_new_rows_are_aligned_to_the_old_rows_norm() -> None:
+    from bot.classifier import MeanPoolingClassifier
+
+    class Encoder(torch.nn.Module):
+        config = type("Config", (), {"hidden_size": 4})()
+
+    model = MeanPoolingClassifier(Encoder(), 4)
+    rows = torch.tensor(
+        [[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 4.0, 3.0], [0.0, 0.5, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0]]
+    )
+    with torch.no_grad():
+        model.head.weight.copy_(rows)
+    bias = model.head.bias.detach().clone()
+    labels = ["old_a", "old_b", "new_a", "new_b"]
+
+    norms = align_new_rows(model, labels, ["new_a", "new_b"])
+
+    weight = model.head.weight.detach()
+    assert torch.equal(weight[:2], rows[:2])  # old rows untouched
+    # Each new row now has the old rows' average norm (4.0), in its own direction.
+    assert torch.allclose(weight[2:].norm(dim=1), torch.tensor([4.0, 4.0]))
+    assert torch.allclose(weight[2], torch.tensor([0.0, 4.0, 0.0, 0.0]))
+    assert torch.allclose(weight[3], torch.tensor([2.4, 0.0, 3.2, 0.0]))
+    assert torch.equal(model.head.bias.detach(), bias)
+    assert norms == {"new_a": [0.5, 4.0], "new_b": [0.5, 4.0]}
+    # Nothing new, or nothing old to align with: the head is left as it is.
+    assert align_new_rows(model, labels, []) == {}
+    assert align_new_rows(model, labels, labels) == {}
+    assert torch.equal(model.head.weight.detach(), weight)
