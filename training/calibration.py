@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,46 @@ def choose_threshold(
         # text unlike anything seen (near-uniform scores) still abstains.
         return float(min(sorted_conf[k], 0.2)), 1.0, float(running[k])
     return float(sorted_conf[k]), (k + 1) / len(order), float(running[k])
+
+
+CORRECTION_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def weighting_correction(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    class_weights: Sequence[float],
+    steps: Sequence[float] = CORRECTION_STEPS,
+) -> tuple[float, torch.Tensor]:
+    """How much of the loss's class weighting to take back from the decisions.
+
+    A loss weighted by inverse label frequency trains logits that favour the rare labels
+    by about log(weight): the right amount for balanced recall, too much for macro-F1 when
+    the rare labels are also the hardest (each over-call costs the frequent label's
+    precision). Adding `-alpha * log(weight)` to the logits takes back a share `alpha` of
+    it (1: the plain Bayes decision). `alpha` is picked from `steps` by macro-F1 on the
+    validation set, ties going to the smaller correction, so a model the weighting suits is
+    left alone. Labels with weight 0 (no training examples) are not moved.
+
+    Returns:
+        (alpha, the per-label shift to add to the logits, or the head's bias).
+    """
+    from sklearn.metrics import f1_score
+
+    weights = torch.tensor(list(class_weights), dtype=torch.float)
+    log_w = torch.where(weights > 0, weights.clamp_min(1e-12).log(), torch.zeros_like(weights))
+    if len(targets) == 0 or not bool(log_w.any()):
+        return 0.0, torch.zeros_like(weights)
+    logits = logits.detach().float()
+    y = targets.numpy()
+
+    def score(alpha: float) -> float:
+        predicted = (logits - alpha * log_w).argmax(-1).numpy()
+        return float(f1_score(y, predicted, average="macro", zero_division=0))
+
+    scores = {alpha: score(alpha) for alpha in steps}
+    best = max(steps, key=lambda alpha: (scores[alpha], -alpha))
+    return float(best), -best * log_w
 
 
 def calibrate(logits: torch.Tensor, targets: torch.Tensor, target_precision: float) -> Calibration:

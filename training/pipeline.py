@@ -20,7 +20,7 @@ from bot.classifier import ClassifierMeta, TransformerClassifier, save_classifie
 from bot.errors import ModelNotFoundError
 from bot.validation import normalize
 from training.arguments import TrainingArguments
-from training.calibration import calibrate
+from training.calibration import calibrate, weighting_correction
 from training.data import Columns, Example, LoadReport, drop_overlap, load_examples
 from training.evaluation import compute_metrics, plot_confusion, render_report
 from training.registry import FileModelRegistry, ModelVersion
@@ -153,6 +153,14 @@ def fit_classifier(
     val_logits = predict_logits(result.model, val_ids, pad_id)
     index = {label: i for i, label in enumerate(labels)}
     val_targets = torch.tensor([index[e.label] for e in validation], dtype=torch.long)
+    correction = 0.0
+    if result.class_weights is not None:
+        # Folded into the head's bias: the saved model decides the corrected way everywhere.
+        correction, shift = weighting_correction(val_logits, val_targets, result.class_weights)
+        if correction:
+            with torch.no_grad():
+                result.model.head.bias.add_(shift.to(result.model.head.bias.dtype))
+            val_logits = val_logits + shift
     calibration = calibrate(val_logits, val_targets, args.abstain_precision)
     val_metrics = evaluate_examples(
         val_logits, validation, labels, calibration.temperature, calibration.threshold
@@ -171,6 +179,7 @@ def fit_classifier(
             "validation_ece_after": calibration.ece_after,
             "validation_coverage": calibration.coverage,
             "validation_precision_at_threshold": calibration.precision_at_threshold,
+            "class_weighting_taken_back": correction,
         },
         validation_metrics=val_metrics,
     )
@@ -307,10 +316,17 @@ def register_version(
         }
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
         report = render_report(test_metrics, f"{task} model on the {data.test_source}")
+        taken_back = fitted.calibration.get("class_weighting_taken_back", 0.0)
         report += (
             f"\ncalibration: temperature {fitted.temperature:.3f}, validation ECE "
             f"{fitted.calibration['validation_ece_before']:.4f} -> "
-            f"{fitted.calibration['validation_ece_after']:.4f}\n"
+            f"{fitted.calibration['validation_ece_after']:.4f}"
+            + (
+                f", {taken_back:.0%} of the class weighting taken back from the decisions"
+                if taken_back
+                else ""
+            )
+            + "\n"
             f"training: {data.train_size} train / {fitted.validation_metrics['n']} validation / "
             f"{len(data.test)} test examples, {len(result.history)} epoch(s), best epoch "
             f"{result.best_epoch}, {seconds} s\n"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.calibration import (
     calibrate,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
+    weighting_correction,
 )
 
 
@@ -136,3 +138,48 @@ def test_calibrate_reports_a_consistent_threshold() -> None:
     assert result.precision_at_threshold == pytest.approx(correct[answered].mean())
     assert result.precision_at_threshold >= 0.9
     assert 0 < result.coverage < 1
+
+
+PRIOR = torch.tensor([4 / 6, 1 / 6, 1 / 6])
+WEIGHTS = [0.5, 2.0, 2.0]  # inverse label frequency, as `class_weighting` gives it
+
+
+def _scored(seed: int, n: int = 1200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bayes-optimal logits (evidence + log prior) over a frequent label 0 and rare 1, 2."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = torch.tensor([0] * (n * 4 // 6) + [1] * (n // 6) + [2] * (n // 6))
+    evidence = F.one_hot(targets, 3).float() + torch.randn(len(targets), 3, generator=generator)
+    return evidence + PRIOR.log(), targets
+
+
+def _macro_f1(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(targets.numpy(), logits.argmax(-1).numpy(), average="macro"))
+
+
+def test_weighting_correction_takes_back_an_over_correction() -> None:
+    logits, targets = _scored(0)
+    # A weighted loss learns about logits + log(weight); twice that over-calls the rare labels.
+    skewed = logits + 2 * torch.tensor(WEIGHTS).log()
+    alpha, shift = weighting_correction(skewed, targets, WEIGHTS)
+    assert alpha > 0
+    assert torch.allclose(shift, -alpha * torch.tensor(WEIGHTS).log())
+    assert _macro_f1(skewed + shift, targets) > _macro_f1(skewed, targets) + 0.02
+
+
+def test_weighting_correction_leaves_a_model_it_suits_alone() -> None:
+    logits, targets = _scored(1)
+    # A model that already under-calls the rare labels: taking weighting back only hurts.
+    alpha, shift = weighting_correction(logits + PRIOR.log(), targets, WEIGHTS)
+    assert alpha == 0.0 and torch.equal(shift, torch.zeros(3))
+
+
+def test_weighting_correction_without_data_or_with_an_unseen_label() -> None:
+    logits, targets = _scored(2)
+    skewed = logits + 2 * torch.tensor(WEIGHTS).log()
+    assert weighting_correction(skewed[:0], targets[:0], WEIGHTS)[0] == 0.0
+    assert weighting_correction(skewed, targets, [1.0, 1.0, 1.0])[0] == 0.0  # nothing weighted
+    # A label with weight 0 had no training examples: it is never moved.
+    alpha, shift = weighting_correction(skewed, targets, [0.5, 2.0, 0.0])
+    assert alpha > 0 and float(shift[2]) == 0.0
