@@ -423,36 +423,3 @@ class ConversationService:
         feedback_id = await self.store.record_feedback(feedback)
         self.metrics.feedback.labels(feedback.rating or "label").inc()
         return feedback_id
-
-    async def resolve(self, conversation_id: str, agent: str) -> None:
-        """An agent is done: the bot answers this conversation again."""
-        await self.store.resolve(conversation_id, agent)
-        await self.bus.publish(
-            "console",
-            {"type": "escalation.resolved", "conversation_id": conversation_id, "agent": agent},
-        )
-
-    async def agent_reply(self, conversation_id: str, agent: str, text: str) -> Reply:
-        """Store an agent's reply and push it to the customer's channel.
-
-        Raises:
-            NotFoundError: unknown conversation.
-            DeliveryError: stored, but the channel could not deliver it now.
-        """
-        conversation = await self.store.get_conversation(conversation_id)
-        stored = await self.store.add_message(
-            conversation_id, Role.AGENT, text, route=Route.AGENT, details={"agent": agent}
-        )
-        reply = reply_of(stored)
-        await self.bus.publish(
-            "console",
-            {
-                "type": "message",
-                "conversation_id": conversation_id,
-                "channel": conversation.channel,
-                "message_id": stored.id,
-                "status": conversation.status.value,
-            },
-        )
-        await self.dispatcher.deliver(conversation, reply)
-        return reply

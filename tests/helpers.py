@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
-from bot.settings import Settings, load_settings
+from bot.accounts import Agent, SqlAccountStore
+from bot.app import RUNTIME
+from bot.console import ConsoleService
+from bot.settings import ConsoleSettings, Settings, load_settings
+from connectors.console import CONSOLE
 
 
 def runtime_settings(models: Path, db_url: str, **sections: dict[str, Any]) -> Settings:
@@ -49,3 +54,14 @@ BROWSER_TESTS = [
         reason="/usr/bin/chromium is missing; install Debian's chromium (make chromium)",
     ),
 ]
+
+
+async def console_as(
+    app: web.Application, name: str, role: str = "agent"
+) -> tuple[ConsoleService, Agent]:
+    """The app's console service and an account for `name`, as `supportbot agents add` makes
+    it; the caller then acts as that agent (claim, reply, resolve) the way the console does."""
+    agent = await SqlAccountStore(app[RUNTIME].store, ConsoleSettings()).add(
+        name, role, "a long enough password"
+    )
+    return app[CONSOLE].console, agent

@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient
 from bot.app import RUNTIME, create_app
 from bot.events import ConversationStatus
 from bot.settings import Settings
-from tests.helpers import runtime_settings
+from tests.helpers import console_as, runtime_settings
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +89,10 @@ async def test_fallback_ladder_then_handoff_then_silence_until_resolved(
     assert escalation.reason == "repeated_fallback" and escalation.scores["failed_turns"] == 2
     transcript = await runtime.store.transcript(first["conversation_id"])
     assert [m.route for m in transcript if m.role == "customer"] == ["rephrase", "handoff", "agent"]
-    # an agent resolves: the bot answers again
-    await runtime.service.resolve(first["conversation_id"], "agent-ana")
+    # an agent claims and resolves it in the console: the bot answers again
+    console, ana = await console_as(client.app, "agent-ana")
+    await console.claim(first["conversation_id"], ana)
+    await console.resolve(first["conversation_id"], ana)
     fourth = await send(client, "u3", "hello there")
     assert fourth["replies"][0]["route"] == "response" and fourth["status"] == "bot"
 
@@ -294,10 +296,13 @@ async def test_consoles_hear_about_messages_and_escalations(
         assert body["status"] == "waiting"
         kinds = [(await asyncio.wait_for(events.get(), timeout=5))["type"] for _ in range(2)]
         assert kinds == ["message", "escalation.opened"]
-        await client.server.app[RUNTIME].service.resolve(body["conversation_id"], "ana")
+        console, ana = await console_as(client.app, "ana", "operator")
+        closed = await console.resolve(body["conversation_id"], ana)  # operators need no claim
         resolved = await asyncio.wait_for(events.get(), timeout=5)
         assert resolved == {
             "type": "escalation.resolved",
             "conversation_id": body["conversation_id"],
+            "escalation_id": closed.escalation.id,
             "agent": "ana",
+            "outcome": "resolved",
         }

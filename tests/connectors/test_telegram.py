@@ -39,7 +39,7 @@ from connectors.telegram import (
     split_text,
 )
 from tests.fakes.telegram_api import TOKEN, FakeTelegramApi
-from tests.helpers import runtime_settings
+from tests.helpers import console_as, runtime_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 WEBHOOK_URL = "https://support.example.com/telegram/webhook"
@@ -256,7 +256,10 @@ async def test_human_hands_off_then_the_bot_is_silent_and_the_agent_reaches_the_
     await asyncio.sleep(0.2)
     assert len(fake.sent_to(1003)) == 1
 
-    await runtime.service.agent_reply(conversation.id, "ana", "Hi, Ana here")
+    console, ana = await console_as(client.app, "ana")
+    await console.claim(conversation.id, ana)
+    _, delivered = await console.reply(conversation.id, ana, "Hi, Ana here")
+    assert delivered
     agent = fake.sent_to(1003)[-1].params
     assert agent["text"] == "Hi, Ana here" and buttons(agent) == []
 
@@ -322,7 +325,10 @@ async def test_429_is_honoured_then_the_agent_reply_is_delivered_once(
     conversation = await runtime.store.conversation("telegram", "2001")
     fake.fail("sendMessage", times=1, status=429, retry_after=3)
     fake.fail("sendMessage", times=1, status=502)
-    await runtime.service.agent_reply(conversation.id, "ana", "Sorry for the wait")
+    console, ana = await console_as(client.app, "ana")
+    await console.claim(conversation.id, ana)
+    _, taken = await console.reply(conversation.id, ana, "Sorry for the wait")
+    assert taken
     delivered = [c for c in fake.sent_to(2001) if c.params["text"] == "Sorry for the wait"]
     assert len(delivered) == 1
     attempts = [c for c in fake.calls_of("sendMessage", ok_only=False) if not c.ok]

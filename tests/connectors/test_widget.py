@@ -17,7 +17,7 @@ from bot.errors import BadRequestError
 from bot.events import Feedback, Message, Role
 from bot.settings import Settings
 from connectors.widget import WIDGET, _origin_key, parse_frame
-from tests.helpers import runtime_settings
+from tests.helpers import console_as, runtime_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 Socket = aiohttp.ClientWebSocketResponse
@@ -240,15 +240,14 @@ async def test_agent_replies_reach_every_tab_of_that_session_only(
     assert [m["role"] for m in refreshed["messages"]] == ["customer", "bot"]
 
     conversation = await runtime.store.conversation("widget", "session-d1")
-    await runtime.store.claim(conversation.id, "agent-ana")
-    sent = await runtime.service.agent_reply(
-        conversation.id, "agent-ana", "Hi, Ana here. <b>ok</b>"
-    )
+    console, ana = await console_as(client.app, "agent-ana")
+    await console.claim(conversation.id, ana)
+    sent, _ = await console.reply(conversation.id, ana, "Hi, Ana here. <b>ok</b>")
     for tab in (tab1, tab2):
         pushed = await receive(tab)
         assert pushed == {
             "type": "reply",
-            "message_id": sent.message_id,
+            "message_id": sent.id,
             "role": "agent",
             "text": "Hi, Ana here. <b>ok</b>",
             "route": "agent",
@@ -266,12 +265,12 @@ async def test_agent_replies_reach_every_tab_of_that_session_only(
             break
         await asyncio.sleep(0.05)
     assert client.app[WIDGET].open_sockets("session-d1") == []
-    later = await runtime.service.agent_reply(conversation.id, "agent-ana", "Still there?")
+    later, _ = await console.reply(conversation.id, ana, "Still there?")
     ws, restored = await history(client, "session-d1")
     assert restored["status"] == "claimed"
     assert [(m["role"], m["message_id"]) for m in restored["messages"][-2:]] == [
-        ("agent", sent.message_id),
-        ("agent", later.message_id),
+        ("agent", sent.id),
+        ("agent", later.id),
     ]
     await ws.close()
 

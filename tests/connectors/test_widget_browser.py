@@ -15,7 +15,7 @@ from bot.app import RUNTIME, create_app
 from bot.events import Role
 from bot.settings import Settings
 from connectors.widget import WIDGET
-from tests.helpers import ARTIFACTS, BROWSER_TESTS, runtime_settings
+from tests.helpers import ARTIFACTS, BROWSER_TESTS, console_as, runtime_settings
 
 pytestmark = BROWSER_TESTS
 
@@ -188,8 +188,9 @@ messages:
 
     runtime = app[RUNTIME]
     conversation = await runtime.store.conversation("widget", await session_of(page))
-    await runtime.store.claim(conversation.id, "agent-ana")
-    await runtime.service.agent_reply(conversation.id, "agent-ana", "Hi, I'm Ana. Let me look.")
+    console, ana = await console_as(app, "agent-ana")
+    await console.claim(conversation.id, ana)
+    await console.reply(conversation.id, ana, "Hi, I'm Ana. Let me look.")
     agent = page.locator(".message.agent")
     await expect(agent.locator(".text")).to_have_text(["Hi, I'm Ana. Let me look."])
     await expect(agent.locator(".author")).to_have_text("Agent")
@@ -201,13 +202,13 @@ messages:
     await box.press("Enter")
     await expect(page.locator(".message.customer.pending")).to_have_count(0)
     await expect(page.locator(".message.customer .text").last).to_have_text(markup)
-    await runtime.service.agent_reply(conversation.id, "agent-ana", "<i>not italic</i>")
+    await console.reply(conversation.id, ana, "<i>not italic</i>")
     await expect(agent.locator(".text").last).to_have_text("<i>not italic</i>")
     assert await page.get_by_role("log").locator("img, b, i").count() == 0
 
     # While the panel is closed, an agent reply shows as unread on the launcher.
     await page.keyboard.press("Escape")
-    await runtime.service.agent_reply(conversation.id, "agent-ana", "Found it: it ships today.")
+    await console.reply(conversation.id, ana, "Found it: it ships today.")
     await expect(page.locator(".badge")).to_have_text("1")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.get_by_role("button", name="Chat with us: Brightcart support").click()
