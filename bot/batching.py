@@ -88,7 +88,9 @@ class MicroBatcher(Generic[T, R]):
                 if remaining <= 0:
                     break  # with max_wait 0: run now with whatever has queued
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    # Not wait_for: on Python 3.11 it can drop a cancel (see bot/nlu.py).
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self._queue.get())
                 except TimeoutError:
                     break
             live = [(item, fut) for item, fut in batch if not fut.cancelled()]

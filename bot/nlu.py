@@ -339,8 +339,11 @@ class TransformerUnderstander:
 
     async def _watch(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that arrives
+            # as the nudge is set, and `stop` would then wait a whole interval, or for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._nudge.wait(), self.reload_interval_s)
+                async with asyncio.timeout(self.reload_interval_s):
+                    await self._nudge.wait()
             self._nudge.clear()
             try:
                 await self.reload_if_changed()

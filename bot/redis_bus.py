@@ -347,7 +347,8 @@ class RedisTurnLocks:
     async def _renew(self, lock: Lock, key: str, done: asyncio.Event) -> None:
         while not done.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), self.ttl_s / 3)
+                async with asyncio.timeout(self.ttl_s / 3):  # not wait_for: see bot/nlu.py
+                    await done.wait()
             if done.is_set():
                 return
             try:
