@@ -122,12 +122,19 @@ def test_new_head_rows_start_from_their_examples(runtime_models: Path) -> None:
 
 
 def test_new_rows_are_aligned_to_the_old_rows_norm() -> None:
+    from transformers import BertConfig, BertModel
+
     from bot.classifier import MeanPoolingClassifier
 
-    class Encoder(torch.nn.Module):
-        config = type("Config", (), {"hidden_size": 4})()
-
-    model = MeanPoolingClassifier(Encoder(), 4)
+    # A tiny real encoder: only the head's geometry matters here.
+    tiny = BertConfig(
+        vocab_size=16,
+        hidden_size=4,
+        num_hidden_layers=1,
+        num_attention_heads=1,
+        intermediate_size=8,
+    )
+    model = MeanPoolingClassifier(BertModel(tiny), 4)
     rows = torch.tensor(
         [[3.0, 0.0, 0.0, 0.0], [0.0, 0.0, 4.0, 3.0], [0.0, 0.5, 0.0, 0.0], [0.3, 0.0, 0.4, 0.0]]
     )
