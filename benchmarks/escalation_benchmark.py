@@ -51,11 +51,10 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from bot.errors import ModelNotFoundError
-from bot.escalation import EscalationPolicy
-from bot.events import Understanding
-from bot.nlu import ModelSet
-from bot.settings import EscalationSettings
+from bot.core.errors import ModelNotFoundError
+from bot.core.escalation import EscalationPolicy, EscalationSettings
+from bot.core.records import Understanding
+from bot.nlu.understander import ModelSet
 
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 STC3 = Path("stc3_helpdesk") / "train_data_en.json"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.nlu import ModelSet
+    from bot.nlu.understander import ModelSet
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZES = (1, 8, 32, 128)
@@ -165,8 +165,8 @@ def main() -> int:
 
     import torch
 
-    from bot.errors import ModelNotFoundError
-    from bot.nlu import ModelSet
+    from bot.core.errors import ModelNotFoundError
+    from bot.nlu.understander import ModelSet
 
     utterances = read_utterances(ns.data / "utterances.csv")
     pool = list(
@@ -195,7 +195,7 @@ def main() -> int:
     print(f"load: fp32 {fp32_load:.1f} s, int8 {int8_load:.1f} s (including quantization)")
     print(f"texts: {len(pool)} distinct customer texts; batches sampled from them")
     print()
-    # In one worker thread, as the service runs every model call (bot/app.py): on a busy
+    # In one worker thread, as the service runs every model call (bot/app/factory.py): on a busy
     # machine, torch's OpenMP team in the main thread was measured 20-50x slower than the same
     # calls in a worker thread, which would say nothing about the service.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as worker:

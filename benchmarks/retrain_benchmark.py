@@ -32,11 +32,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from bot.accounts import SqlAccountStore
-from bot.classifier import TransformerClassifier
-from bot.events import Feedback
+from bot.core.records import Feedback
+from bot.nlu.classifier import TransformerClassifier
 from bot.settings import ConsoleSettings, load_settings
-from bot.store import SqlConversationStore
+from bot.store.accounts import SqlAccountStore
+from bot.store.conversations import SqlConversationStore
 from training.arguments import TrainingArguments
 from training.data import Example
 from training.pipeline import evaluate_model, train_task

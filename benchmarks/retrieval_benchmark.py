@@ -29,7 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.retrieval import AnswerPair, EmbeddingAnswerIndex, SentenceEmbedder, normalize
+from bot.core.datafiles import normalize
+from bot.retrieval.embedder import SentenceEmbedder
+from bot.retrieval.index import EmbeddingAnswerIndex
+from bot.retrieval.sources import AnswerPair
 
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 BITEXT = Path("bitext_customer_support") / "Bitext_Sample_Customer_Support_Training_Dataset.csv"

@@ -165,7 +165,7 @@ class Server:
         script = Path(sys.executable).with_name("supportbot")
         if script.is_file():
             return [str(script), "serve", "--port", str(self.port)]
-        return [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)]
+        return [sys.executable, "-m", "bot.app.cli", "serve", "--port", str(self.port)]
 
     def log_tail(self, lines: int = 30) -> str:
         try:

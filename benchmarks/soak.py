@@ -41,8 +41,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 60.0
-# Reconnect backoff as widget.js does it: doubling from 1 s to 30 s, +-25 % jitter.
-BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 30.0
+# Reconnect backoff as the widget does it (connectors/static/lib/backoff.js): doubling from
+# 0.5 s to 15 s, +-25 % jitter.
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 15.0
 
 
 def customer_texts(path: Path) -> list[str]:

@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bot.events import Route, Scored, Turn, Understanding
-from bot.store import SqlConversationStore
+from bot.core.records import Route, Scored, Turn, Understanding
+from bot.store.conversations import SqlConversationStore
 
 UNDERSTOOD = Understanding(
     "order_status",

@@ -19,7 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from bot.errors import ConfigurationError
+from bot.core.errors import ConfigurationError
+from bot.core.escalation import EscalationSettings
 
 
 class ServerSettings(BaseModel):
@@ -103,35 +104,10 @@ class RetrievalSettings(BaseModel):
     build_if_missing: bool = Field(True, description="build the index on first start")
 
 
-class EscalationSettings(BaseModel):
-    """When the bot hands a conversation to a person."""
-
-    negative_message: float = Field(
-        0.95, description="escalate a message whose negativity (P(neg) - P(pos)) reaches this"
-    )
-    trend_window: int = Field(3, ge=2, description="customer messages in the trend window")
-    negative_trend: float = Field(
-        0.7, description="escalate when mean negativity over the window reaches this"
-    )
-    max_failed_turns: int = Field(2, ge=1, description="fallbacks in a row before a hand-off")
-    handoff_intents: list[str] = Field(
-        ["talk_to_human"], description='intents that mean "I want a person"'
-    )
-    handoff_min_confidence: float = Field(
-        0.5, ge=0, le=1, description="confidence a hand-off intent needs"
-    )
-    unclaimed_timeout_s: float = Field(
-        300.0,
-        gt=0,
-        description="an escalation no agent claimed for this long: the customer is told once "
-        "(routing message `unclaimed`)",
-    )
-
-
 class RoutingSettings(BaseModel):
     """Per-intent routing (YAML); the packaged default serves the sample shop."""
 
-    config: Path | None = Field(None, description="routing YAML (default: bot/routing.yml)")
+    config: Path | None = Field(None, description="routing YAML (default: bot/core/routing.yml)")
 
 
 class WidgetSettings(BaseModel):

@@ -4,8 +4,8 @@ The contract with the pages is `docs/console.md`. Everything under `/console` ne
 session (a cookie holding a random token) except the sign-in page, the static assets and
 `POST /console/api/session`. Every state-changing API request must also carry the session's
 CSRF token in `X-CSRF-Token`. Only translation and the session checks live here: the use cases
-are `bot.console.ConsoleService`, accounts are `bot.accounts.SqlAccountStore`, and domain
-errors become status codes in `bot.app.error_middleware`.
+are `bot.core.desk.AgentDesk`, accounts are `bot.store.accounts.SqlAccountStore`, and domain
+errors become status codes in `bot.app.factory.error_middleware`.
 """
 
 from __future__ import annotations
@@ -15,21 +15,28 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
-from bot.accounts import AgentSession, SqlAccountStore
-from bot.bus import EventBus, Subscription
-from bot.console import TOPIC, ConsoleService
-from bot.console_store import Closed, ConversationView, Dashboard, MessageLabels, QueueItem
-from bot.errors import BadRequestError, ForbiddenError, UnauthorizedError
-from bot.events import EscalationRecord, Role, StoredMessage
+from bot.core.background import cancel_and_wait
+from bot.core.bus import EventBus, Subscription
+from bot.core.desk import (
+    TOPIC,
+    AgentDesk,
+    ConversationView,
+    Dashboard,
+    EscalationNotice,
+    MessageLabels,
+    QueueItem,
+)
+from bot.core.errors import BadRequestError, ForbiddenError, UnauthorizedError
+from bot.core.ports import SessionStore
+from bot.core.records import AgentSession, EscalationRecord, Role, StoredMessage
 from bot.settings import ConsoleSettings
-from bot.tasks import cancel_and_wait
-from connectors.rest import read_json
+from connectors.http import id_field, path_id, read_json, text_field
+from connectors.static_files import JAVASCRIPT, asset_response, read_static
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +44,23 @@ COOKIE = "supportbot_console"
 CSRF_HEADER = "X-CSRF-Token"
 PAGE = "console.html"
 SIGN_IN_PAGE = "console-sign-in.html"
+# Everything /console/static/{name} serves; any other name, `../x` included, is a 404.
 ASSETS = {
-    "console.js": "text/javascript",
     "console.css": "text/css",
-    "console-sign-in.js": "text/javascript",
+    "console-sign-in.js": JAVASCRIPT,
+    "console.js": JAVASCRIPT,  # the console's entry module; it imports the modules below
+    "console/alerts.js": JAVASCRIPT,
+    "console/api.js": JAVASCRIPT,
+    "console/charts.js": JAVASCRIPT,
+    "console/conversation.js": JAVASCRIPT,
+    "console/dashboard.js": JAVASCRIPT,
+    "console/events.js": JAVASCRIPT,
+    "console/format.js": JAVASCRIPT,
+    "console/queue.js": JAVASCRIPT,
+    "console/tabs.js": JAVASCRIPT,
+    "lib/backoff.js": JAVASCRIPT,
+    "lib/dom.js": JAVASCRIPT,
+    "lib/storage.js": JAVASCRIPT,
 }
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 HEARTBEAT_S = 30.0
@@ -58,47 +78,13 @@ ApiHandler = Callable[[web.Request, AgentSession], Awaitable[web.StreamResponse]
 
 
 def _static(name: str) -> str:
-    path = resources.files("connectors").joinpath("static", name)
     try:
-        return path.read_text(encoding="utf-8")
+        return read_static(name)
     except FileNotFoundError as exc:
         raise web.HTTPNotFound(text=f"{name} is missing from connectors/static") from exc
 
 
 # -- parsers: JSON bodies -> arguments -----------------------------------------------------------
-
-
-def _text(body: dict[str, Any], key: str, required: bool, max_chars: int) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise BadRequestError(f'field "{key}" is missing; it is required')
-        return None
-    if not isinstance(value, str):
-        raise BadRequestError(f'field "{key}" must be a string, not {type(value).__name__}')
-    if required and not value.strip():
-        raise BadRequestError(f'field "{key}" is empty')
-    if len(value) > max_chars:
-        raise BadRequestError(
-            f'field "{key}" has {len(value)} characters; the limit is {max_chars}'
-        )
-    return value
-
-
-def _id(body: dict[str, Any], key: str, required: bool) -> int | None:
-    value = body.get(key)
-    if value is None and not required:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequestError(f'field "{key}" must be the integer id of a message')
-    return value
-
-
-def _message_id(request: web.Request) -> int:
-    raw = request.match_info["message_id"]
-    if not raw.isdigit():
-        raise BadRequestError(f"message id {raw!r} is not a number")
-    return int(raw)
 
 
 # -- renderers: records -> JSON ------------------------------------------------------------------
@@ -239,7 +225,7 @@ def render_dashboard(dashboard: Dashboard) -> dict[str, Any]:
     return {"days": days, "intents": intents, "totals": totals}
 
 
-def render_closed(closed: Closed) -> dict[str, Any]:
+def render_closed(closed: EscalationNotice) -> dict[str, Any]:
     return {"escalation": render_escalation(closed.escalation)}
 
 
@@ -301,8 +287,8 @@ class ConsoleConnector:
 
     def __init__(
         self,
-        console: ConsoleService,
-        accounts: SqlAccountStore,
+        console: AgentDesk,
+        accounts: SessionStore,
         bus: EventBus,
         settings: ConsoleSettings,
         public_url: str | None,
@@ -321,7 +307,7 @@ class ConsoleConnector:
         app.router.add_get("/console", self.page)
         app.router.add_get("/console/", self.page)
         app.router.add_get("/console/sign-in", self.sign_in_page)
-        app.router.add_get("/console/static/{name}", self.asset)
+        app.router.add_get("/console/static/{name:.+}", self.asset)
         app.router.add_post(f"{api}/session", self.sign_in)
         app.router.add_delete(f"{api}/session", self._api(self.sign_out))
         app.router.add_get(f"{api}/me", self._api(self.me))
@@ -370,8 +356,10 @@ class ConsoleConnector:
 
     async def sign_in(self, request: web.Request) -> web.Response:
         body = await read_json(request)
-        name = _text(body, "name", True, MAX_NAME_CHARS)
-        password = _text(body, "password", True, MAX_PASSWORD_CHARS)
+        name = text_field(body, "name", required=True, max_chars=MAX_NAME_CHARS)
+        password = text_field(
+            body, "password", required=True, max_chars=MAX_PASSWORD_CHARS, strip=False
+        )
         assert name is not None and password is not None
         signed = await self.accounts.sign_in(name.strip(), password, client_address(request))
         agent = signed.session.agent
@@ -430,16 +418,7 @@ class ConsoleConnector:
         )
 
     async def asset(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        content_type = ASSETS.get(name)
-        if content_type is None:
-            raise web.HTTPNotFound(text=f"no console asset {name!r}")
-        return web.Response(
-            text=_static(name),
-            content_type=content_type,
-            charset="utf-8",
-            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
-        )
+        return asset_response(request.match_info["name"], ASSETS, cache_control="no-cache")
 
     # -- the queue and conversations ---------------------------------------------------------
 
@@ -471,7 +450,9 @@ class ConsoleConnector:
 
     async def reply(self, request: web.Request, session: AgentSession) -> web.Response:
         body = await read_json(request)
-        text = _text(body, "text", True, self.max_message_chars)
+        text = text_field(
+            body, "text", required=True, max_chars=self.max_message_chars, strip=False
+        )
         assert text is not None
         message, delivered = await self.console.reply(
             request.match_info["conversation_id"], session.agent, text
@@ -485,17 +466,17 @@ class ConsoleConnector:
     async def label_message(self, request: web.Request, session: AgentSession) -> web.Response:
         body = await read_json(request)
         feedback_id = await self.console.label_message(
-            _message_id(request),
+            path_id(request, "message_id"),
             session.agent,
-            intent=_text(body, "intent", False, 64),
-            sentiment=_text(body, "sentiment", False, 16),
-            rating=_text(body, "rating", False, 16),
+            intent=text_field(body, "intent", required=False, max_chars=64),
+            sentiment=text_field(body, "sentiment", required=False, max_chars=16),
+            rating=text_field(body, "rating", required=False, max_chars=16),
         )
         return web.json_response({"id": feedback_id}, status=201)
 
     async def label_conversation(self, request: web.Request, session: AgentSession) -> web.Response:
         body = await read_json(request)
-        sentiment = _text(body, "sentiment", True, 16)
+        sentiment = text_field(body, "sentiment", required=True, max_chars=16)
         assert sentiment is not None
         label_id = await self.console.label_conversation(
             request.match_info["conversation_id"], session.agent, sentiment
@@ -504,14 +485,14 @@ class ConsoleConnector:
 
     async def approve_answer(self, request: web.Request, session: AgentSession) -> web.Response:
         body = await read_json(request)
-        answer_id = _id(body, "answer_message_id", True)
+        answer_id = id_field(body, "answer_message_id", required=True)
         assert answer_id is not None
         approved_id = await self.console.approve_answer(
             session.agent,
             answer_id,
-            question_message_id=_id(body, "question_message_id", False),
-            question=_text(body, "question", False, self.max_message_chars),
-            intent=_text(body, "intent", False, 64),
+            question_message_id=id_field(body, "question_message_id", required=False),
+            question=text_field(body, "question", required=False, max_chars=self.max_message_chars),
+            intent=text_field(body, "intent", required=False, max_chars=64),
         )
         return web.json_response({"id": approved_id}, status=201)
 

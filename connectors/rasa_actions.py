@@ -29,8 +29,8 @@ from rasa_sdk.types import DomainDict
 from sanic import Sanic
 from yarl import URL
 
-from bot.errors import ConfigurationError, SupportbotError
-from bot.events import (
+from bot.core.errors import ConfigurationError, SupportbotError
+from bot.core.records import (
     Answer,
     ConversationStatus,
     Reply,
@@ -39,7 +39,7 @@ from bot.events import (
     Scored,
     Understanding,
 )
-from bot.service import HandleResult
+from bot.core.service import HandleResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -3,21 +3,21 @@ action server (`connectors/rasa_actions.py`) calls: answer search, understanding
 
 Only translation lives here: JSON payload -> `Message` / `Feedback` (the parsers) and
 `HandleResult` / `StoredMessage` -> JSON (the renderers). Domain errors raised here or in the
-core are mapped to HTTP status codes in one place, `bot.app.error_middleware`.
+core are mapped to HTTP status codes in one place, `bot.app.factory.error_middleware`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from bot.errors import BadRequestError
-from bot.events import Answer, Feedback, Message, Reply, StoredMessage, Understanding
-from bot.service import ConversationService, HandleResult
+from bot.core.errors import BadRequestError
+from bot.core.records import Answer, Feedback, Message, Reply, StoredMessage, Understanding
+from bot.core.service import ConversationService, HandleResult
+from connectors.http import id_value, read_json, text_field
 
 CHANNEL = "rest"
 RASA_CHANNEL = "rasa-rest"
@@ -36,31 +36,9 @@ class AnswerQuery:
     intent: str | None = None
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a BadRequestError saying what is wrong."""
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"the body is not valid JSON ({exc}); send a JSON object") from exc
-    if not isinstance(body, dict):
-        raise BadRequestError(f"the body must be a JSON object, not {type(body).__name__}")
-    return body
-
-
 def _string(body: dict[str, Any], key: str, required: bool, max_chars: int) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise BadRequestError(f'field "{key}" is missing; it is required')
-        return None
-    if not isinstance(value, str | int) or isinstance(value, bool):
-        raise BadRequestError(f'field "{key}" must be a string, not {type(value).__name__}')
-    text = str(value).strip()
-    if required and not text:
-        raise BadRequestError(f'field "{key}" is empty; send some text')
-    if len(text) > max_chars:
-        raise BadRequestError(f'field "{key}" has {len(text)} characters; the limit is {max_chars}')
-    return text
+    # REST clients may send ids as numbers (e.g. a Telegram chat id as `sender`).
+    return text_field(body, key, required=required, max_chars=max_chars, numbers=True)
 
 
 def parse_message(body: dict[str, Any], max_chars: int) -> Message:
@@ -72,7 +50,8 @@ def parse_message(body: dict[str, Any], max_chars: int) -> Message:
         channel=CHANNEL,
         sender=sender,
         text=text,
-        client_id=_string(body, "client_id", False, MAX_ID_CHARS),
+        # An empty client id is no id: it must not make the next message a "duplicate".
+        client_id=_string(body, "client_id", False, MAX_ID_CHARS) or None,
         sender_name=_string(body, "name", False, MAX_ID_CHARS),
     )
 
@@ -120,9 +99,7 @@ def parse_handoff(body: dict[str, Any], max_chars: int) -> Message:
 
 def parse_feedback(body: dict[str, Any]) -> Feedback:
     """`{"message_id", "rating": "up"|"down", "comment"?}` -> Feedback."""
-    message_id = body.get("message_id")
-    if not isinstance(message_id, int) or isinstance(message_id, bool):
-        raise BadRequestError('field "message_id" must be the integer id of a bot reply')
+    message_id = id_value(body.get("message_id"), "message_id", "a bot reply")
     rating = body.get("rating")
     if rating not in ("up", "down"):
         raise BadRequestError('field "rating" must be "up" or "down"')
@@ -229,12 +206,14 @@ class RestConnector:
 
     async def search_answers(self, request: web.Request) -> web.Response:
         query = parse_answer_query(await read_json(request), self.max_message_chars)
-        answers = await self.service.answers.search(query.text, k=query.k, intent=query.intent)
-        return web.json_response(render_answers(answers, self.service.min_answer_score))
+        answers, min_score = await self.service.search_answers(
+            query.text, k=query.k, intent=query.intent
+        )
+        return web.json_response(render_answers(answers, min_score))
 
     async def understand(self, request: web.Request) -> web.Response:
         text = parse_text(await read_json(request), self.max_message_chars)
-        understanding = await self.service.understander.understand(text)
+        understanding = await self.service.understand(text)
         return web.json_response(render_understanding(understanding))
 
     async def post_handoff(self, request: web.Request) -> web.Response:
@@ -244,8 +223,7 @@ class RestConnector:
 
     async def get_transcript(self, request: web.Request) -> web.Response:
         conversation_id = request.match_info["conversation_id"]
-        conversation = await self.service.store.get_conversation(conversation_id)
-        messages = await self.service.store.transcript(conversation_id)
+        conversation, messages = await self.service.transcript(conversation_id)
         return web.json_response(
             {
                 "conversation_id": conversation.id,

@@ -14,7 +14,6 @@ import contextlib
 import datetime as dtm
 import hmac
 import html
-import json
 import logging
 import re
 import warnings
@@ -51,12 +50,14 @@ from telegram.ext import (
 )
 from telegram.warnings import PTBDeprecationWarning
 
-from bot.delivery import DeliveryError, Dispatcher
-from bot.errors import BadRequestError, ConfigurationError, NotFoundError
-from bot.events import Conversation, Feedback, Message, Reply
-from bot.service import ConversationService, HandleResult
+from bot.core.background import cancel_and_wait
+from bot.core.delivery import DeliveryError, Dispatcher
+from bot.core.errors import BadRequestError, ConfigurationError, NotFoundError
+from bot.core.locks import KeyedLocks
+from bot.core.records import Conversation, Feedback, Message, Reply
+from bot.core.service import ConversationService, HandleResult
 from bot.settings import TelegramSettings
-from bot.tasks import cancel_and_wait
+from connectors.http import read_json
 
 log = logging.getLogger(__name__)
 
@@ -289,29 +290,15 @@ class ChatOrderedUpdateProcessor(BaseUpdateProcessor):
 
     def __init__(self, max_concurrent_updates: int) -> None:
         super().__init__(max_concurrent_updates)
-        self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+        self._chats: KeyedLocks[int] = KeyedLocks()
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
         chat = update.effective_chat if isinstance(update, Update) else None
         if chat is None:
             await coroutine
             return
-        async with self._hold(chat.id):
+        async with self._chats.hold(chat.id):
             await coroutine
-
-    @contextlib.asynccontextmanager
-    async def _hold(self, chat_id: int) -> AsyncIterator[None]:
-        lock, users = self._locks.get(chat_id, (asyncio.Lock(), 0))
-        self._locks[chat_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[chat_id]
-            if users == 1:
-                del self._locks[chat_id]
-            else:
-                self._locks[chat_id] = (lock, users - 1)
 
     async def initialize(self) -> None:
         """Nothing to set up."""
@@ -539,12 +526,7 @@ class TelegramConnector:
         application = self._application
         if application is None:
             return web.json_response({"error": "the Telegram connector is not running"}, status=503)
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequestError(f"the body is not valid JSON ({exc}); send an Update") from exc
-        if not isinstance(body, dict):
-            raise BadRequestError(f"the body must be a JSON Update object, not {type(body)}")
+        body = await read_json(request, "the Update")
         try:
             update = Update.de_json(body, application.bot)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:

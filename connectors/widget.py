@@ -47,15 +47,14 @@ import html
 import json
 import logging
 import re
-from importlib import resources
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from yarl import URL
 
-from bot.delivery import Dispatcher
-from bot.errors import BadRequestError, StoreUnavailableError, SupportbotError
-from bot.events import (
+from bot.core.delivery import Dispatcher
+from bot.core.errors import BadRequestError, StoreUnavailableError, SupportbotError
+from bot.core.records import (
     Conversation,
     ConversationStatus,
     Feedback,
@@ -64,8 +63,10 @@ from bot.events import (
     Role,
     StoredMessage,
 )
-from bot.service import ConversationService, reply_of
+from bot.core.service import ConversationService, reply_of
 from bot.settings import WidgetSettings
+from connectors.http import check_text, id_value, parse_json_object, text_field
+from connectors.static_files import inline_modules, read_static
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,6 @@ CONFIG_MARKER = re.compile(r"/\*config\*/.*?/\*config\*/", re.DOTALL)
 FRAME_TYPES = ("message", "feedback", "typing")
 
 
-def _static(name: str) -> str:
-    return resources.files("connectors").joinpath("static", name).read_text(encoding="utf-8")
-
-
 # -- parser: browser frame -> Message / Feedback ------------------------------------------------
 
 
@@ -91,33 +88,24 @@ def parse_frame(data: str, session: str, max_chars: int) -> Message | Feedback |
     Raises:
         BadRequestError: the frame is not what the protocol expects; says what to send.
     """
-    try:
-        frame = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(f"the frame is not valid JSON ({exc}); send a JSON object") from exc
-    if not isinstance(frame, dict):
-        raise BadRequestError(f"a frame must be a JSON object, not {type(frame).__name__}")
+    frame = parse_json_object(data, "the frame")
     kind = frame.get("type")
     if kind == "message":
-        text = frame.get("text")
-        if not isinstance(text, str) or not text.strip():
-            raise BadRequestError('field "text" must be a non-empty string; send some text')
-        text = text.strip()
-        if len(text) > max_chars:
-            raise BadRequestError(
-                f'field "text" has {len(text)} characters; the limit is {max_chars}'
-            )
+        text = text_field(frame, "text", required=True, max_chars=max_chars)
+        assert text is not None
         client_id = frame.get("client_id")
-        if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_ID_CHARS:
+        if (
+            not isinstance(client_id, str)
+            or not 0 < len(client_id.strip()) <= MAX_ID_CHARS
+            or check_text(client_id, "client_id") != client_id
+        ):
             raise BadRequestError(
                 f'field "client_id" must be a string of 1-{MAX_ID_CHARS} characters, unique per '
                 "message, so that a resent message is not answered twice"
             )
         return Message(channel=CHANNEL, sender=session, text=text, client_id=client_id)
     if kind == "feedback":
-        message_id = frame.get("message_id")
-        if not isinstance(message_id, int) or isinstance(message_id, bool):
-            raise BadRequestError('field "message_id" must be the integer id of a bot reply')
+        message_id = id_value(frame.get("message_id"), "message_id", "a bot reply")
         rating = frame.get("rating")
         if rating not in ("up", "down"):
             raise BadRequestError('field "rating" must be "up" or "down"')
@@ -130,11 +118,12 @@ def parse_frame(data: str, session: str, max_chars: int) -> Message | Feedback |
 def _client_id_of(data: str) -> str | None:
     """The client_id of a refused frame, if it has a usable one (for the error frame)."""
     try:
-        frame = json.loads(data)
-    except json.JSONDecodeError:
+        client_id = parse_json_object(data, "the frame").get("client_id")
+        if not isinstance(client_id, str):
+            return None
+        return check_text(client_id, "client_id") if 0 < len(client_id) <= MAX_ID_CHARS else None
+    except BadRequestError:
         return None
-    client_id = frame.get("client_id") if isinstance(frame, dict) else None
-    return client_id if isinstance(client_id, str) and len(client_id) <= MAX_ID_CHARS else None
 
 
 # -- renderers: our types -> server frames -------------------------------------------------------
@@ -223,11 +212,14 @@ class WidgetConnector:
             "maxQueued": settings.max_queued_messages,
             "maxChars": max_message_chars,
         }
+        # One classic script for embedders: the shared lib/ modules pasted in, then the config.
         self._script = CONFIG_MARKER.sub(
-            lambda _: f"/*config*/{json.dumps(config)}/*config*/", _static("widget.js"), count=1
+            lambda _: f"/*config*/{json.dumps(config)}/*config*/",
+            inline_modules(read_static("widget.js")),
+            count=1,
         )
-        self._stylesheet = _static("widget.css")
-        self._demo = _static("demo.html")
+        self._stylesheet = read_static("widget.css")
+        self._demo = read_static("demo.html")
         dispatcher.register(CHANNEL, self, local_only=True)
 
     def add_routes(self, app: web.Application) -> None:
@@ -360,37 +352,16 @@ class WidgetConnector:
         self, ws: web.WebSocketResponse, session: str, feedback: Feedback
     ) -> None:
         try:
-            await self._check_rateable(session, feedback.message_id)
-            await self.service.record_feedback(feedback)
+            await self.service.record_customer_feedback(CHANNEL, session, feedback)
         except SupportbotError as exc:
             await ws.send_json(render_error(str(exc)))
             return
         await ws.send_json({"type": "feedback_ok", "message_id": feedback.message_id})
 
-    async def _check_rateable(self, session: str, message_id: int) -> None:
-        """A widget customer may rate the bot replies of their own conversation only."""
-        conversation = await self.service.store.find_conversation(CHANNEL, session)
-        transcript = (
-            [] if conversation is None else await self.service.store.transcript(conversation.id)
-        )
-        for message in transcript:
-            if message.id == message_id:
-                if not reply_of(message).rateable:
-                    raise BadRequestError(
-                        f"message {message_id} is not a rateable bot answer; only answers "
-                        "shown with feedback buttons can be rated"
-                    )
-                return
-        raise BadRequestError(
-            f"message {message_id} is not part of this conversation; rate a reply shown in "
-            "this chat"
-        )
-
     async def _history(self, session: str) -> dict[str, Any]:
-        conversation = await self.service.store.find_conversation(CHANNEL, session)
+        conversation, messages = await self.service.history(CHANNEL, session, HISTORY_LIMIT)
         if conversation is None:  # a visitor who has not written yet
             return render_history([], ConversationStatus.BOT)
-        messages = await self.service.store.transcript(conversation.id, limit=HISTORY_LIMIT)
         return render_history(messages, conversation.status)
 
     async def _refresh_other_tabs(self, session: str, sender: web.WebSocketResponse) -> None:

@@ -1,13 +1,16 @@
-"""Shared fixtures: a small realistic labelled set and one real fine-tuned model per session."""
+"""Shared fixtures: a small realistic labelled set, one real fine-tuned model per session,
+and an empty database of each backend the store runs on."""
 
 from __future__ import annotations
 
 import csv
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import needs_postgres, pg_schema
 from training.arguments import TrainingArguments
 from training.pipeline import TrainingRun, train_task
 
@@ -92,6 +95,23 @@ def write_tiny_csv(path: Path) -> Path:
 def sqlite_url(tmp_path: Path) -> str:
     """A fresh SQLite store file for one test."""
     return f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgresql", id="postgresql", marks=needs_postgres),
+    ]
+)
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """An empty database of each backend: SQLite, a file under a not-yet-existing directory;
+    PostgreSQL, a schema of its own on the local server (skipped, with the reason, when no
+    server answers)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'supportbot.db'}"
+    else:
+        async with pg_schema() as url:
+            yield url
 
 
 @pytest.fixture
@@ -222,7 +242,8 @@ def runtime_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models directory with live intent + sentiment models and an answer index."""
     import json
 
-    from bot.retrieval import EmbeddingAnswerIndex, build_answer_pairs
+    from bot.retrieval.index import EmbeddingAnswerIndex
+    from bot.retrieval.sources import build_answer_pairs
 
     folder = tmp_path_factory.mktemp("runtime")
     data = folder / "shop.csv"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.cli import build_parser
+from bot.app.cli import build_parser
 from bot.settings import Settings
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from bot.retrieval import build_answer_pairs
+from bot.retrieval.sources import build_answer_pairs
 from training.data import load_examples
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bot.errors import ConfigurationError
-from bot.models import DEFAULT_BACKBONE
+from bot.core.errors import ConfigurationError
+from bot.nlu.artifacts import DEFAULT_BACKBONE
 
 CLASS_WEIGHTING = ("auto", "balanced", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -47,7 +47,7 @@ class TrainingArguments:
         tuned_layers: fine-tune only this many top transformer layers (and the head); the
             embeddings and the layers below stay the backbone's. The runtime then computes
             those shared layers once per message for intent, sentiment and the answer index
-            (see bot/shared_encoder.py). None fine-tunes every layer.
+            (see bot/nlu/shared_encoder.py). None fine-tunes every layer.
         lora: train LoRA adapters (peft) instead of the whole encoder; for large backbones.
         mixed_precision: `auto` uses bf16/fp16 autocast on a GPU and full precision on CPU.
         abstain_precision: the stored abstain threshold is the lowest calibrated confidence

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from training.arguments import TrainingArguments
 from training.data import TASKS, Columns, load_examples
 from training.registry import FileModelRegistry
@@ -205,7 +205,7 @@ def run_train(ns: argparse.Namespace) -> int:
 
 
 def run_evaluate(ns: argparse.Namespace) -> int:
-    from bot.classifier import TransformerClassifier
+    from bot.nlu.classifier import TransformerClassifier
     from training.evaluation import plot_confusion, render_report
     from training.pipeline import evaluate_model
 

@@ -1,6 +1,6 @@
 """Reading and validating labelled support data.
 
-Three input shapes are accepted (see ARCHITECTURE.md):
+Three input shapes are accepted (README, "Input formats"):
 
 - conversations JSONL: one conversation per line with `messages`; customer messages may carry
   `intent` / `sentiment`; a conversation-level `intent` labels its first customer message;
@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-from bot.errors import SupportbotError
-from bot.validation import (
+from bot.core.datafiles import (
     DataProblemsError,
     Problem,
     decoded_lines,
@@ -32,6 +31,7 @@ from bot.validation import (
     normalize,
     read_csv,
 )
+from bot.core.errors import SupportbotError
 
 TASKS = ("intent", "sentiment")
 CONVERSATION_SUFFIXES = {".jsonl", ".json", ".ndjson"}

@@ -32,10 +32,10 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import aliased
 
-from bot.retrieval import AnswerPair
-from bot.schema import AgentRow, ApprovedAnswerRow, FeedbackRow, MessageRow
-from bot.store import SqlConversationStore
-from bot.validation import normalize
+from bot.core.datafiles import normalize
+from bot.retrieval.sources import AnswerPair
+from bot.store.conversations import SqlConversationStore
+from bot.store.schema import AgentRow, ApprovedAnswerRow, FeedbackRow, MessageRow
 from training.data import Example
 
 #: The console's rule for intent names (docs/console.md).

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from bot.classifier import ClassifierMeta, TransformerClassifier, save_classifier
-from bot.errors import ModelNotFoundError
-from bot.validation import normalize
+from bot.core.datafiles import normalize
+from bot.core.errors import ModelNotFoundError
+from bot.nlu.classifier import ClassifierMeta, TransformerClassifier, save_classifier
 from training.arguments import TrainingArguments
 from training.calibration import calibrate, weighting_correction
 from training.data import Columns, Example, LoadReport, drop_overlap, load_examples

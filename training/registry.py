@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.errors import ModelNotFoundError, RegistryError
-from bot.models import REGISTRY_FILE
+from bot.core.errors import ModelNotFoundError, RegistryError
+from bot.nlu.artifacts import REGISTRY_FILE
 
 LOCK_FILE = ".registry.lock"
 _VERSION = re.compile(r"^v(\d+)$")

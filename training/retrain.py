@@ -45,10 +45,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.errors import SupportbotError
-from bot.retrieval import AnswerPair
+from bot.core.datafiles import normalize
+from bot.core.errors import SupportbotError
+from bot.retrieval.sources import AnswerPair
 from bot.settings import Settings
-from bot.validation import normalize
 from training.arguments import TrainingArguments
 from training.data import Example
 from training.feedback import SENTIMENTS, FeedbackSet, StoredLabel, label_counts, read_feedback
@@ -353,7 +353,7 @@ def plan_task(
     options: RetrainOptions,
 ) -> TaskPlan:
     """Work out the training set and the evaluation sets of one task (reads, never writes)."""
-    from bot.classifier import read_meta
+    from bot.nlu.classifier import read_meta
     from training.pipeline import frozen_data
 
     live, created_at, path = _live_info(registry, task)
@@ -563,7 +563,7 @@ def train_candidate(
     progress: TextIO,
 ) -> TaskOutcome:
     """Fine-tune from the live model, compare, gate, and register the candidate."""
-    from bot.classifier import TransformerClassifier
+    from bot.nlu.classifier import TransformerClassifier
     from training.pipeline import (
         VersionData,
         evaluate_model,
@@ -725,12 +725,8 @@ def plan_index(
     settings: Settings, feedback: FeedbackSet
 ) -> tuple[dict[str, Any], tuple[list[AnswerPair], str] | None]:
     """Whether the answer index needs rebuilding for the approved answers, and its pairs."""
-    from bot.retrieval import (
-        INDEX_FILE,
-        EmbeddingAnswerIndex,
-        build_answer_pairs,
-        merge_pairs,
-    )
+    from bot.retrieval.index import INDEX_FILE, EmbeddingAnswerIndex
+    from bot.retrieval.sources import build_answer_pairs, merge_pairs
 
     directory = settings.retrieval.index_dir
     if not feedback.approved:
@@ -744,7 +740,7 @@ def plan_index(
         base = build_answer_pairs([*settings.retrieval.data, *settings.retrieval.faq])
         model, old = "bundled", ""
     pairs = merge_pairs([*base, *feedback.approved])
-    from bot.retrieval import fingerprint as pairs_fingerprint
+    from bot.retrieval.index import fingerprint as pairs_fingerprint
 
     if pairs_fingerprint(pairs, model) == old:
         return {
@@ -763,7 +759,7 @@ def plan_index(
 
 def rebuild_index(settings: Settings, pairs: Sequence[AnswerPair], model: str) -> None:
     """Embed the pairs and swap the index directory in (the running bot reloads it)."""
-    from bot.retrieval import EmbeddingAnswerIndex
+    from bot.retrieval.index import EmbeddingAnswerIndex
 
     EmbeddingAnswerIndex.build(pairs, model=model).save(settings.retrieval.index_dir)
 
@@ -845,13 +841,13 @@ def _no_lock() -> Iterator[None]:
 
 
 def _safe_url(settings: Settings) -> str:
-    from bot.store import normalize_url
+    from bot.store.engine import normalize_url
 
     return normalize_url(settings.store.url).render_as_string(hide_password=True)
 
 
 def _live_labels(registry: FileModelRegistry, task: str) -> tuple[str, ...]:
-    from bot.classifier import read_meta
+    from bot.nlu.classifier import read_meta
 
     live = registry.live(task)
     return () if live is None else read_meta(registry.root / task / live).labels
@@ -860,7 +856,7 @@ def _live_labels(registry: FileModelRegistry, task: str) -> tuple[str, ...]:
 async def _read(
     settings: Settings, include_rated: bool, sentiments: Sequence[str], intents: Sequence[str]
 ) -> FeedbackSet:
-    from bot.store import SqlConversationStore
+    from bot.store.conversations import SqlConversationStore
 
     store = SqlConversationStore(settings.store.url)
     await store.start()

@@ -24,10 +24,10 @@ from sklearn.metrics import f1_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from bot.classifier import MeanPoolingClassifier, load_model
-from bot.errors import ConfigurationError
-from bot.models import quiet_transformers, resolve_backbone
-from bot.shared_encoder import freeze_lower_layers
+from bot.core.errors import ConfigurationError
+from bot.nlu.artifacts import quiet_transformers, resolve_backbone
+from bot.nlu.classifier import MeanPoolingClassifier, load_model
+from bot.nlu.shared_encoder import freeze_lower_layers
 from training.arguments import TrainingArguments
 from training.data import Example
 
@@ -350,7 +350,7 @@ def fine_tune(
     model, tokenizer = build_model(labels, args, init_from)
     new_labels: list[str] = []
     if init_from is not None:
-        from bot.classifier import read_meta
+        from bot.nlu.classifier import read_meta
 
         new_labels = init_new_rows(
             model, tokenizer, read_meta(init_from).labels, labels, train, args.max_length, args.seed

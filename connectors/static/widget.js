@@ -6,9 +6,18 @@
  * Optional: data-color="#0f6e63" (accent colour).
  *
  * The WebSocket protocol is documented in connectors/widget.py.
+ *
+ * This is a classic script, not a module, so that the one-tag embed works on any site. The
+ * helpers it shares with the agent console (static/lib/) are pasted in by the server where an
+ * include comment names them (connectors/static_files.py): served as is, without the server,
+ * this file does not run.
  */
 (() => {
   "use strict";
+
+  /*include lib/dom.js*/
+  /*include lib/storage.js*/
+  /*include lib/backoff.js*/
 
   // Replaced by the server with the widget settings when it serves this file.
   const SERVER = /*config*/{"title": "Support", "maxQueued": 50, "maxChars": 4000}/*config*/;
@@ -27,13 +36,10 @@
   const COLOR = script.dataset.color || "";
   const MAX_QUEUED = SERVER.maxQueued;
   const MAX_CHARS = SERVER.maxChars;
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
   const RETRY_MS = 2000;
   const SESSION_KEY = "supportbot.session";
   const RATED_KEY = "supportbot.rated";
   const OPEN_KEY = "supportbot.open";
-  const SVG_NS = "http://www.w3.org/2000/svg";
   const ICONS = {
     chat: "M4 4h16a2 2 0 0 1 2 2v10a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V6a2 2 0 0 1 2-2z",
     close: "M6 6l12 12M18 6L6 18",
@@ -44,25 +50,9 @@
 
   // -- storage (a blocked localStorage must not break the page) ------------------------------
 
-  function load(store, key) {
-    try {
-      return store.getItem(key);
-    } catch (_) {
-      return null;
-    }
-  }
-
-  function save(store, key, value) {
-    try {
-      store.setItem(key, value);
-    } catch (_) {
-      /* private mode or storage disabled: the chat still works for this page view */
-    }
-  }
-
   function loadList(key) {
     try {
-      const value = JSON.parse(load(localStorage, key) || "[]");
+      const value = JSON.parse(readStorage("localStorage", key) || "[]");
       return Array.isArray(value) ? value : [];
     } catch (_) {
       return [];
@@ -78,11 +68,10 @@
 
   // -- state ---------------------------------------------------------------------------------
 
-  let session = load(localStorage, SESSION_KEY);
+  let session = readStorage("localStorage", SESSION_KEY);
   let socket = null;
   let live = false; // the socket is open and the history has arrived
-  let attempts = 0;
-  let reconnectTimer = null;
+  const backoff = new Backoff();
   let retryTimer = null;
   let status = "bot";
   let unread = 0;
@@ -93,25 +82,12 @@
 
   // -- DOM -----------------------------------------------------------------------------------
 
-  function el(tag, attrs = {}, ...children) {
-    const node = document.createElement(tag);
-    for (const [name, value] of Object.entries(attrs)) {
-      if (name === "class") node.className = value;
-      else node.setAttribute(name, value);
-    }
-    for (const child of children) node.append(child);
-    return node;
-  }
-
   function icon(name) {
-    const svg = document.createElementNS(SVG_NS, "svg");
-    svg.setAttribute("viewBox", "0 0 24 24");
-    svg.setAttribute("aria-hidden", "true");
-    svg.setAttribute("focusable", "false");
-    const path = document.createElementNS(SVG_NS, "path");
-    path.setAttribute("d", ICONS[name]);
-    svg.append(path);
-    return svg;
+    return svg(
+      "svg",
+      { viewBox: "0 0 24 24", "aria-hidden": "true", focusable: "false" },
+      svg("path", { d: ICONS[name] })
+    );
   }
 
   const host = el("div", { id: "supportbot-widget" });
@@ -199,7 +175,7 @@
   function open() {
     panel.hidden = false;
     launcher.setAttribute("aria-expanded", "true");
-    save(sessionStorage, OPEN_KEY, "1");
+    writeStorage("sessionStorage", OPEN_KEY, "1");
     unread = 0;
     updateBadge();
     ensureSession();
@@ -211,7 +187,7 @@
   function close() {
     panel.hidden = true;
     launcher.setAttribute("aria-expanded", "false");
-    save(sessionStorage, OPEN_KEY, "0");
+    writeStorage("sessionStorage", OPEN_KEY, "0");
     launcher.focus();
   }
 
@@ -341,7 +317,7 @@
   function ensureSession() {
     if (!session) {
       session = randomId();
-      save(localStorage, SESSION_KEY, session);
+      writeStorage("localStorage", SESSION_KEY, session);
     }
   }
 
@@ -352,11 +328,10 @@
 
   function connect() {
     if (!session || socket) return;
-    clearTimeout(reconnectTimer);
-    reconnectTimer = null;
+    backoff.cancel();
     const url = new URL(SOCKET_URL);
     url.searchParams.set("session", session);
-    setConnection(attempts ? "Reconnecting…" : "Connecting…", "connecting");
+    setConnection(connectingText(backoff.attempts), "connecting");
     const ws = new WebSocket(url);
     socket = ws;
     ws.addEventListener("message", (event) => {
@@ -373,12 +348,7 @@
   }
 
   function scheduleReconnect() {
-    const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** attempts);
-    attempts += 1;
-    // Jitter, so that many browsers do not come back at the same instant after a restart.
-    const wait = Math.round(delay * (0.75 + Math.random() * 0.5));
-    setConnection(`Offline: retrying in ${Math.ceil(wait / 1000)} s`, "offline");
-    reconnectTimer = setTimeout(connect, wait);
+    setConnection(offlineText(backoff.schedule(connect)), "offline");
   }
 
   function sendFrame(frame) {
@@ -406,7 +376,7 @@
     switch (frame.type) {
       case "history":
         live = true;
-        attempts = 0;
+        backoff.reset();
         setConnection("Online", "online");
         showNotice("");
         replaceTranscript(frame.messages || []);
@@ -437,7 +407,7 @@
         break;
       case "feedback_ok": {
         rated.add(frame.message_id);
-        save(localStorage, RATED_KEY, JSON.stringify(Array.from(rated).slice(-200)));
+        writeStorage("localStorage", RATED_KEY, JSON.stringify(Array.from(rated).slice(-200)));
         const node = shown.get(frame.message_id);
         const thanks = node && node.querySelector(".thanks");
         if (thanks) thanks.hidden = false;
@@ -510,19 +480,14 @@
     // The protocol's typing frame: accepted by the server, used for nothing yet.
     if (live && input.value.length === 1) sendFrame({ type: "typing" });
   });
-  window.addEventListener("online", () => {
-    if (!socket) {
-      attempts = 0;
-      connect();
-    }
-  });
+  backoff.retryWhenOnline(connect, () => !socket);
 
   function start() {
     document.body.append(host);
     // A returning visitor reconnects at once: the transcript comes back and agent replies
     // can arrive while the panel is closed. New visitors connect when they open the chat.
     if (session) connect();
-    if (load(sessionStorage, OPEN_KEY) === "1") {
+    if (readStorage("sessionStorage", OPEN_KEY) === "1") {
       panel.hidden = false;
       launcher.setAttribute("aria-expanded", "true");
     }

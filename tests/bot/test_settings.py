@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ConfigurationError
+from bot.core.errors import ConfigurationError
 from bot.settings import load_settings
 
 

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
 
-from bot.app import RUNTIME, create_app
-from bot.delivery import DeliveryError
-from bot.events import Conversation, Reply
+from bot.app.factory import RUNTIME, create_app
+from bot.core.delivery import DeliveryError
+from bot.core.records import Conversation, Reply
 from connectors.console import CONSOLE, came_over_https, client_address
 from tests.helpers import runtime_settings
 
@@ -439,7 +439,7 @@ async def test_an_unclaimed_escalation_tells_the_customer_once(make_client: Any)
         await asyncio.sleep(0.5)
         console = client.server.app[CONSOLE].console
         assert await console.time_out_unclaimed() == []
-        assert await console.console.time_out(timeout["escalation_id"], "again") is None
+        assert await console.desk.time_out(timeout["escalation_id"], "again") is None
         transcript = await client.server.app[RUNTIME].store.transcript(item["conversation_id"])
         assert [m.role.value for m in transcript].count("system") == 1
         await events.close()

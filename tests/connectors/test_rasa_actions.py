@@ -20,9 +20,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from bot.app import RUNTIME, create_app
-from bot.events import ConversationStatus, Reply, Role, Route
-from bot.service import HandleResult
+from bot.app.factory import RUNTIME, create_app
+from bot.core.records import ConversationStatus, Reply, Role, Route
+from bot.core.service import HandleResult
 from connectors.rasa_actions import (
     APOLOGY,
     ActionServerSettings,
@@ -371,7 +371,7 @@ async def test_supportbot_errors_are_reported_not_crashed_on(
 
 
 def test_settings_refuse_what_cannot_work() -> None:
-    from bot.errors import ConfigurationError
+    from bot.core.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="http\\(s\\) URL"):
         ActionServerSettings(supportbot_url="localhost:8080")
@@ -387,7 +387,7 @@ def test_parsers_read_what_the_rest_renderers_write() -> None:
         status=ConversationStatus.WAITING,
     )
     assert parse_result(render_result(result)) == result
-    from bot.events import Answer
+    from bot.core.records import Answer
 
     answers = [Answer("Refunds take 5-7 days.", 0.81, "faq.csv:3", "refund time?")]
     search = parse_answer_search(render_answers(answers, 0.55))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.cli import build_parser, main
+from bot.app.cli import build_parser, main
 from connectors.rasa_cli import URL_ENV
 
 

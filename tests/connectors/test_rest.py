@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bot.app import RUNTIME, create_app
-from bot.events import ConversationStatus
+from bot.app.factory import RUNTIME, create_app
+from bot.core.records import ConversationStatus
 from bot.settings import Settings
 from connectors.rest import HANDOFF_TEXT
 from tests.helpers import runtime_settings

@@ -20,10 +20,10 @@ from aiohttp.test_utils import TestClient
 from telegram import CallbackQuery, Update
 from telegram.error import Conflict
 
-from bot.app import RUNTIME, create_app
-from bot.delivery import DeliveryError
-from bot.errors import ConfigurationError
-from bot.events import Conversation, ConversationStatus, Reply, Role, Route
+from bot.app.factory import RUNTIME, create_app
+from bot.core.delivery import DeliveryError
+from bot.core.errors import ConfigurationError
+from bot.core.records import Conversation, ConversationStatus, Reply, Role, Route
 from bot.settings import Settings
 from connectors.telegram import (
     SECRET_HEADER,

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 
-from bot.app import RUNTIME, create_app
-from bot.errors import BadRequestError
-from bot.events import Feedback, Message, Role
+from bot.app.factory import RUNTIME, create_app
+from bot.core.errors import BadRequestError
+from bot.core.records import Feedback, Message, Role
 from bot.settings import Settings
 from connectors.widget import WIDGET, _origin_key, parse_frame
 from tests.helpers import console_as, runtime_settings
@@ -90,7 +90,12 @@ def test_frames_parse_into_the_runtimes_own_types() -> None:
         ("{nope", "not valid JSON"),
         ("[1, 2]", "must be a JSON object, not list"),
         ('{"type":"dance"}', "unknown frame type 'dance'"),
-        ('{"type":"message","text":"   ","client_id":"c"}', '"text" must be a non-empty'),
+        ('{"type":"message","text":"   ","client_id":"c"}', '"text" is empty'),
+        ('{"type":"message","text":"\\ud800","client_id":"c"}', "lone surrogate"),
+        ('{"type":"message","text":"hi","client_id":""}', '"client_id" must be a string'),
+        ('{"type":"message","text":' + "[" * 100 + "]" * 100 + "}", "nested more than"),
+        ('{"type":"feedback","message_id":' + "9" * 30 + ',"rating":"up"}', "digits"),
+        ('{"type":"feedback","message_id":9223372036854775808,"rating":"up"}', "integer id"),
         ('{"type":"message","text":"hello world","client_id":"c"}', "the limit is 10"),
         ('{"type":"message","text":"hi"}', '"client_id" must be a string'),
         ('{"type":"feedback","message_id":"7","rating":"up"}', '"message_id" must be the integer'),

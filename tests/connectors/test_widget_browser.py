@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, expect
 
-from bot.app import RUNTIME, create_app
-from bot.events import Role
+from bot.app.factory import RUNTIME, create_app
+from bot.core.records import Role
 from bot.settings import Settings
 from connectors.widget import WIDGET
 from tests.helpers import ARTIFACTS, BROWSER_TESTS, console_as, runtime_settings
@@ -215,4 +215,52 @@ messages:
     await expect(page.locator(".badge")).to_be_hidden()
     await expect(agent).to_have_count(3)
     await page.screenshot(path=str(ARTIFACTS / "widget-agent.png"))
+    await context.close()
+
+
+async def test_the_embed_snippet_works_on_another_site(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    # A shop on another origin (another port) embeds the widget with the README's snippet.
+    snippet: list[str] = []
+
+    async def shop_page(request: web.Request) -> web.Response:
+        body = f"<!doctype html><title>Shop</title>{snippet[0]}<h1>A shop</h1>"
+        return web.Response(text=body, content_type="text/html")
+
+    async def no_icon(request: web.Request) -> web.Response:
+        return web.Response(status=204)  # no 404 in the console log
+
+    shop_app = web.Application()
+    shop_app.router.add_get("/", shop_page)
+    shop_app.router.add_get("/favicon.ico", no_icon)
+    shop = await aiohttp_server(shop_app)
+    shop_origin = str(shop.make_url("/").origin())
+    url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+    settings = runtime_settings(runtime_models, url, widget={"allowed_origins": [shop_origin]})
+    server = await aiohttp_server(create_app(settings))
+    snippet.append(
+        f'<script src="{server.make_url("/widget.js")}" data-title="Shop help" '
+        'data-color="#7a3cff" defer></script>'
+    )
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    await page.goto(str(shop.make_url("/")))
+    assert shop_origin != str(server.make_url("/").origin())
+
+    await page.get_by_role("button", name="Chat with us: Shop help").click()
+    box = page.get_by_role("textbox", name="Your message")
+    await box.fill("hello there")
+    await box.press("Enter")
+    await expect(page.locator(".message.bot .text")).to_have_count(1)
+    await expect(page.locator(".connection")).to_have_attribute("data-state", "online")
+    # The shared helpers the server pasted in stay inside the widget's closure.
+    shared = "['el', 'svg', '$', 'Backoff', 'readStorage', 'writeStorage', 'offlineText']"
+    assert await page.evaluate(f"{shared}.filter((n) => n in window)") == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "widget-embedded.png"))
+    assert problems == []
     await context.close()

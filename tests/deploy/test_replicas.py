@@ -1,7 +1,7 @@
 """Several real `supportbot serve` processes on one PostgreSQL and one Redis, as deployed.
 
 What docker-compose.yml runs, without Docker: each replica is a subprocess (`python -m
-bot.cli serve --port N`) configured only through SUPPORTBOT_* variables, on a PostgreSQL
+bot.app.cli serve --port N`) configured only through SUPPORTBOT_* variables, on a PostgreSQL
 schema of this module's own, the local Redis under a channel prefix of its own, and the test
 models. The checks read the database directly: what a client was told was accepted must be
 there exactly once, answered once.
@@ -36,8 +36,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from tests.bot.test_redis_bus import REDIS_SKIP_REASON, REDIS_URL
-from tests.bot.test_store import PG_SKIP_REASON, pg_admin
+from tests.helpers import PG_SKIP_REASON, REDIS_SKIP_REASON, REDIS_URL, pg_admin
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240.0
@@ -92,7 +91,7 @@ class Replica:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "bot.app.cli", "serve", "--port", str(self.port)],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -285,7 +284,7 @@ async def add_agent(cluster: Cluster, name: str, password: str) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.cli",
+        "bot.app.cli",
         "agents",
         "add",
         name,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bot.errors import ConfigurationError
+from bot.core.errors import ConfigurationError
 from training.arguments import TrainingArguments
 
 

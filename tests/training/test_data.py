@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import SupportbotError
+from bot.core.errors import SupportbotError
 from training.data import (
     Columns,
     DataValidationError,

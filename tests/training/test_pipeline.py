@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.classifier import TransformerClassifier
+from bot.nlu.classifier import TransformerClassifier
 from training.arguments import TrainingArguments
 from training.data import DataValidationError
 from training.pipeline import TrainingRun, fingerprint, train_task

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import ModelNotFoundError, RegistryError
+from bot.core.errors import ModelNotFoundError, RegistryError
 from training.registry import REGISTRY_FILE, FileModelRegistry, ModelVersion
 
 

@@ -18,13 +18,13 @@ import torch
 from aiohttp.test_utils import TestClient
 from safetensors.torch import load_file
 
-from bot.accounts import SqlAccountStore
-from bot.app import RUNTIME, create_app
-from bot.classifier import HEAD_FILE, read_meta
-from bot.cli import main
-from bot.events import Feedback, Role
+from bot.app.cli import main
+from bot.app.factory import RUNTIME, create_app
+from bot.core.records import Feedback, Role
+from bot.nlu.classifier import HEAD_FILE, read_meta
 from bot.settings import ConsoleSettings
-from bot.store import SqlConversationStore
+from bot.store.accounts import SqlAccountStore
+from bot.store.conversations import SqlConversationStore
 from tests.helpers import runtime_settings
 from training.data import Example
 from training.feedback import StoredLabel, read_feedback
@@ -496,7 +496,7 @@ async def test_dry_run_plans_sentiment_from_agent_labels(
 
 
 async def test_rated_answers_give_weak_labels_only_when_asked(sqlite_url: str) -> None:
-    from bot.events import Understanding
+    from bot.core.records import Understanding
 
     store = SqlConversationStore(sqlite_url)
     await store.start()

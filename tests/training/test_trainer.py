@@ -85,7 +85,7 @@ def test_lora_training_produces_a_plain_encoder() -> None:
 
 
 def test_new_head_rows_start_from_their_examples(runtime_models: Path) -> None:
-    from bot.classifier import read_meta
+    from bot.nlu.classifier import read_meta
     from training.registry import FileModelRegistry
 
     live = FileModelRegistry(runtime_models).live_path("intent")
@@ -124,7 +124,7 @@ def test_new_head_rows_start_from_their_examples(runtime_models: Path) -> None:
 def test_new_rows_are_aligned_to_the_old_rows_norm() -> None:
     from transformers import BertConfig, BertModel
 
-    from bot.classifier import MeanPoolingClassifier
+    from bot.nlu.classifier import MeanPoolingClassifier
 
     # A tiny real encoder: only the head's geometry matters here.
     tiny = BertConfig(

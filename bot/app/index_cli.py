@@ -1,0 +1,109 @@
+"""The `index` command: build the answer index from support logs and FAQs, and query it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from bot.core.errors import ConfigurationError
+from bot.nlu.artifacts import DEFAULT_BACKBONE
+
+DEFAULT_INDEX_DIR = Path("models") / "answers"
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {number}")
+    return number
+
+
+def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
+    """Register `index build` and `index search` on the top-level parser."""
+    index = commands.add_parser(
+        "index",
+        help="build and query the answer index (past questions -> agent answers, FAQ)",
+        description="The answer index the bot retrieves answers from.",
+    )
+    actions = index.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    build = actions.add_parser(
+        "build",
+        help="embed resolved conversations and FAQ entries into an index directory",
+        description="Build the answer index. The last line printed is the index directory.",
+    )
+    build.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="conversations JSONL (resolved ones become answers), approved-pair JSONL, "
+        "or directories",
+    )
+    build.add_argument(
+        "--faq",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="FAQ files: CSV with question,answer columns or Markdown (## Question + answer)",
+    )
+    build.add_argument("--model", default=DEFAULT_BACKBONE, help="bundled, HF name or path")
+    build.add_argument("--out", type=Path, default=DEFAULT_INDEX_DIR, help="index directory")
+    build.set_defaults(handler=run_build)
+
+    search = actions.add_parser("search", help="print the best answers for a question")
+    search.add_argument("text", help="the question, as a customer would write it")
+    search.add_argument("--index", type=Path, default=DEFAULT_INDEX_DIR, help="index directory")
+    search.add_argument("-k", type=_positive_int, default=3, help="number of answers")
+    search.add_argument("--intent", help="search only pairs of this intent (when there are any)")
+    search.add_argument("--json", action="store_true", help="print one JSON object")
+    search.set_defaults(handler=run_search)
+
+
+def run_build(ns: argparse.Namespace) -> int:
+    from bot.retrieval.index import EmbeddingAnswerIndex
+    from bot.retrieval.sources import PairReport, build_answer_pairs
+
+    if not ns.data and not ns.faq:
+        raise ConfigurationError(
+            "nothing to index; give --data with conversation logs and/or --faq with FAQ files"
+        )
+    report = PairReport()
+    pairs = build_answer_pairs([*ns.data, *ns.faq], report)
+    started = time.perf_counter()
+    index = EmbeddingAnswerIndex.build(pairs, model=ns.model)
+    index.save(ns.out)
+    elapsed = time.perf_counter() - started
+    for line in report.lines():
+        print(line)
+    print(
+        f"indexed {len(index)} pairs with {ns.model} ({index.dimension} dimensions) "
+        f"in {elapsed:.1f} s"
+    )
+    print(ns.out)
+    return 0
+
+
+def run_search(ns: argparse.Namespace) -> int:
+    from bot.retrieval.index import EmbeddingAnswerIndex
+
+    index = EmbeddingAnswerIndex.load(ns.index)
+    answers = asyncio.run(index.search(ns.text, k=ns.k, intent=ns.intent))
+    if ns.json:
+        hits = [
+            {"score": a.score, "source": a.source, "question": a.question, "answer": a.text}
+            for a in answers
+        ]
+        print(json.dumps({"index": str(ns.index), "query": ns.text, "answers": hits}))
+        return 0
+    if not answers:
+        print("no answers")
+    for rank, answer in enumerate(answers, start=1):
+        print(f"{rank}. score {answer.score:.3f}  {answer.source}")
+        print(f"   Q: {answer.question}")
+        print(f"   A: {answer.text}")
+    return 0

@@ -1,0 +1,114 @@
+"""`supportbot serve`: prepare what is missing on the embedded default, then run the app."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bot.core.logs import configure_logging
+from bot.nlu.artifacts import TASKS, read_live_versions
+from bot.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
+    """Register `serve`."""
+    serve = commands.add_parser(
+        "serve",
+        help="run the bot: REST API, widget socket, /healthz, /readyz, /metrics",
+        description="Start the bot. Settings come from --config (YAML), then SUPPORTBOT_* "
+        "environment variables (SUPPORTBOT_<SECTION>__<KEY>), then these flags.",
+    )
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="train missing models, build a missing answer index, migrate the database, exit",
+    )
+    serve.set_defaults(handler=run_serve)
+
+
+def prepare(settings: Settings) -> None:
+    """Train models and build the answer index if they are missing and allowed to be made.
+
+    This is what makes the first `make run` on a fresh machine work with no set-up.
+    """
+    models = settings.models
+    live = read_live_versions(models.dir)
+    missing = [task for task in TASKS if task not in live]
+    if missing and models.train_if_missing:
+        from training.arguments import TrainingArguments
+        from training.pipeline import train_task
+
+        for task in missing:
+            print(
+                f"no live {task} model in {models.dir}: training one on "
+                f"{', '.join(map(str, models.train_data))} (first run only)",
+                flush=True,
+            )
+            run = train_task(task, models.train_data, models.dir, TrainingArguments(), promote=True)
+            print(run.report, flush=True)
+    index = settings.retrieval
+    if not (index.index_dir / "index.json").exists() and index.build_if_missing:
+        from bot.retrieval.index import EmbeddingAnswerIndex
+        from bot.retrieval.sources import build_answer_pairs
+
+        print(
+            f"no answer index in {index.index_dir}: building it from "
+            f"{', '.join(map(str, [*index.data, *index.faq]))}",
+            flush=True,
+        )
+        pairs = build_answer_pairs([*index.data, *index.faq])
+        EmbeddingAnswerIndex.build(pairs).save(index.index_dir)
+    url = settings.store.url
+    for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
+async def migrate(settings: Settings) -> None:
+    """Bring the database schema up to date (what every replica also does at start)."""
+    from bot.store.conversations import SqlConversationStore
+
+    store = SqlConversationStore(settings.store.url)
+    await store.start()
+    await store.stop()
+
+
+def run_serve(ns: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    server = {k: v for k, v in (("host", ns.host), ("port", ns.port)) if v is not None}
+    if server:
+        overrides["server"] = server
+    settings = load_settings(ns.config, **overrides)
+    configure_logging(
+        settings.server.log_format, settings.server.replica, logging.getLogger().level
+    )
+    prepare(settings)
+    if ns.prepare_only:
+        asyncio.run(migrate(settings))
+        print(f"ready: models in {settings.models.dir}, database migrated", flush=True)
+        return 0
+    from bot.app.factory import create_app
+
+    app = create_app(settings)
+    host, port = settings.server.host, settings.server.port
+    base = settings.server.public_url or f"http://{host}:{port}"
+
+    def announce(_: str) -> None:
+        print(f"supportbot is running on {base}", flush=True)
+        print(f"  web chat     {base}/  (demo page; embed {base}/widget.js on yours)")
+        print(f"  agents       {base}/console  (accounts: supportbot agents add NAME --role agent)")
+        print(f"  REST API     {base}/api/v1/messages  (OpenAPI: {base}/api/v1/openapi.json)")
+        print(f"  health       {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
+
+    web.run_app(app, host=host, port=port, print=announce, access_log=None)
+    return 0

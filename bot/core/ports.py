@@ -1,0 +1,228 @@
+"""The ports the core depends on; the composition root (`bot/app/factory.py`) picks
+implementations."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from bot.core.records import (
+    AgentSession,
+    Answer,
+    Conversation,
+    Escalation,
+    EscalationRecord,
+    Feedback,
+    Received,
+    Role,
+    SignIn,
+    StoredMessage,
+    Turn,
+    Understanding,
+)
+
+if TYPE_CHECKING:
+    from bot.core.desk import ConversationView, Dashboard, EscalationNotice, QueueItem
+
+
+class ConversationStore(Protocol):
+    """Conversations, messages, escalations and feedback, durably.
+
+    State lives here, not in process memory, so any replica can serve any conversation and a
+    restart loses nothing. Every write is committed before the call returns.
+    """
+
+    async def start(self) -> None:
+        """Connect and bring the schema up to date (Alembic migrations)."""
+
+    async def stop(self) -> None:
+        """Close connections."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailableError unless the database answers."""
+
+    async def conversation(
+        self, channel: str, sender: str, sender_name: str | None = None
+    ) -> Conversation:
+        """The conversation of (channel, sender), created on first contact."""
+
+    async def conversation_id(
+        self, channel: str, sender: str, sender_name: str | None = None
+    ) -> str:
+        """`conversation(...).id`, possibly remembered from an earlier call (ids never change)."""
+
+    async def find_conversation(self, channel: str, sender: str) -> Conversation | None:
+        """The conversation of (channel, sender) if it exists; never creates one."""
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        """A conversation by id; NotFoundError when unknown."""
+
+    async def add_customer_message(
+        self, conversation_id: str, text: str, client_id: str | None = None
+    ) -> tuple[StoredMessage, bool]:
+        """Persist a customer message; (message, False) if `client_id` was already stored."""
+
+    async def receive(
+        self, conversation_id: str, text: str, client_id: str | None = None, recent: int = 0
+    ) -> Received:
+        """Persist a customer message and read, in the same transaction, the conversation's
+        state and its last `recent` messages (what deciding on the message needs)."""
+
+    async def annotate(
+        self,
+        message_id: int,
+        understanding: Understanding,
+        route: str,
+        latency_ms: float,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """Attach model output, the route taken and the latency to a customer message."""
+
+    async def add_message(
+        self,
+        conversation_id: str,
+        role: Role,
+        text: str,
+        reply_to: int | None = None,
+        route: str | None = None,
+        details: dict[str, Any] | None = None,
+        claimed_by: str | None = None,
+    ) -> StoredMessage:
+        """Persist a bot, agent or system message (a reply to `reply_to`, if given); with
+        `claimed_by`, only while that agent holds the claim (ConflictError otherwise)."""
+
+    async def record_turn(self, conversation_id: str, turn: Turn) -> StoredMessage | None:
+        """Annotate the customer message, update failed turns, open the escalation and store
+        the bot's reply, all in one transaction; returns the stored reply (None if silent)."""
+
+    async def replies_to(self, message_id: int) -> list[StoredMessage]:
+        """Messages stored as replies to `message_id`, oldest first."""
+
+    async def transcript(
+        self, conversation_id: str, limit: int | None = None
+    ) -> list[StoredMessage]:
+        """A conversation's messages, oldest first (the last `limit` when given)."""
+
+    async def set_failed_turns(self, conversation_id: str, failed_turns: int) -> None:
+        """Record how many bot turns in a row failed (fallback ladder)."""
+
+    async def escalate(self, conversation_id: str, escalation: Escalation) -> EscalationRecord:
+        """Open an escalation and set the conversation to `waiting`, atomically."""
+
+    async def claim(self, conversation_id: str, agent: str) -> EscalationRecord:
+        """An agent takes the open escalation; ConflictError if another agent has it."""
+
+    async def resolve(self, conversation_id: str, agent: str) -> None:
+        """Close the escalation and give the conversation back to the bot."""
+
+    async def open_escalations(self) -> list[EscalationRecord]:
+        """Escalations not yet resolved, most urgent first."""
+
+    async def record_feedback(self, feedback: Feedback) -> int:
+        """Store feedback on a message; NotFoundError when the message does not exist."""
+
+    async def feedback(self, message_id: int) -> list[Feedback]:
+        """Feedback stored for a message, oldest first."""
+
+
+class Understander(Protocol):
+    """Turns customer texts into intent and sentiment (batched where it can)."""
+
+    async def understand(self, text: str) -> Understanding:
+        """Classify one text; concurrent calls may share one model forward."""
+
+    def ready(self) -> bool:
+        """Whether the models are loaded."""
+
+
+class AnswerIndex(Protocol):
+    """Past questions and the answers that resolved them."""
+
+    async def search(
+        self, text: str, k: int = 3, intent: str | None = None, embedding: Any = None
+    ) -> Sequence[Answer]:
+        """The best answers for `text`, best first, each with its similarity score.
+
+        `embedding`: `text` already embedded with the index's encoder (then it is not
+        embedded again), e.g. `Understanding.query_embedding`."""
+
+
+class TurnLocks(Protocol):
+    """Lets one turn of a conversation run at a time (in one process, or across replicas)."""
+
+    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+        """`async with locks.hold(conversation_id): ...` runs alone for that conversation."""
+
+
+class DeskStore(Protocol):
+    """What the agents' desk reads and changes beyond `ConversationStore`: the queue, a
+    conversation with its labels, releasing and closing escalations (through
+    `bot/core/handoff.py`), labels, approved answers, the unclaimed timeout, the dashboard.
+    """
+
+    async def queue(self) -> list[QueueItem]:
+        """Unresolved escalations, most urgent first."""
+
+    async def view(self, conversation_id: str) -> ConversationView:
+        """A conversation, its latest escalation, its messages and the agents' labels."""
+
+    async def message(self, message_id: int) -> StoredMessage:
+        """A message by id (NotFoundError when unknown)."""
+
+    async def unresolved(self, conversation_id: str) -> EscalationRecord | None:
+        """The conversation's unresolved escalation, if any."""
+
+    async def release(self, conversation_id: str, agent: str, operator: bool) -> EscalationRecord:
+        """Put a claimed escalation back in the queue (`handoff.release`)."""
+
+    async def close(
+        self, conversation_id: str, agent: str, operator: bool, outcome: str, notice: str
+    ) -> EscalationNotice:
+        """Close the unresolved escalation (`handoff.close`) and store the customer's notice,
+        in one transaction."""
+
+    async def check_claimed_by(self, conversation_id: str, agent: str) -> EscalationRecord:
+        """The escalation `agent` has claimed (ConflictError otherwise)."""
+
+    async def unclaimed_since(
+        self, cutoff: datetime
+    ) -> list[tuple[EscalationRecord, Conversation]]:
+        """Open escalations created at or before `cutoff` whose customer was not told yet."""
+
+    async def time_out(self, escalation_id: int, notice: str) -> EscalationNotice | None:
+        """Mark an open escalation timed out and store the notice; None when another replica
+        (or a claim) came first."""
+
+    async def label_conversation(self, conversation_id: str, sentiment: str, author: str) -> int:
+        """Store an agent's overall sentiment of a conversation; returns the label's id."""
+
+    async def approve_answer(
+        self,
+        answer_message_id: int,
+        author: str,
+        question_message_id: int | None = None,
+        question: str | None = None,
+        intent: str | None = None,
+    ) -> int:
+        """Save an agent's reply as an approved answer; returns its id."""
+
+    async def corrected_intents(self) -> list[str]:
+        """Intents agents have named in corrections, sorted."""
+
+    async def dashboard(self, days: int) -> Dashboard:
+        """Per-day figures for the last `days` UTC days (today included)."""
+
+
+class SessionStore(Protocol):
+    """Console sign-in: the accounts' passwords, sessions and the sign-in rate limit."""
+
+    async def sign_in(self, name: str, password: str, address: str) -> SignIn:
+        """Check the password and open a session (UnauthorizedError, RateLimitedError)."""
+
+    async def session(self, token: str) -> AgentSession:
+        """The live session of a cookie's token (UnauthorizedError when there is none)."""
+
+    async def sign_out(self, token: str) -> None:
+        """End the session of a token (nothing happens for an unknown one)."""

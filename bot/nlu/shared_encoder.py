@@ -1,0 +1,197 @@
+"""One encoder pass per message for intent, sentiment and the answer index.
+
+Every message needs three encodings: the intent classifier, the sentiment classifier and the
+answer index's sentence encoder. All three start from the same backbone, and training
+fine-tunes only the top layers of the classifiers (`TrainingArguments.tuned_layers`), so the
+embeddings and the lower layers of all three are the same weights. `SharedEncoder` runs
+those common layers once per batch and only the differing top layers per model: with the
+default three tuned layers of a six-layer MiniLM that is 3 + 3 x 3 = 12 layer passes per
+message instead of 18, and one model call per message instead of two.
+
+Texts are truncated at the longest max length of the models sharing the pass (the answer
+index's encoder takes 256 tokens, the classifiers were trained on 64): a very long message is
+classified on more of its text than the classifier saw in training, which mean pooling
+tolerates, rather than searched on less than the index was embedded with.
+
+The common part is found by comparing weights when the models are loaded, never assumed from
+metadata, and the shared computation is checked against each model's own forward on probe
+texts before it is used; a model set that shares nothing (a fully fine-tuned model, another
+backbone, LoRA) is served by each model's own forward, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bot.nlu.classifier import length_chunks, mean_pool
+
+log = logging.getLogger(__name__)
+
+PROBE_TEXTS = (
+    "hi",
+    "Where is my order? It was due last Tuesday and the tracking page still says pending.",
+    "I want a REFUND now!!",
+)
+
+
+def transformer_layers(encoder: Any) -> nn.ModuleList | None:
+    """The stack of transformer layers of a BERT-style encoder (BERT, RoBERTa, ...), or None."""
+    stack = getattr(getattr(encoder, "encoder", None), "layer", None)
+    embeddings = getattr(encoder, "embeddings", None)
+    if isinstance(stack, nn.ModuleList) and isinstance(embeddings, nn.Module):
+        return stack
+    return None
+
+
+def freeze_lower_layers(encoder: Any, tuned_layers: int) -> int:
+    """Freeze the embeddings and all but the top `tuned_layers` layers; return how many froze.
+
+    Raises:
+        ValueError: the encoder is not BERT-style, so its layers cannot be told apart.
+    """
+    layers = transformer_layers(encoder)
+    if layers is None:
+        raise ValueError(
+            f"{type(encoder).__name__} is not a BERT-style encoder (no embeddings and "
+            "encoder.layer); fine-tune all of it with `--tuned-layers all`"
+        )
+    frozen = max(0, len(layers) - tuned_layers)
+    if frozen == 0:
+        return 0
+    for module in (encoder.embeddings, *layers[:frozen]):
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return frozen
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    state_a, state_b = a.state_dict(), b.state_dict()
+    if state_a.keys() != state_b.keys():
+        return False
+    return all(
+        state_a[key].shape == state_b[key].shape and torch.equal(state_a[key], state_b[key])
+        for key in state_a
+    )
+
+
+def common_depth(encoders: Sequence[Any]) -> int | None:
+    """How many bottom layers all `encoders` share (weights equal), or None if not even the
+    embeddings (or the architecture) are the same."""
+    stacks = [transformer_layers(e) for e in encoders]
+    if any(s is None for s in stacks) or len({type(e) for e in encoders}) != 1:
+        return None
+    first = encoders[0]
+    if not all(_same_weights(first.embeddings, other.embeddings) for other in encoders[1:]):
+        return None
+    depth = 0
+    limit = min(len(s) for s in stacks if s is not None)
+    while (
+        depth < limit
+        and all(
+            _same_weights(stacks[0][depth], s[depth])  # type: ignore[index]
+            for s in stacks[1:]
+        )
+    ):
+        depth += 1
+    return depth
+
+
+@dataclass(frozen=True)
+class Branch:
+    """One model on top of the shared layers: its own encoder, whose top layers are run."""
+
+    name: str
+    encoder: Any
+
+
+class SharedEncoder:
+    """Runs the shared bottom of several encoders once, then each encoder's own top layers.
+
+    Args:
+        branches: the models, each a BERT-style encoder; `common_depth` of them must not be
+            None.
+        tokenizer: the tokenizer all of them use.
+        max_length: tokens per text (longer texts are truncated).
+        batch_size: texts per forward pass; a batch is sorted by length and run in chunks of
+            similar length, so one long message does not make the rest pay for its padding.
+        depth: `common_depth` of the branches when the caller already compared their weights.
+    """
+
+    def __init__(
+        self,
+        branches: Sequence[Branch],
+        tokenizer: Any,
+        max_length: int,
+        batch_size: int = 16,
+        depth: int | None = None,
+    ) -> None:
+        if depth is None:
+            depth = common_depth([b.encoder for b in branches])
+        if depth is None:
+            raise ValueError("these encoders share no layers")
+        self.depth = depth
+        self.branches = tuple(branches)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        trunk = branches[0].encoder
+        self._embeddings = trunk.embeddings
+        self._config = trunk.config
+        self._shared = list(transformer_layers(trunk) or [])[:depth]
+        self._tops = {
+            b.name: list(transformer_layers(b.encoder) or [])[depth:] for b in self.branches
+        }
+
+    @property
+    def names(self) -> set[str]:
+        """The models this forward serves."""
+        return {b.name for b in self.branches}
+
+    def quantize_tops(self, names: set[str]) -> None:
+        """int8 dynamic quantization of the named branches' own layers (not the shared ones)."""
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name in names & set(self._tops):
+                self._tops[name] = [
+                    quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8)
+                    for layer in self._tops[name]
+                ]
+
+    def _mask(self, embedded: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        # The mask format the layers expect (additive 4-d for eager attention, boolean or None
+        # for SDPA): built by transformers itself, as the model's own forward does.
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(
+            config=self._config, inputs_embeds=embedded, attention_mask=attention_mask
+        )
+
+    def pooled(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Mean-pooled last states of every branch, shape (len(texts), hidden), input order."""
+        hidden_size = int(self._config.hidden_size)
+        out = {b.name: torch.empty(len(texts), hidden_size) for b in self.branches}
+        if not texts:
+            return out
+        with torch.inference_mode():
+            for chunk, input_ids, mask in length_chunks(
+                self.tokenizer, texts, self.max_length, self.batch_size
+            ):
+                hidden = self._embeddings(input_ids=input_ids)
+                layer_mask = self._mask(hidden, mask)
+                for layer in self._shared:
+                    hidden = layer(hidden, layer_mask)
+                for name, top in self._tops.items():
+                    states = hidden
+                    for layer in top:
+                        states = layer(states, layer_mask)
+                    out[name][chunk] = mean_pool(states, mask).float()
+        return out

@@ -1,0 +1,92 @@
+"""Sentence embeddings: the encoder that turns texts into unit-length float32 vectors
+(`SentenceEmbedder`, loaded on first use), the `Vectors` type and the embedding callables an
+answer index accepts in its place.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from bot.nlu.artifacts import DEFAULT_BACKBONE, quiet_transformers, resolve_backbone
+
+Vectors = npt.NDArray[np.float32]
+#: Embeds texts: one row per text, float32, shape (len(texts), dimension).
+Embed = Callable[[Sequence[str]], Vectors]
+#: Embeds one query text off the event loop (e.g. a micro-batcher's `submit`).
+AsyncEmbed = Callable[[str], Awaitable[Vectors]]
+
+
+class SentenceEmbedder:
+    """Embeds texts with a sentence-transformers model, loaded on first use.
+
+    Loading is lazy so that building an index from bad data fails before any model loads, and
+    thread-safe because searches call it from worker threads.
+
+    Args:
+        model: `bundled` (the offline all-MiniLM-L6-v2), a Hugging Face name or a local path.
+        batch_size: texts per forward pass; sentence-transformers sorts texts by length
+            first, so small chunks of similar length waste little on padding.
+    """
+
+    def __init__(self, model: str = DEFAULT_BACKBONE, batch_size: int = 16) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self._encoder: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> Any:
+        with self._lock:
+            if self._encoder is None:
+                from sentence_transformers import SentenceTransformer
+
+                quiet_transformers()
+                self._encoder = SentenceTransformer(resolve_backbone(self.model), device="cpu")
+            return self._encoder
+
+    def shareable(self) -> tuple[Any, Any, int] | None:
+        """(transformers encoder, tokenizer, max tokens) when this model is exactly a
+        transformer with mean pooling (and normalization), so that its forward can be shared
+        with the classifiers (bot/nlu/shared_encoder.py); None for any other pipeline."""
+        modules = list(self._load())
+        kinds = [type(module).__name__ for module in modules]
+        if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
+            return None
+        pooling = modules[1].get_config_dict()
+        modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_") and v}
+        if pooling.get("pooling_mode", "mean") != "mean" or set(modes) - {
+            "pooling_mode_mean_tokens"
+        }:
+            return None
+        encoder = getattr(modules[0], "auto_model", None)
+        if encoder is None:
+            return None
+        return encoder, modules[0].tokenizer, int(self._load().max_seq_length)
+
+    def __call__(self, texts: Sequence[str]) -> Vectors:
+        """L2-normalized float32 embeddings, one row per text."""
+        encoder = self._encoder if self._encoder is not None else self._load()
+        vectors = encoder.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+def normalized_rows(matrix: npt.NDArray[Any]) -> Vectors:
+    """`matrix` as float32 with each row scaled to unit length; zero rows stay zero."""
+    rows = np.asarray(matrix, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    if np.all((np.abs(norms - 1.0) < 1e-5) | (norms == 0)):
+        # Already unit length (encoders normalize, saved indexes are): dividing again would
+        # nudge the last bits, and a loaded index must score exactly like the one saved.
+        return rows
+    # A zero row (an empty text from some encoders) stays zero instead of becoming NaN.
+    return cast(Vectors, rows / np.where(norms == 0, 1.0, norms))

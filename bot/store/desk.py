@@ -1,0 +1,575 @@
+"""What the agent console reads and writes beyond the conversation store: the queue, a
+conversation with its labels, releasing and closing escalations, agents' labels, approved
+answers, the unclaimed timeout and the operators' dashboard.
+
+`SqlDeskStore` shares the database and the connection pool of `SqlConversationStore`
+(through its `writing` / `reading` sessions). Every query here runs unchanged on SQLite and
+PostgreSQL; per-day figures are grouped by the UTC date in SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Date, and_, case, cast, func, literal_column, select, update
+from sqlalchemy.orm import aliased
+from sqlalchemy.sql.elements import ColumnElement
+
+from bot.core import handoff
+from bot.core.desk import (
+    AUTOMATED_ROUTES,
+    MAX_DASHBOARD_DAYS,
+    SENTIMENTS,
+    URGENCY_SECONDS,
+    ConversationView,
+    Dashboard,
+    DayFigures,
+    EscalationNotice,
+    IntentFigures,
+    MessageLabels,
+    QueueItem,
+)
+from bot.core.errors import BadRequestError, NotFoundError
+from bot.core.records import (
+    Conversation,
+    EscalationRecord,
+    EscalationStatus,
+    Role,
+    StoredMessage,
+)
+from bot.store.conversations import SqlConversationStore
+from bot.store.mapping import (
+    UNRESOLVED_VALUES,
+    apply_handoff,
+    load_handoff,
+    select_unresolved,
+    to_conversation,
+    to_escalation,
+    to_message,
+)
+from bot.store.schema import (
+    AgentRow,
+    ApprovedAnswerRow,
+    ConversationLabelRow,
+    ConversationRow,
+    EscalationRow,
+    FeedbackRow,
+    MessageRow,
+)
+
+# What `escalations.status` holds while the unclaimed timeout may still tell the customer.
+TIMEOUT_VALUES = tuple(status.value for status in EscalationStatus if handoff.can_time_out(status))
+
+
+class SqlDeskStore:
+    """The `DeskStore` port: the console's queries and changes, on the conversation store's
+    database.
+
+    Args:
+        store: the conversation store whose sessions (and pool) are shared, and whose `clock`
+            this store reads (waiting times, the dashboard's days, every row it stamps).
+    """
+
+    def __init__(self, store: SqlConversationStore) -> None:
+        self.store = store
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    async def queue(self) -> list[QueueItem]:
+        """Unresolved escalations, most urgent first (priority + waiting time / 10 min)."""
+        now = self.store.clock()
+        last = aliased(MessageRow)
+        agent_reply = aliased(MessageRow)
+        unread_message = aliased(MessageRow)
+        last_customer_text = (
+            select(last.text)
+            .where(last.conversation_id == ConversationRow.id, last.role == Role.CUSTOMER.value)
+            .order_by(last.id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        last_agent_id = (
+            select(func.coalesce(func.max(agent_reply.id), 0))
+            .where(
+                # Correlated with the message counted below, one level up.
+                agent_reply.conversation_id == unread_message.conversation_id,
+                agent_reply.role == Role.AGENT.value,
+            )
+            .scalar_subquery()
+        )
+        unread = (
+            select(func.count(unread_message.id))
+            .where(
+                unread_message.conversation_id == ConversationRow.id,
+                unread_message.role == Role.CUSTOMER.value,
+                unread_message.id > last_agent_id,
+            )
+            .scalar_subquery()
+        )
+        query = (
+            select(EscalationRow, ConversationRow, last_customer_text, unread)
+            .join(ConversationRow, ConversationRow.id == EscalationRow.conversation_id)
+            .where(EscalationRow.status.in_(UNRESOLVED_VALUES))
+        )
+        async with self.store.reading("read the queue") as session:
+            rows = (await session.execute(query)).all()
+        items = []
+        for escalation, conversation, text, unread_count in rows:
+            waiting = max(0.0, (now - escalation.created_at).total_seconds())
+            items.append(
+                QueueItem(
+                    escalation=to_escalation(escalation),
+                    conversation=to_conversation(conversation),
+                    last_message=text,
+                    unread=int(unread_count or 0),
+                    waiting_s=waiting,
+                    urgency=escalation.priority + waiting / URGENCY_SECONDS,
+                )
+            )
+        items.sort(key=lambda item: (-item.urgency, item.escalation.id))
+        return items
+
+    # -- one conversation --------------------------------------------------------------------
+
+    async def view(self, conversation_id: str) -> ConversationView:
+        """A conversation, its latest escalation, its messages and the agents' labels.
+
+        Raises:
+            NotFoundError: no conversation has this id.
+        """
+        labelled = (
+            select(FeedbackRow)
+            .join(MessageRow, MessageRow.id == FeedbackRow.message_id)
+            .where(
+                MessageRow.conversation_id == conversation_id,
+                FeedbackRow.author.in_(select(AgentRow.name)),
+            )
+            .order_by(FeedbackRow.id)
+        )
+        async with self.store.reading("read a conversation") as session:
+            conversation = await session.get(ConversationRow, conversation_id)
+            if conversation is None:
+                raise NotFoundError(
+                    f"conversation {conversation_id!r} does not exist; open one from the queue"
+                )
+            # At most one escalation is unresolved, and none can open after it: the newest
+            # is the unresolved one if there is one.
+            escalation = await session.scalar(
+                select(EscalationRow)
+                .where(EscalationRow.conversation_id == conversation_id)
+                .order_by(EscalationRow.id.desc())
+                .limit(1)
+            )
+            messages = (
+                await session.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.conversation_id == conversation_id)
+                    .order_by(MessageRow.id)
+                )
+            ).all()
+            feedback = (await session.scalars(labelled)).all()
+            approved = (
+                await session.scalars(
+                    select(ApprovedAnswerRow.answer_message_id).where(
+                        ApprovedAnswerRow.conversation_id == conversation_id
+                    )
+                )
+            ).all()
+            sentiment = await session.scalar(
+                select(ConversationLabelRow.sentiment)
+                .where(ConversationLabelRow.conversation_id == conversation_id)
+                .order_by(ConversationLabelRow.id.desc())
+                .limit(1)
+            )
+        labels: dict[int, MessageLabels] = {}
+        for row in feedback:
+            current = labels.get(row.message_id, MessageLabels())
+            labels[row.message_id] = MessageLabels(
+                intent=row.corrected_intent or current.intent,
+                sentiment=row.corrected_sentiment or current.sentiment,
+                rating=row.rating or current.rating,
+                by=row.author,
+            )
+        return ConversationView(
+            conversation=to_conversation(conversation),
+            escalation=None if escalation is None else to_escalation(escalation),
+            messages=tuple(to_message(m) for m in messages),
+            labels=labels,
+            approved=frozenset(a for a in approved if a is not None),
+            sentiment=sentiment,
+        )
+
+    async def message(self, message_id: int) -> StoredMessage:
+        """A message by id (NotFoundError when unknown)."""
+        async with self.store.reading("read a message") as session:
+            row = await session.get(MessageRow, message_id)
+        if row is None:
+            raise NotFoundError(f"message {message_id} does not exist; label a message shown")
+        return to_message(row)
+
+    async def unresolved(self, conversation_id: str) -> EscalationRecord | None:
+        """The conversation's unresolved escalation, if any."""
+        async with self.store.reading("read escalations") as session:
+            row = await session.scalar(select_unresolved(conversation_id))
+        return None if row is None else to_escalation(row)
+
+    # -- changing hands ----------------------------------------------------------------------
+
+    async def release(self, conversation_id: str, agent: str, operator: bool) -> EscalationRecord:
+        """Put a claimed escalation back in the queue (`handoff.release`: open, no assignee).
+
+        Raises:
+            NotFoundError: the conversation does not exist or has no unresolved escalation.
+            ConflictError: nobody claimed it, or another agent did and `operator` is False.
+        """
+        now = self.store.clock()
+        async with self.store.writing("release an escalation") as session:
+            conversation, row, current = await session.run_sync(load_handoff, conversation_id)
+            state = handoff.release(current, conversation_id, agent, operator)
+            released = apply_handoff(conversation, row, state, now)
+        return to_escalation(released)
+
+    async def close(
+        self, conversation_id: str, agent: str, operator: bool, outcome: str, notice: str
+    ) -> EscalationNotice:
+        """Close the unresolved escalation, give the conversation back to the bot and store
+        the notice for the customer, in one transaction.
+
+        Args:
+            outcome: `resolved` or `handed_back`.
+            notice: the system message telling the customer.
+
+        Raises:
+            BadRequestError: `outcome` is not an `Outcome`.
+            NotFoundError: the conversation does not exist or has no unresolved escalation.
+            ConflictError: the caller has not claimed it (operators may close any).
+        """
+        now = self.store.clock()
+        async with self.store.writing("close an escalation") as session:
+            conversation, row, current = await session.run_sync(load_handoff, conversation_id)
+            state, closed_as = handoff.close(current, conversation_id, agent, operator, outcome)
+            closed = apply_handoff(conversation, row, state, now, by=agent, outcome=closed_as)
+            message = MessageRow(
+                conversation_id=conversation_id,
+                role=Role.SYSTEM.value,
+                text=notice,
+                details={"event": closed_as.value, "agent": agent},
+                created_at=now,
+            )
+            session.add(message)
+            await session.flush()
+        return EscalationNotice(
+            to_escalation(closed), to_conversation(conversation), to_message(message)
+        )
+
+    async def check_claimed_by(self, conversation_id: str, agent: str) -> EscalationRecord:
+        """The escalation `agent` has claimed on this conversation (`handoff.check_claimed_by`).
+
+        Raises:
+            NotFoundError: no conversation has this id.
+            ConflictError: it is not claimed by `agent` (says by whom, or "claim it first").
+        """
+        async with self.store.reading("read escalations") as session:
+            _, row, current = await session.run_sync(load_handoff, conversation_id, lock=False)
+        handoff.check_claimed_by(current, conversation_id, agent)
+        assert row is not None  # claimed, so it has an unresolved escalation
+        return to_escalation(row)
+
+    # -- the unclaimed timeout ---------------------------------------------------------------
+
+    async def unclaimed_since(
+        self, cutoff: datetime
+    ) -> list[tuple[EscalationRecord, Conversation]]:
+        """Open escalations created at or before `cutoff` whose customer was not told yet."""
+        query = (
+            select(EscalationRow, ConversationRow)
+            .join(ConversationRow, ConversationRow.id == EscalationRow.conversation_id)
+            .where(
+                EscalationRow.status.in_(TIMEOUT_VALUES),
+                EscalationRow.timed_out_at.is_(None),
+                EscalationRow.created_at <= cutoff,
+            )
+            .order_by(EscalationRow.id)
+        )
+        async with self.store.reading("find unclaimed escalations") as session:
+            rows = (await session.execute(query)).all()
+        return [(to_escalation(e), to_conversation(c)) for e, c in rows]
+
+    async def time_out(self, escalation_id: int, notice: str) -> EscalationNotice | None:
+        """Mark an unclaimed escalation as timed out and store the customer's notice.
+
+        The update is conditional on `timed_out_at` being NULL and the escalation still
+        waiting (`handoff.can_time_out`), so of several replicas exactly one gets the row and
+        tells the customer.
+
+        Returns:
+            What was done, or None when another replica (or a claim) came first.
+        """
+        now = self.store.clock()
+        async with self.store.writing("time out an escalation") as session:
+            result = await session.execute(
+                update(EscalationRow)
+                .where(
+                    EscalationRow.id == escalation_id,
+                    EscalationRow.status.in_(TIMEOUT_VALUES),
+                    EscalationRow.timed_out_at.is_(None),
+                )
+                .values(timed_out_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            row = await session.get(EscalationRow, escalation_id, populate_existing=True)
+            assert row is not None
+            conversation = await session.get(ConversationRow, row.conversation_id)
+            assert conversation is not None
+            message = MessageRow(
+                conversation_id=row.conversation_id,
+                role=Role.SYSTEM.value,
+                text=notice,
+                details={"event": "unclaimed"},
+                created_at=now,
+            )
+            session.add(message)
+            conversation.updated_at = now
+            await session.flush()
+        return EscalationNotice(
+            to_escalation(row), to_conversation(conversation), to_message(message)
+        )
+
+    # -- labels and approved answers ---------------------------------------------------------
+
+    async def label_conversation(self, conversation_id: str, sentiment: str, author: str) -> int:
+        """Store an agent's overall sentiment for a conversation; returns the label's id.
+
+        Raises:
+            BadRequestError: `sentiment` is not negative, neutral or positive.
+            NotFoundError: no conversation has this id.
+        """
+        if sentiment not in SENTIMENTS:
+            raise BadRequestError(
+                f'field "sentiment" must be one of {", ".join(SENTIMENTS)}; got {sentiment!r}'
+            )
+        async with self.store.writing("label a conversation") as session:
+            if await session.get(ConversationRow, conversation_id) is None:
+                raise NotFoundError(f"conversation {conversation_id!r} does not exist")
+            row = ConversationLabelRow(
+                conversation_id=conversation_id,
+                sentiment=sentiment,
+                author=author,
+                created_at=self.store.clock(),
+            )
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def approve_answer(
+        self,
+        answer_message_id: int,
+        author: str,
+        question_message_id: int | None = None,
+        question: str | None = None,
+        intent: str | None = None,
+    ) -> int:
+        """Save an agent's reply as an approved answer to a customer's question.
+
+        The question defaults to the last customer message before the answer, the intent to
+        an agent's correction of that message, else the model's intent.
+
+        Returns:
+            The approved answer's id.
+
+        Raises:
+            NotFoundError: a message does not exist.
+            BadRequestError: the answer is not an agent message, the question message is not
+                a customer message of the same conversation, or there is no question.
+        """
+        async with self.store.writing("approve an answer") as session:
+            answer = await session.get(MessageRow, answer_message_id)
+            if answer is None:
+                raise NotFoundError(f"message {answer_message_id} does not exist")
+            if answer.role != Role.AGENT.value:
+                raise BadRequestError(
+                    f"message {answer_message_id} is a {answer.role} message; only agents' "
+                    "replies can be approved answers"
+                )
+            asked: MessageRow | None
+            if question_message_id is not None:
+                asked = await session.get(MessageRow, question_message_id)
+                if asked is None:
+                    raise NotFoundError(f"message {question_message_id} does not exist")
+                if (
+                    asked.role != Role.CUSTOMER.value
+                    or asked.conversation_id != answer.conversation_id
+                ):
+                    raise BadRequestError(
+                        f"message {question_message_id} is not a customer message of the "
+                        "answer's conversation; give one of its questions"
+                    )
+            else:
+                asked = await session.scalar(
+                    select(MessageRow)
+                    .where(
+                        MessageRow.conversation_id == answer.conversation_id,
+                        MessageRow.role == Role.CUSTOMER.value,
+                        MessageRow.id < answer.id,
+                    )
+                    .order_by(MessageRow.id.desc())
+                    .limit(1)
+                )
+            text = question or (asked.text if asked is not None else None)
+            if not text:
+                raise BadRequestError(
+                    f"no customer message comes before message {answer_message_id}; send "
+                    '"question" with the question it answers'
+                )
+            if intent is None and asked is not None:
+                intent = await session.scalar(
+                    select(FeedbackRow.corrected_intent)
+                    .where(
+                        FeedbackRow.message_id == asked.id,
+                        FeedbackRow.corrected_intent.is_not(None),
+                    )
+                    .order_by(FeedbackRow.id.desc())
+                    .limit(1)
+                )
+                intent = intent or asked.intent
+            row = ApprovedAnswerRow(
+                question=text,
+                answer=answer.text,
+                intent=intent,
+                conversation_id=answer.conversation_id,
+                question_message_id=None if asked is None else asked.id,
+                answer_message_id=answer.id,
+                author=author,
+                created_at=self.store.clock(),
+            )
+            session.add(row)
+            await session.flush()
+            return row.id
+
+    async def corrected_intents(self) -> list[str]:
+        """Intents agents have named in corrections, sorted."""
+        query = (
+            select(FeedbackRow.corrected_intent)
+            .where(FeedbackRow.corrected_intent.is_not(None))
+            .distinct()
+        )
+        async with self.store.reading("read corrected intents") as session:
+            return sorted(str(i) for i in (await session.scalars(query)).all())
+
+    # -- the dashboard -----------------------------------------------------------------------
+
+    async def dashboard(self, days: int) -> Dashboard:
+        """Per-day figures for the last `days` UTC days (today included), grouped in SQL.
+
+        Raises:
+            BadRequestError: `days` is not between 1 and 366.
+        """
+        if not 1 <= days <= MAX_DASHBOARD_DAYS:
+            raise BadRequestError(f"days must be from 1 to {MAX_DASHBOARD_DAYS}; got {days}")
+        now = self.store.clock().astimezone(UTC)
+        first = now.date() - timedelta(days=days - 1)
+        start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+        sqlite = self.store.url.startswith("sqlite")
+
+        def day(column: Any) -> ColumnElement[Any]:
+            if sqlite:  # naive UTC text: date() takes its first ten characters
+                return func.date(column)
+            # `timezone('UTC', timestamptz)` is the UTC wall time, whatever the session's
+            # TimeZone; a literal (not a bound parameter) so that GROUP BY repeats it exactly.
+            return cast(func.timezone(literal_column("'UTC'"), column), Date)
+
+        customer = MessageRow.role == Role.CUSTOMER.value
+        message_day = day(MessageRow.created_at)
+        per_day = (
+            select(
+                message_day,
+                func.count(MessageRow.id),
+                func.sum(case((customer, 1), else_=0)),
+                func.sum(
+                    case((and_(customer, MessageRow.route.in_(AUTOMATED_ROUTES)), 1), else_=0)
+                ),
+            )
+            .where(MessageRow.created_at >= start)
+            .group_by(message_day)
+        )
+        escalation_day = day(EscalationRow.created_at)
+        escalations = (
+            select(escalation_day, EscalationRow.reason, func.count(EscalationRow.id))
+            .where(EscalationRow.created_at >= start)
+            .group_by(escalation_day, EscalationRow.reason)
+        )
+        feedback_day = day(FeedbackRow.created_at)
+        feedback = (
+            select(feedback_day, FeedbackRow.rating, func.count(FeedbackRow.id))
+            .where(FeedbackRow.created_at >= start, FeedbackRow.rating.is_not(None))
+            .group_by(feedback_day, FeedbackRow.rating)
+        )
+        intents = (
+            select(
+                MessageRow.intent,
+                func.count(MessageRow.id),
+                func.avg(MessageRow.intent_confidence),
+            )
+            .where(MessageRow.created_at >= start, customer, MessageRow.intent.is_not(None))
+            .group_by(MessageRow.intent)
+        )
+        outcomes = (
+            select(EscalationRow.outcome, func.count(EscalationRow.id))
+            .where(EscalationRow.resolved_at >= start, EscalationRow.outcome.is_not(None))
+            .group_by(EscalationRow.outcome)
+        )
+        open_count = select(func.count(EscalationRow.id)).where(
+            EscalationRow.status.in_(UNRESOLVED_VALUES)
+        )
+        async with self.store.reading("read the dashboard") as session:
+            message_rows = (await session.execute(per_day)).all()
+            escalation_rows = (await session.execute(escalations)).all()
+            feedback_rows = (await session.execute(feedback)).all()
+            intent_rows = (await session.execute(intents)).all()
+            outcome_rows = (await session.execute(outcomes)).all()
+            open_escalations = int(await session.scalar(open_count) or 0)
+
+        figures: dict[date, dict[str, Any]] = {
+            first + timedelta(days=i): {"escalations": {}, "feedback": {"up": 0, "down": 0}}
+            for i in range(days)
+        }
+        for when, total, customers, automated in message_rows:
+            entry = figures.get(_as_date(when))
+            if entry is not None:
+                entry["messages"] = int(total)
+                entry["customer_messages"] = int(customers or 0)
+                entry["automated"] = int(automated or 0)
+        for when, reason, count in escalation_rows:
+            entry = figures.get(_as_date(when))
+            if entry is not None:
+                entry["escalations"][reason] = int(count)
+        for when, rating, count in feedback_rows:
+            entry = figures.get(_as_date(when))
+            if entry is not None:
+                entry["feedback"][rating] = int(count)
+        return Dashboard(
+            days=tuple(DayFigures(date=d, **values) for d, values in sorted(figures.items())),
+            intents=tuple(
+                sorted(
+                    (
+                        IntentFigures(str(intent), int(count), round(float(mean or 0.0), 4))
+                        for intent, count, mean in intent_rows
+                    ),
+                    key=lambda f: (-f.messages, f.intent),
+                )
+            ),
+            open_escalations=open_escalations,
+            outcomes={str(outcome): int(count) for outcome, count in outcome_rows},
+        )
+
+
+def _as_date(value: Any) -> date:
+    """A grouped day as SQLite ('2026-11-29') or PostgreSQL (a date) returns it."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))

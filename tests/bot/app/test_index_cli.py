@@ -1,0 +1,86 @@
+"""`supportbot index` as a user runs it: the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.app.cli import main
+
+SUPPORTBOT = Path(sys.executable).with_name("supportbot")
+REPO = Path(__file__).resolve().parents[3]
+
+
+def supportbot(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(SUPPORTBOT), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The sample shop's index, built once: (directory, stdout)."""
+    out = tmp_path_factory.mktemp("index") / "answers"
+    result = supportbot(
+        "index", "build", "--data", "data", "--faq", "data/faq.csv", "--out", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    return out, result.stdout
+
+
+@pytest.mark.slow
+def test_build_prints_counts_and_the_directory_last(built: tuple[Path, str]) -> None:
+    out, stdout = built
+    lines = stdout.strip().splitlines()
+    assert Path(lines[-1]) == out
+    assert (out / "index.json").is_file() and (out / "embeddings.npy").is_file()
+    assert "skipped data/utterances.csv" in stdout  # labelled utterances are not answers
+    counts = next(line for line in lines if line.startswith("pairs: "))
+    assert " from conversations, 36 from FAQ, 0 approved" in counts
+    assert any(line.startswith("duplicates dropped: ") for line in lines)
+    meta = json.loads((out / "index.json").read_text())
+    assert meta["model"] == "bundled" and meta["dimension"] == 384
+
+
+@pytest.mark.slow
+def test_search_finds_the_refund_answer(built: tuple[Path, str]) -> None:
+    out, _ = built
+    result = supportbot("index", "search", "how long does a refund take", "--index", str(out))
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[:3]
+    assert first[0].startswith("1. score 0.") and "data/" in first[0]
+    assert first[2].startswith("   A: ") and "refund" in first[2].lower()
+    assert "5-7 business days" in first[2]
+
+
+@pytest.mark.slow
+def test_search_json_and_k(built: tuple[Path, str], capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = built
+    # In-process (the same `main` the script calls): a second subprocess would only re-pay
+    # the torch import.
+    assert main(["index", "search", "refund", "--index", str(out), "-k", "2", "--json"]) == 0
+    answers = json.loads(capsys.readouterr().out)["answers"]
+    assert len(answers) == 2 and answers[0]["score"] >= answers[1]["score"]
+    assert {"score", "source", "question", "answer"} <= set(answers[0])
+
+
+def test_bad_faq_exits_2_with_file_line_and_field(tmp_path: Path) -> None:
+    faq = tmp_path / "faq.csv"
+    faq.write_text("question,answer\nHow long does delivery take?,\n")
+    result = supportbot("index", "build", "--faq", str(faq), "--out", str(tmp_path / "answers"))
+    assert result.returncode == 2
+    assert 'faq.csv line 2: field "answer": is empty' in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "answers").exists()
+
+
+def test_searching_a_missing_index_explains_how_to_build_one(tmp_path: Path) -> None:
+    result = supportbot("index", "search", "hello", "--index", str(tmp_path / "none"))
+    assert result.returncode == 2
+    assert "supportbot index build" in result.stderr and "Traceback" not in result.stderr

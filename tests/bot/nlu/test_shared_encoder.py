@@ -1,0 +1,168 @@
+"""One forward for intent, sentiment and the answer index: weight comparison, freezing, and
+the shared forward against every model's own, on the bundled backbone and real trained
+models."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bot.nlu.artifacts import resolve_backbone
+from bot.nlu.classifier import TransformerClassifier, mean_pool
+from bot.nlu.shared_encoder import Branch, SharedEncoder, common_depth, freeze_lower_layers
+from bot.nlu.understander import ModelSet
+from bot.retrieval.embedder import SentenceEmbedder
+
+TEXTS = [
+    "hello",
+    "where is my parcel, it should have arrived on monday",
+    "I am really angry about the broken blender you sent me!!!",
+    "can I pay with paypal?",
+]
+
+
+@pytest.fixture(scope="module")
+def backbone() -> tuple[object, object]:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_backbone("bundled")
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def own_pooled(encoder: object, tokenizer: object, texts: list[str]) -> torch.Tensor:
+    batch = tokenizer(texts, padding=True, return_tensors="pt")  # type: ignore[operator]
+    with torch.inference_mode():
+        out = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])  # type: ignore[operator]
+    return mean_pool(out.last_hidden_state, batch["attention_mask"])
+
+
+def perturb(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.01)
+
+
+def test_common_depth_counts_equal_bottom_layers(backbone: tuple[object, object]) -> None:
+    encoder, _ = backbone
+    top_changed = copy.deepcopy(encoder)
+    perturb(top_changed.encoder.layer[5])  # type: ignore[attr-defined]
+    two_changed = copy.deepcopy(encoder)
+    perturb(two_changed.encoder.layer[4])  # type: ignore[attr-defined]
+    embeddings_changed = copy.deepcopy(encoder)
+    perturb(embeddings_changed.embeddings)  # type: ignore[attr-defined]
+
+    assert common_depth([encoder, copy.deepcopy(encoder)]) == 6
+    assert common_depth([encoder, top_changed]) == 5
+    assert common_depth([encoder, top_changed, two_changed]) == 4
+    assert common_depth([encoder, embeddings_changed]) is None
+    assert common_depth([encoder, torch.nn.Linear(2, 2)]) is None
+
+
+def test_freeze_lower_layers_leaves_only_the_top_trainable(backbone: tuple[object, object]) -> None:
+    encoder = copy.deepcopy(backbone[0])
+    assert freeze_lower_layers(encoder, 2) == 4
+    trainable = {
+        name.split(".")[2]
+        for name, parameter in encoder.named_parameters()  # type: ignore[attr-defined]
+        if parameter.requires_grad and name.startswith("encoder.layer.")
+    }
+    assert trainable == {"4", "5"}
+    assert not any(p.requires_grad for p in encoder.embeddings.parameters())  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="--tuned-layers all"):
+        freeze_lower_layers(torch.nn.Linear(2, 2), 2)
+
+
+def test_shared_forward_matches_each_models_own(backbone: tuple[object, object]) -> None:
+    encoder, tokenizer = backbone
+    tuned = copy.deepcopy(encoder)
+    perturb(tuned.encoder.layer[4])  # type: ignore[attr-defined]
+    perturb(tuned.encoder.layer[5])  # type: ignore[attr-defined]
+    shared = SharedEncoder([Branch("a", encoder), Branch("b", tuned)], tokenizer, 64, batch_size=3)
+    assert shared.depth == 4
+
+    pooled = shared.pooled(TEXTS)
+
+    for name, model in (("a", encoder), ("b", tuned)):
+        # each text alone: no padding at all in the reference
+        own = torch.cat([own_pooled(model, tokenizer, [t]) for t in TEXTS])
+        assert torch.allclose(pooled[name], own, atol=1e-4), name
+    assert not torch.allclose(pooled["a"], pooled["b"], atol=1e-3)  # the tops do differ
+    assert shared.pooled([])["a"].shape == (0, 384)
+
+
+def test_models_trained_with_frozen_layers_share_one_forward(
+    runtime_models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    embedder = SentenceEmbedder("bundled")
+    with caplog.at_level(logging.INFO, logger="bot.nlu.understander"):
+        shared = ModelSet.load(runtime_models, quantized=False, query_encoder=embedder)
+    assert shared.shared is not None and shared.shared.depth == 3
+    assert "intent, sentiment, query share the embeddings and 3 of 6 layers" in caplog.text
+    alone = ModelSet.load(runtime_models, quantized=False)
+    assert alone.shared is not None  # the two classifiers still share with each other
+
+    texts = ["hi", "where is my order #123?", "this is useless, I want a human now"]
+    together = shared.classify(texts)
+    plain_intent = TransformerClassifier(runtime_models / "intent" / "v1").predict(texts)
+    for understood, expected in zip(together, plain_intent, strict=True):
+        assert understood.top_intents[0].label == expected.label
+        assert understood.intent_confidence == pytest.approx(expected.confidence, abs=1e-4)
+        assert understood.query_embedding is not None
+    vectors = np.stack([u.query_embedding for u in together])
+    assert np.allclose(vectors, embedder(texts), atol=1e-4)
+    assert all(u.query_embedding is None for u in alone.classify(texts))
+
+
+def test_quantized_shared_models_agree_with_float(runtime_models: Path) -> None:
+    embedder = SentenceEmbedder("bundled")
+    float_set = ModelSet.load(runtime_models, quantized=False, query_encoder=embedder)
+    int8_set = ModelSet.load(runtime_models, quantized=True, query_encoder=embedder)
+    texts = ["hello there", "my parcel never came", "can I return the shoes?", "you are awful"]
+    a, b = float_set.classify(texts), int8_set.classify(texts)
+    assert [u.top_intents[0].label for u in a] == [u.top_intents[0].label for u in b]
+    # the shared layers (and so the query embedding) stay float32
+    assert np.allclose(
+        np.stack([u.query_embedding for u in a]), np.stack([u.query_embedding for u in b])
+    )
+
+
+def test_a_fully_fine_tuned_model_runs_its_own_forward_beside_the_shared_one(
+    runtime_models: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(runtime_models, models)
+    # As if sentiment was trained with --tuned-layers all: its embeddings moved too.
+    sentiment = TransformerClassifier(models / "sentiment" / "v1")
+    perturb(sentiment.model.encoder.embeddings)
+    sentiment.model.encoder.save_pretrained(models / "sentiment" / "v1")
+    texts = ["hi", "this is useless, I want a human now"]
+
+    loaded = ModelSet.load(models, quantized=False, query_encoder=SentenceEmbedder("bundled"))
+
+    assert loaded.shared is not None and loaded.shared.names == {"intent", "query"}
+    understood = loaded.classify(texts)
+    own = TransformerClassifier(models / "sentiment" / "v1").predict_proba(texts)
+    for u, probs in zip(understood, own, strict=True):
+        assert u.query_embedding is not None
+        assert dict((s.label, s.score) for s in u.sentiment_scores)[u.sentiment] == (
+            pytest.approx(float(probs.max()), abs=1e-5)
+        )
+    # int8 for what runs on its own: sentiment as a whole, intent's own top layers.
+    quantized = ModelSet.load(models, quantized=True, query_encoder=SentenceEmbedder("bundled"))
+    assert [u.sentiment for u in quantized.classify(texts)] == [u.sentiment for u in understood]
+
+    # Nothing in common at all (intent moved too, no index encoder): each on its own.
+    intent = TransformerClassifier(models / "intent" / "v1")
+    perturb(intent.model.encoder.embeddings)
+    perturb(intent.model.encoder.embeddings)
+    intent.model.encoder.save_pretrained(models / "intent" / "v1")
+    alone = ModelSet.load(models, quantized=False)
+    assert alone.shared is None
+    assert alone.classify(["hi"])[0].query_embedding is None
