@@ -40,6 +40,16 @@ class ServerSettings(BaseModel):
         default_factory=socket.gethostname,
         description="this replica's name in logs and metrics (default: the host name)",
     )
+    trusted_proxies: list[str] = Field(
+        [],
+        description="addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto are believed; from any other peer they are ignored",
+    )
+    allow_unauthenticated_api: bool = Field(
+        False,
+        description="serve the REST API without API keys on a non-loopback address (only for "
+        "a network you trust); on loopback with no keys, local callers need none",
+    )
 
 
 class StoreSettings(BaseModel):
