@@ -19,7 +19,6 @@ assertions):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import random
@@ -31,6 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from inputs import read_table
 
 if TYPE_CHECKING:
     from bot.nlu.understander import ModelSet
@@ -47,14 +48,11 @@ class Utterance:
 
 
 def read_utterances(path: Path) -> list[Utterance]:
-    if not path.is_file():
-        sys.exit(f"{path} does not exist; pass the project's data folder with --data")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ("text", "intent", "sentiment") if c not in (reader.fieldnames or [])]
-        if missing:
-            sys.exit(f"{path}: columns {missing} missing (header: {reader.fieldnames})")
-        return [Utterance(r["text"].strip(), r["intent"], r["sentiment"]) for r in reader]
+    fix = "pass the project's data folder with --data"
+    return [
+        Utterance(r["text"].strip(), r["intent"], r["sentiment"])
+        for _, r in read_table(path, ("text", "intent", "sentiment"), fix)
+    ]
 
 
 def read_conversation_texts(path: Path) -> list[str]:

@@ -17,22 +17,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import os
 import random
 import statistics
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from inputs import read_table
 
 from bot.core.datafiles import normalize
 from bot.retrieval.embedder import SentenceEmbedder
 from bot.retrieval.index import EmbeddingAnswerIndex
 from bot.retrieval.sources import AnswerPair
+from training.split import shuffled_groups
 
 DEFAULT_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 BITEXT = Path("bitext_customer_support") / "Bitext_Sample_Customer_Support_Training_Dataset.csv"
@@ -49,37 +49,19 @@ class Row:
 
 def read_bitext(path: Path) -> list[Row]:
     """Rows of the Bitext CSV; `source` is `file:line` of the row's first line."""
-    if not path.is_file():
-        sys.exit(f"{path} does not exist; pass the folder holding {BITEXT.parent} with --datasets")
-    rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            sys.exit(f"{path}: columns {missing} missing (header: {', '.join(header)})")
-        ui, ii, ri = (header.index(c) for c in COLUMNS)
-        start = reader.line_num + 1
-        for record in reader:
-            # Responses span several lines; a row's source is the line it starts on.
-            line, start = start, reader.line_num + 1
-            rows.append(
-                Row(record[ui].strip(), record[ii].strip(), record[ri].strip(), f"{path}:{line}")
-            )
-    return rows
+    fix = f"pass the folder holding {BITEXT.parent} with --datasets"
+    return [
+        Row(r["instruction"].strip(), r["intent"].strip(), r["response"].strip(), f"{path}:{line}")
+        for line, r in read_table(path, COLUMNS, fix)
+    ]
 
 
 def split(rows: list[Row], holdout: float, seed: int) -> tuple[list[Row], list[Row]]:
     """(indexed, queries): `holdout` of every intent's rows, at least one, become queries."""
-    by_intent: dict[str, list[Row]] = defaultdict(list)
-    for row in rows:
-        by_intent[row.intent].append(row)
     rng = random.Random(seed)
     indexed: list[Row] = []
     queries: list[Row] = []
-    for intent in sorted(by_intent):
-        group = by_intent[intent][:]
-        rng.shuffle(group)
+    for group in shuffled_groups(rows, lambda row: row.intent, rng):
         cut = max(1, round(holdout * len(group)))
         queries += group[:cut]
         indexed += group[cut:]

@@ -81,6 +81,16 @@ async def next_frame(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> dic
     return frame
 
 
+async def open_session(
+    http: aiohttp.ClientSession, url: str, session: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A widget socket that said hello for `session`, as widget.js does (the id travels in
+    the first frame, never in the URL); the history frame comes next."""
+    ws = await http.ws_connect(f"{url}/ws")
+    await ws.send_json({"type": "hello", "session": session})
+    return ws
+
+
 async def think(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> None:
     """Pause, still reading the socket: aiohttp answers the server's pings only inside
     receive(), where a browser answers them at once."""
@@ -118,7 +128,7 @@ async def customer(
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 # No client pings: browsers do not send any (the server pings every 30 s).
-                ws = await http.ws_connect(f"{url}/ws?session={session}")
+                ws = await open_session(http, url, session)
                 while True:  # the history frame comes first
                     if (await next_frame(ws, ANSWER_TIMEOUT_S))["type"] == "history":
                         break
@@ -185,10 +195,7 @@ async def check_transcripts(
             for attempt in range(5):
                 url = urls[(index + attempt) % len(urls)]
                 try:
-                    async with (
-                        asyncio.timeout(60),
-                        http.ws_connect(f"{url}/ws?session={session}") as ws,
-                    ):
+                    async with asyncio.timeout(60), await open_session(http, url, session) as ws:
                         frame = await next_frame(ws, 60)
                         if frame["type"] == "history":
                             return frame

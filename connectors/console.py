@@ -14,7 +14,7 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -23,6 +23,7 @@ from yarl import URL
 from bot.core.background import cancel_and_wait
 from bot.core.bus import EventBus, Subscription
 from bot.core.desk import (
+    MAX_DASHBOARD_DAYS,
     TOPIC,
     AgentDesk,
     ConversationView,
@@ -31,11 +32,19 @@ from bot.core.desk import (
     MessageLabels,
     QueueItem,
 )
-from bot.core.errors import BadRequestError, ForbiddenError, UnauthorizedError
+from bot.core.errors import ConfigurationError, ForbiddenError, UnauthorizedError
 from bot.core.ports import SessionStore
 from bot.core.records import AgentSession, EscalationRecord, Role, StoredMessage
 from bot.settings import ConsoleSettings
-from connectors.http import id_field, path_id, read_json, text_field
+from connectors.http import (
+    id_field,
+    path_id,
+    path_text,
+    query_int,
+    read_json,
+    require_json,
+    text_field,
+)
 from connectors.static_files import JAVASCRIPT, asset_response, read_static
 
 log = logging.getLogger(__name__)
@@ -66,13 +75,33 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 HEARTBEAT_S = 30.0
 MAX_NAME_CHARS = 200
 MAX_PASSWORD_CHARS = 1024
+# Conversation ids are 32 hex digits; anything much longer is no id.
+MAX_CONVERSATION_ID_CHARS = 100
+# The pages load only their own scripts, styles and images and talk only to their own
+# origin ('self' covers the events WebSocket on the same host and port, as CSP Level 3 says);
+# nothing inline runs, nothing may frame them, and forms post only here.
+CONTENT_SECURITY_POLICY = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    )
+)
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+# Where the sign-in page sends the browser when `next` is missing or not a path on this site.
+HOME = "/console"
 
 ApiHandler = Callable[[web.Request, AgentSession], Awaitable[web.StreamResponse]]
 
@@ -229,37 +258,100 @@ def render_closed(closed: EscalationNotice) -> dict[str, Any]:
     return {"escalation": render_escalation(closed.escalation)}
 
 
-def _behind_proxy(request: web.Request) -> bool:
-    """Whether the peer is on loopback or a private network (a reverse proxy such as the
-    bundled nginx), whose `X-Forwarded-*` headers are then believed."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_trusted_proxies(values: Sequence[str]) -> tuple[Network, ...]:
+    """`server.trusted_proxies` as networks (a single address is a network of one).
+
+    Raises:
+        ConfigurationError: an entry is neither an IP address nor a CIDR network.
+    """
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"server.trusted_proxies: {value!r} is not an IP address or a network ({exc}); "
+                'list your reverse proxies\' addresses, e.g. ["172.28.0.10"] or ["10.0.0.0/24"]'
+            ) from exc
+    return tuple(networks)
+
+
+def _ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        peer = ipaddress.ip_address(request.remote or "")
+        return ipaddress.ip_address(value.strip())
     except ValueError:
-        return False
-    return peer.is_loopback or peer.is_private
+        return None
 
 
-def client_address(request: web.Request) -> str:
-    """The customer-facing client address: the proxy's `X-Forwarded-For` entry (the one it
-    appended, rightmost) when the peer is a local proxy, else the TCP peer.
+def _trusted(address: str | None, proxies: Sequence[Network]) -> bool:
+    ip = _ip(address or "")
+    return ip is not None and any(ip in network for network in proxies)
+
+
+def client_address(request: web.Request, proxies: Sequence[Network]) -> str:
+    """The client's address: the TCP peer, or, when the peer is one of `proxies`, the
+    rightmost `X-Forwarded-For` entry that is not itself one of them (each proxy appends the
+    address it was reached from; what lies further left the client could have written).
 
     Without this, behind nginx every agent would share the proxy's address, and a handful of
-    typos would rate-limit everyone.
+    typos would rate-limit everyone; with it from any peer, anyone could pick their address.
     """
-    forwarded = request.headers.get("X-Forwarded-For", "")
-    if forwarded and _behind_proxy(request):
-        last = forwarded.split(",")[-1].strip()
-        if last:
-            return last
-    return request.remote or "unknown"
+    address = request.remote or "unknown"
+    if not _trusted(address, proxies):
+        return address
+    hops = ",".join(request.headers.getall("X-Forwarded-For", [])).split(",")
+    for hop in reversed(hops):
+        ip = _ip(hop)
+        if ip is None:  # not an address: stop at the proxy that passed it on
+            break
+        address = str(ip)
+        if not any(ip in network for network in proxies):
+            break
+    return address
 
 
-def came_over_https(request: web.Request) -> bool:
-    """https directly, or (from a local proxy) `X-Forwarded-Proto: https`."""
+def came_over_https(request: web.Request, proxies: Sequence[Network]) -> bool:
+    """https directly, or `X-Forwarded-Proto: https` from one of `proxies`."""
     if request.secure:
         return True
     proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    return proto == "https" and _behind_proxy(request)
+    return proto == "https" and _trusted(request.remote, proxies)
+
+
+def safe_next(raw: str) -> str:
+    """`raw` if it is a path on this site to go to after signing in, else HOME.
+
+    Only a path: it starts with one `/`, holds no control character or backslash (browsers
+    drop tabs and line breaks from a URL and read a backslash as `/`, so a tab, line break or
+    backslash after the first `/` leads off-site: `/%09/evil.example`), and parses with no
+    scheme or host.
+    """
+    if not raw.startswith("/") or raw.startswith("//") or "\\" in raw:
+        return HOME
+    if any(ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0 for char in raw):
+        return HOME
+    try:
+        url = URL(raw)
+    except ValueError:
+        return HOME
+    if url.scheme or url.host is not None or url.is_absolute():
+        return HOME
+    return raw
+
+
+def conversation_id(request: web.Request) -> str:
+    """The conversation id in the URL path (400 for a NUL, invalid Unicode or pages of text;
+    an id of no conversation is the desk's 404)."""
+    return path_text(request, "conversation_id", max_chars=MAX_CONVERSATION_ID_CHARS)
+
+
+async def read_json_body(request: web.Request) -> dict[str, Any]:
+    """A JSON object body, declared as application/json (415 otherwise: see `require_json`)."""
+    require_json(request)
+    return await read_json(request)
 
 
 def _authority(url: URL) -> str:
@@ -283,6 +375,11 @@ class ConsoleConnector:
         public_url: `server.public_url`; an https one makes the cookie Secure, and its origin
             may open the events socket.
         max_message_chars: longest reply an agent may send.
+        trusted_proxies: `server.trusted_proxies`, the reverse proxies (addresses or CIDR
+            networks) whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+
+    Raises:
+        ConfigurationError: a trusted proxy is not an address or a network.
     """
 
     def __init__(
@@ -293,6 +390,7 @@ class ConsoleConnector:
         settings: ConsoleSettings,
         public_url: str | None,
         max_message_chars: int,
+        trusted_proxies: Sequence[str] = (),
     ) -> None:
         self.console = console
         self.accounts = accounts
@@ -300,6 +398,7 @@ class ConsoleConnector:
         self.settings = settings
         self.public_url = URL(public_url) if public_url else None
         self.max_message_chars = max_message_chars
+        self.trusted_proxies = parse_trusted_proxies(trusted_proxies)
         self._sockets: dict[str, set[web.WebSocketResponse]] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -352,16 +451,17 @@ class ConsoleConnector:
 
     def _secure(self, request: web.Request) -> bool:
         https_url = self.public_url is not None and self.public_url.scheme == "https"
-        return came_over_https(request) or https_url
+        return came_over_https(request, self.trusted_proxies) or https_url
 
     async def sign_in(self, request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_json_body(request)
         name = text_field(body, "name", required=True, max_chars=MAX_NAME_CHARS)
         password = text_field(
             body, "password", required=True, max_chars=MAX_PASSWORD_CHARS, strip=False
         )
         assert name is not None and password is not None
-        signed = await self.accounts.sign_in(name.strip(), password, client_address(request))
+        address = client_address(request, self.trusted_proxies)
+        signed = await self.accounts.sign_in(name.strip(), password, address)
         agent = signed.session.agent
         response = web.json_response(
             {
@@ -379,7 +479,7 @@ class ConsoleConnector:
             secure=self._secure(request),
         )
         response.headers["Cache-Control"] = "no-store"
-        log.info("console: %s signed in from %s", agent.name, client_address(request))
+        log.info("console: %s signed in from %s", agent.name, address)
         return response
 
     async def sign_out(self, request: web.Request, session: AgentSession) -> web.Response:
@@ -410,6 +510,14 @@ class ConsoleConnector:
         )
 
     async def sign_in_page(self, request: web.Request) -> web.Response:
+        # The page's script goes to `next` after signing in and checks it the same way; a
+        # link with an unsafe one is put right here, before any script runs.
+        raw = request.query.get("next")
+        if raw is not None and safe_next(raw) != raw:
+            raise web.HTTPFound(
+                str(URL("/console/sign-in").with_query(next=HOME)),
+                headers={"Cache-Control": "no-store"},
+            )
         return web.Response(
             text=_static(SIGN_IN_PAGE),
             content_type="text/html",
@@ -427,36 +535,34 @@ class ConsoleConnector:
         return web.json_response({"escalations": [render_item(i) for i in items]})
 
     async def conversation(self, request: web.Request, session: AgentSession) -> web.Response:
-        view = await self.console.view(request.match_info["conversation_id"])
+        view = await self.console.view(conversation_id(request))
         return web.json_response(render_view(view))
 
     async def claim(self, request: web.Request, session: AgentSession) -> web.Response:
-        cid = request.match_info["conversation_id"]
+        cid = conversation_id(request)
         escalation = await self.console.claim(cid, session.agent)
         return web.json_response({"escalation": render_escalation(escalation)})
 
     async def release(self, request: web.Request, session: AgentSession) -> web.Response:
-        cid = request.match_info["conversation_id"]
+        cid = conversation_id(request)
         escalation = await self.console.release(cid, session.agent)
         return web.json_response({"escalation": render_escalation(escalation)})
 
     async def hand_back(self, request: web.Request, session: AgentSession) -> web.Response:
-        closed = await self.console.hand_back(request.match_info["conversation_id"], session.agent)
+        closed = await self.console.hand_back(conversation_id(request), session.agent)
         return web.json_response(render_closed(closed))
 
     async def resolve(self, request: web.Request, session: AgentSession) -> web.Response:
-        closed = await self.console.resolve(request.match_info["conversation_id"], session.agent)
+        closed = await self.console.resolve(conversation_id(request), session.agent)
         return web.json_response(render_closed(closed))
 
     async def reply(self, request: web.Request, session: AgentSession) -> web.Response:
-        body = await read_json(request)
+        body = await read_json_body(request)
         text = text_field(
             body, "text", required=True, max_chars=self.max_message_chars, strip=False
         )
         assert text is not None
-        message, delivered = await self.console.reply(
-            request.match_info["conversation_id"], session.agent, text
-        )
+        message, delivered = await self.console.reply(conversation_id(request), session.agent, text)
         return web.json_response(
             {"message": render_message(message), "delivered": delivered}, status=201
         )
@@ -464,7 +570,7 @@ class ConsoleConnector:
     # -- labels ------------------------------------------------------------------------------
 
     async def label_message(self, request: web.Request, session: AgentSession) -> web.Response:
-        body = await read_json(request)
+        body = await read_json_body(request)
         feedback_id = await self.console.label_message(
             path_id(request, "message_id"),
             session.agent,
@@ -475,16 +581,16 @@ class ConsoleConnector:
         return web.json_response({"id": feedback_id}, status=201)
 
     async def label_conversation(self, request: web.Request, session: AgentSession) -> web.Response:
-        body = await read_json(request)
+        body = await read_json_body(request)
         sentiment = text_field(body, "sentiment", required=True, max_chars=16)
         assert sentiment is not None
         label_id = await self.console.label_conversation(
-            request.match_info["conversation_id"], session.agent, sentiment
+            conversation_id(request), session.agent, sentiment
         )
         return web.json_response({"id": label_id}, status=201)
 
     async def approve_answer(self, request: web.Request, session: AgentSession) -> web.Response:
-        body = await read_json(request)
+        body = await read_json_body(request)
         answer_id = id_field(body, "answer_message_id", required=True)
         assert answer_id is not None
         approved_id = await self.console.approve_answer(
@@ -500,10 +606,8 @@ class ConsoleConnector:
         return web.json_response({"intents": await self.console.intents()})
 
     async def dashboard(self, request: web.Request, session: AgentSession) -> web.Response:
-        raw = request.query.get("days", "7")
-        if not raw.isdigit():
-            raise BadRequestError(f"days must be a whole number of days; got {raw!r}")
-        dashboard = await self.console.dashboard(session.agent, int(raw))
+        days = query_int(request, "days", 1, MAX_DASHBOARD_DAYS, default=7)
+        dashboard = await self.console.dashboard(session.agent, days)
         return web.json_response(render_dashboard(dashboard))
 
     # -- live events -------------------------------------------------------------------------

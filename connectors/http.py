@@ -196,3 +196,66 @@ def path_id(request: web.Request, name: str, what: str = "a message") -> int:
     if int(raw) > MAX_ID:
         raise BadRequestError(f"{name} {raw[:40]!r} is out of range; ids go up to {MAX_ID}")
     return int(raw)
+
+
+def query_int(
+    request: web.Request, name: str, lo: int, hi: int, *, default: int | None = None
+) -> int:
+    """A whole-number query parameter from `lo` to `hi`: ASCII digits only (`"²".isdigit()`
+    is True), at most MAX_INT_DIGITS of them.
+
+    Args:
+        default: the value when the parameter is absent (None: it is required).
+
+    Raises:
+        BadRequestError: absent and required, not a decimal number, or out of range.
+    """
+    raw = request.query.get(name)
+    if raw is None and default is not None:
+        return default
+    expected = f"a whole number from {lo} to {hi}"
+    if raw is None:
+        raise BadRequestError(f"query parameter {name} is missing; send {expected}")
+    digits = raw[1:] if raw.startswith("-") else raw
+    if (
+        not (digits.isascii() and digits.isdigit())
+        or len(digits) > MAX_INT_DIGITS
+        or not lo <= int(raw) <= hi
+    ):
+        raise BadRequestError(f"query parameter {name} must be {expected}; got {raw[:40]!r}")
+    return int(raw)
+
+
+def require_json(request: web.Request) -> None:
+    """Refuse (415) a request body that is not declared `application/json`.
+
+    A cross-site HTML form can post text/plain, a form encoding or multipart without asking
+    the server first, never application/json (that needs a CORS preflight the server would
+    have to grant): requiring it keeps other sites' forms away from an endpoint, a sign-in
+    form (login CSRF) included.
+
+    Raises:
+        web.HTTPUnsupportedMediaType: with the usual `{"error": ...}` JSON body.
+    """
+    if request.content_type != "application/json":
+        sent = request.headers.get("Content-Type")
+        got = "no Content-Type" if sent is None else f"Content-Type {sent[:80]!r}"
+        message = f"send the body as JSON with Content-Type application/json; got {got}"
+        raise web.HTTPUnsupportedMediaType(
+            text=json.dumps({"error": message}), content_type="application/json"
+        )
+
+
+def path_text(request: web.Request, name: str, *, max_chars: int) -> str:
+    """A text parameter from the URL path (a conversation id): valid Unicode with no NUL
+    (PostgreSQL refuses to even compare one), at most `max_chars` characters.
+
+    Raises:
+        BadRequestError: it is longer, or holds a NUL or a lone surrogate.
+    """
+    raw = request.match_info[name]
+    if len(raw) > max_chars:
+        raise BadRequestError(
+            f"{name} has {len(raw)} characters; ids here have at most {max_chars}"
+        )
+    return check_text(raw, name)

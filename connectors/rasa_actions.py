@@ -4,7 +4,9 @@ Rasa runs custom actions in a process of their own (the action server) and calls
 These actions in turn call a running supportbot over its REST API (`connectors/rest.py`), so
 the action server needs no models and no database. Only translation lives here: a Rasa
 tracker -> a supportbot request, and supportbot's answer -> dispatcher messages and Rasa events
-(slots, pause). The REST responses are parsed back into the core's own types.
+(slots, pause). The REST responses are parsed back into the core's own types. Every request
+carries the action server's API key (`Authorization: Bearer`), made with `supportbot api-keys
+create rasa`; the default channels of a key cover the hand-off channel `rasa`.
 
 Each action server process owns one `SupportbotClient` (one HTTP session), made by
 `create_client` and closed when the server stops; `create_action_app` is the composition root
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
@@ -40,6 +42,7 @@ from bot.core.records import (
     Understanding,
 )
 from bot.core.service import HandleResult
+from connectors.rasa_cli import KEY_ENV
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,6 +50,10 @@ T = TypeVar("T")
 DEFAULT_SUPPORTBOT_URL = "http://127.0.0.1:8080"
 HANDOFF_CHANNEL = "rasa"
 APOLOGY = "Sorry, I can't reach our support system right now. Please try again in a few minutes."
+KEY_HINT = (
+    f"; give the action server an API key for channel {HANDOFF_CHANNEL!r} (`supportbot api-keys "
+    f"create rasa`, then {KEY_ENV} or --api-key)"
+)
 
 # The slots these actions set; a Rasa domain declares them (see docs/rasa.md).
 ANSWER_FOUND_SLOT = "supportbot_answer_found"
@@ -68,13 +75,17 @@ class ActionServerSettings:
     Attributes:
         supportbot_url: where `supportbot serve` runs (scheme, host, port).
         timeout_s: longest wait for one supportbot request.
+        api_key: sent with every request; None sends none (a supportbot on the same machine
+            with no keys at all accepts that). Never shown in the repr.
 
     Raises:
-        ConfigurationError: the URL is not an http(s) URL or the timeout is not positive.
+        ConfigurationError: the URL is not an http(s) URL, the timeout is not positive, or the
+            key could not be sent in a header.
     """
 
     supportbot_url: str = DEFAULT_SUPPORTBOT_URL
     timeout_s: float = 10.0
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         url = URL(self.supportbot_url)
@@ -86,6 +97,12 @@ class ActionServerSettings:
         if self.timeout_s <= 0:
             raise ConfigurationError(
                 f"the request timeout must be a positive number of seconds, not {self.timeout_s}"
+            )
+        key = self.api_key
+        if key is not None and not (key and key.isascii() and key.isprintable() and " " not in key):
+            raise ConfigurationError(
+                "the API key must be one word of printable ASCII, as `supportbot api-keys create` "
+                f"prints it (sb_...); check {KEY_ENV} or --api-key"
             )
 
 
@@ -166,17 +183,19 @@ class SupportbotClient:
     Args:
         base_url: where supportbot runs, e.g. `http://127.0.0.1:8080`.
         timeout_s: longest wait for one request.
+        api_key: sent as `Authorization: Bearer <key>` with every request, when given.
     """
 
-    def __init__(self, base_url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 10.0, api_key: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), headers=self._headers
             )
         return self._session
 
@@ -210,7 +229,8 @@ class SupportbotClient:
             payload = None
         if status >= 400:
             detail = payload.get("error") if isinstance(payload, dict) else None
-            raise SupportbotApiError(f"POST {url} answered {status}: {detail or raw[:200]}")
+            hint = KEY_HINT if status in (401, 403) else ""
+            raise SupportbotApiError(f"POST {url} answered {status}: {detail or raw[:200]}{hint}")
         if not isinstance(payload, dict):
             raise SupportbotApiError(
                 f"POST {url} answered {status} with {raw[:80]!r}, not a JSON object; is "
@@ -362,7 +382,7 @@ class SupportbotHandoffAction(Action):
 
 def create_client(settings: ActionServerSettings) -> SupportbotClient:
     """The one supportbot client of an action server process."""
-    return SupportbotClient(settings.supportbot_url, settings.timeout_s)
+    return SupportbotClient(settings.supportbot_url, settings.timeout_s, settings.api_key)
 
 
 def supportbot_actions(client: SupportbotClient) -> list[Action]:

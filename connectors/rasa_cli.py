@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 URL_ENV = "SUPPORTBOT_RASA__SUPPORTBOT_URL"
+KEY_ENV = "SUPPORTBOT_RASA__API_KEY"
 DEFAULT_PORT = 5055  # Rasa's default action endpoint port
 
 
@@ -33,6 +34,11 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help=f"where supportbot runs (default: ${URL_ENV}, else http://127.0.0.1:8080)",
     )
     parser.add_argument(
+        "--api-key",
+        help=f"supportbot API key sent with every request (default: ${KEY_ENV}, which keeps it "
+        "out of the process list; make one with `supportbot api-keys create rasa`)",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=10.0,
@@ -50,11 +56,17 @@ def run_rasa_actions(ns: argparse.Namespace) -> int:
     )
 
     url = ns.supportbot_url or os.environ.get(URL_ENV) or DEFAULT_SUPPORTBOT_URL
-    settings = ActionServerSettings(supportbot_url=url, timeout_s=ns.timeout)
+    # A key pasted or read from a file often comes with a newline.
+    key = (ns.api_key or os.environ.get(KEY_ENV) or "").strip() or None
+    settings = ActionServerSettings(supportbot_url=url, timeout_s=ns.timeout, api_key=key)
     app = create_action_app(settings)
     base = f"http://{ns.host}:{ns.port}"
+    how = f"without an API key (none in {KEY_ENV})"
+    if key:
+        # A long key's first characters tell which one it is, and are no use to a log reader.
+        how = f"with API key {key[:11]}..." if len(key) >= 40 else "with an API key"
     print(f"Rasa action server on {base}/webhook (health: {base}/health)", flush=True)
-    print(f"  actions call supportbot at {settings.supportbot_url}", flush=True)
+    print(f"  actions call supportbot at {settings.supportbot_url} {how}", flush=True)
     # One process, as rasa-sdk runs by default: the actions only wait on HTTP, and the process
     # owns exactly one supportbot client.
     app.run(

@@ -35,6 +35,7 @@ from telegram.constants import ChatAction, MessageLimit, ParseMode
 from telegram.error import (
     BadRequest,
     Conflict,
+    InvalidToken,
     NetworkError,
     RetryAfter,
     TelegramError,
@@ -57,7 +58,7 @@ from bot.core.locks import KeyedLocks
 from bot.core.records import Conversation, Feedback, Message, Reply
 from bot.core.service import ConversationService, HandleResult
 from bot.settings import TelegramSettings
-from connectors.http import read_json
+from connectors.http import MAX_INT_DIGITS, id_value, read_json
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ SECRET_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 THANKS_FOR_FEEDBACK = "Thanks for the feedback!"
 INVALID_BUTTON = "Sorry, this button no longer works. Please type your message instead."
-UNKNOWN_REPLY = "Sorry, I can't find that answer any more, so the rating was not saved."
+RATING_REFUSED = "Sorry, only answers in this chat can be rated, so the rating was not saved."
 FALLBACK = (
     "Sorry, something went wrong on our side and I could not answer. "
     "Please send your message again in a moment, or type /human to reach a person."
@@ -115,14 +116,24 @@ def parse_update(update: Update) -> Message | None:
 
 
 def parse_feedback(query: CallbackQuery) -> Feedback | None:
-    """A press on 👍 / 👎 (`fb:<message_id>:up|down`) -> Feedback; None when malformed."""
+    """A press on 👍 / 👎 (`fb:<message_id>:up|down`) -> Feedback; None when malformed.
+
+    The data comes from the user's client, which can send any: the message id is only a
+    claim, checked against the chat's own conversation when the rating is recorded.
+    """
     parts = (query.data or "").split(":")
     if len(parts) != 3 or parts[0] != FEEDBACK_PREFIX or parts[2] not in RATING_EMOJI:
         return None
-    if not parts[1].isdigit():
+    digits = parts[1]
+    # ASCII digits only ("²".isdigit() is True), and within the store's id range.
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > MAX_INT_DIGITS:
+        return None
+    try:
+        message_id = id_value(int(digits), "message_id", "a bot reply")
+    except BadRequestError:
         return None
     return Feedback(
-        message_id=int(parts[1]), rating=parts[2], author=f"{CHANNEL}:{query.from_user.id}"
+        message_id=message_id, rating=parts[2], author=f"{CHANNEL}:{query.from_user.id}"
     )
 
 
@@ -358,9 +369,10 @@ class TelegramConnector:
         """Connect to the Bot API, register the handlers and start receiving updates.
 
         Raises:
-            ConfigurationError: webhook mode without a usable webhook URL or secret, a
-                webhook Telegram does not confirm, or polling while a webhook is active.
-            telegram.error.TelegramError: the Bot API rejected the token or is unreachable.
+            ConfigurationError: Telegram rejected the token, webhook mode without a usable
+                webhook URL or secret, a webhook Telegram does not confirm, or polling while
+                a webhook is active.
+            telegram.error.TelegramError: the Bot API is unreachable.
         """
         settings = self.settings
         if settings.mode == "webhook":
@@ -383,7 +395,14 @@ class TelegramConnector:
         application.add_handler(CallbackQueryHandler(self._on_unknown_button))
         application.add_error_handler(self._on_error)
 
-        await application.initialize()
+        try:
+            await application.initialize()
+        except InvalidToken:
+            # PTB's message quotes the token, and a traceback would print it: say it plainly.
+            raise ConfigurationError(
+                "Telegram rejected the bot token (getMe answered 401 Unauthorized); set "
+                "SUPPORTBOT_TELEGRAM__TOKEN to the token @BotFather gave you"
+            ) from None
         self._application = application
         try:
             if settings.mode == "webhook":
@@ -605,10 +624,16 @@ class TelegramConnector:
         if feedback is None:
             await self._answer_query(query, INVALID_BUTTON)
             return
+        # The press speaks for the chat the button was shown in, never for the message its
+        # data names: the service refuses messages outside that chat's own conversation.
+        chat = update.effective_chat
         try:
-            await self.service.record_feedback(feedback)
-        except (NotFoundError, BadRequestError):
-            await self._answer_query(query, UNKNOWN_REPLY)
+            if chat is None:
+                raise BadRequestError("the press came without its message; no chat to rate in")
+            await self.service.record_customer_feedback(CHANNEL, str(chat.id), feedback)
+        except (NotFoundError, BadRequestError) as exc:
+            log.info("Telegram rating by user %s refused: %s", query.from_user.id, exc)
+            await self._answer_query(query, RATING_REFUSED)
             return
         await self._answer_query(query, THANKS_FOR_FEEDBACK)
         source = query.message

@@ -4,7 +4,10 @@ store, and the real app."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from uuid import uuid4
 import asyncpg
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from bot.app.factory import RUNTIME
@@ -182,3 +186,45 @@ async def console_as(
         name, role, "a long enough password"
     )
     return app[CONSOLE].console, agent
+
+
+# An in-process app's test client, as the `aiohttp_client` fixture (pytest-aiohttp) makes it.
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+# -- the `supportbot` command as a user runs it --
+
+SUPPORTBOT = Path(sys.executable).with_name("supportbot")
+
+
+def supportbot(
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed console script in a subprocess, offline (`HF_HUB_OFFLINE=1`), with
+    `env` added to this process's environment and `stdin` as its standard input."""
+    return subprocess.run(
+        [str(SUPPORTBOT), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def assert_refused(
+    result: subprocess.CompletedProcess[str], *expected: str, wrote: Path | None = None
+) -> None:
+    """The command refused its input the way a user should see it: exit status 2, each of
+    `expected` on stderr, no traceback, and (when given) nothing written at `wrote`."""
+    assert result.returncode == 2, result.stderr
+    for text in expected:
+        assert text in result.stderr
+    assert "Traceback" not in result.stderr
+    if wrote is not None:
+        assert not wrote.exists()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bot.core.datafiles import add_limit_flags, limits_from_flags, path_argument
 from bot.core.errors import SupportbotError
 from training.arguments import TrainingArguments
 from training.data import TASKS, Columns, load_examples
@@ -45,7 +46,9 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument("--test", type=Path, nargs="+", default=[], help="a separate test set")
     train.add_argument("--model", default="bundled", help="backbone: bundled, HF name or path")
-    train.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="models directory")
+    train.add_argument(
+        "--out", type=path_argument, default=DEFAULT_MODELS_DIR, help="models directory"
+    )
     train.add_argument(
         "--epochs", type=int, help="default: enough for ~800 optimizer steps (2 to 30)"
     )
@@ -79,6 +82,7 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_columns(train)
+    add_limit_flags(train)
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -86,14 +90,19 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     evaluate.add_argument("model", help="version directory, task (its live version) or task/vN")
     evaluate.add_argument("--data", type=Path, nargs="+", required=True)
-    evaluate.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="models directory")
+    evaluate.add_argument(
+        "--out", type=path_argument, default=DEFAULT_MODELS_DIR, help="models directory"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--confusion-png", type=Path, help="also save a confusion matrix here")
     _add_columns(evaluate)
+    add_limit_flags(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
     models = commands.add_parser("models", help="list, show, promote and roll back versions")
-    models.add_argument("--out", type=Path, default=DEFAULT_MODELS_DIR, help="models directory")
+    models.add_argument(
+        "--out", type=path_argument, default=DEFAULT_MODELS_DIR, help="models directory"
+    )
     actions = models.add_subparsers(dest="action", required=True)
     listing = actions.add_parser("list", help="versions per task, marking the live one")
     listing.add_argument("--json", action="store_true")
@@ -106,7 +115,9 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     rollback.add_argument("task", choices=TASKS)
     # `--out` is accepted after the action too (`models list --out DIR`), where users type it.
     for action in (listing, show, promote, rollback):
-        action.add_argument("--out", type=Path, default=argparse.SUPPRESS, help="models directory")
+        action.add_argument(
+            "--out", type=path_argument, default=argparse.SUPPRESS, help="models directory"
+        )
     models.set_defaults(handler=run_models)
 
     retrain = commands.add_parser(
@@ -121,6 +132,7 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     retrain.add_argument("--config", type=Path, help="YAML settings file (as for serve)")
     retrain.add_argument("--models", type=Path, help="models directory (default: models.dir)")
+    add_limit_flags(retrain)
     retrain.add_argument(
         "--dry-run", action="store_true", help="print the training set and the plan; write nothing"
     )
@@ -193,6 +205,7 @@ def run_train(ns: argparse.Namespace) -> int:
         columns=Columns(ns.text_column, ns.label_column),
         progress=not ns.no_progress,
         promote=promote,
+        limits=limits_from_flags(ns),
     )
     for line in run.load_report.lines():
         print(line)
@@ -212,7 +225,11 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     path = FileModelRegistry(ns.out).resolve(ns.model)
     classifier = TransformerClassifier(path)
     examples = load_examples(
-        ns.data, classifier.meta.task, Columns(ns.text_column, ns.label_column), min_examples=0
+        ns.data,
+        classifier.meta.task,
+        Columns(ns.text_column, ns.label_column),
+        min_examples=0,
+        limits=limits_from_flags(ns),
     )
     metrics = evaluate_model(classifier, examples)
     metrics["model"] = str(path)
@@ -299,6 +316,7 @@ def run_retrain(ns: argparse.Namespace) -> int:
         learning_rate=config.learning_rate if ns.learning_rate is None else ns.learning_rate,
         seed=ns.seed,
         progress=not ns.no_progress,
+        limits=limits_from_flags(ns),
     )
     result = retrain(settings, options)
     if ns.json:

@@ -23,11 +23,14 @@ from typing import Any
 import yaml
 
 from bot.core.datafiles import (
+    DEFAULT_LIMITS,
     DataProblemsError,
+    InputLimits,
     Problem,
     decoded_lines,
     expand_paths,
     json_records,
+    label_problem,
     normalize,
     read_csv,
 )
@@ -111,39 +114,51 @@ def _text_field(columns: Columns, available: Iterable[str]) -> str | None:
 class _Collector:
     """Turns raw (text, label) fields into Examples, recording problems."""
 
-    def __init__(self, path: Path, problems: list[Problem]) -> None:
+    def __init__(self, path: Path, problems: list[Problem], limits: InputLimits) -> None:
         self.path = str(path)
         self.problems = problems
+        self.limits = limits
         self.examples: list[Example] = []
 
     def add(
         self, line: int, text: Any, label: Any, text_field: str, label_field: str, hint: str
     ) -> None:
         text_value = "" if text is None else str(text).strip()
-        label_value = "" if label is None else str(label).strip()
-        if not text_value:
-            self.problems.append(
-                Problem(self.path, line, text_field, f"is empty; every {hint} needs its text")
-            )
-        if not label_value:
-            self.problems.append(
-                Problem(
-                    self.path,
-                    line,
-                    label_field,
-                    "is missing or empty; label the row or remove it",
-                )
-            )
-        if text_value and label_value:
+        text_issue = (
+            self.limits.text_problem(text_value)
+            if text_value
+            else f"is empty; every {hint} needs its text"
+        )
+        structured = isinstance(label, dict | list)
+        label_value = "" if label is None or structured else str(label).strip()
+        if structured:
+            label_issue: str | None = "must be a string (the label's name), not a JSON object"
+        elif not label_value:
+            label_issue = "is missing or empty; label the row or remove it"
+        else:
+            label_issue = label_problem(label_value)
+        for name, issue in ((text_field, text_issue), (label_field, label_issue)):
+            if issue:
+                self.problems.append(Problem(self.path, line, name, issue))
+        if not text_issue and not label_issue:
             self.examples.append(Example(text_value, label_value, self.path, line))
 
 
 def _read_flat_csv(
-    path: Path, task: str, columns: Columns, problems: list[Problem], explicit: bool
+    path: Path,
+    task: str,
+    columns: Columns,
+    problems: list[Problem],
+    explicit: bool,
+    limits: InputLimits,
 ) -> list[Example] | None:
-    table = read_csv(path, problems)
+    already = len(problems)
+    table = read_csv(path, problems, limits)
     if table is None:
-        problems.append(Problem(str(path), None, None, "is empty; expected a header row and data"))
+        if len(problems) == already:  # not unreadable or too large: really empty
+            problems.append(
+                Problem(str(path), None, None, "is empty; expected a header row and data")
+            )
         return []
     header = table.header
     text_field = _text_field(columns, header)
@@ -173,16 +188,20 @@ def _read_flat_csv(
         return []
     assert text_field is not None and label_field is not None
     ti, li = header.index(text_field), header.index(label_field)
-    collector = _Collector(path, problems)
+    collector = _Collector(path, problems, limits)
     for line, row in table.rows:
         collector.add(line, row[ti], row[li], text_field, label_field, "row")
     return collector.examples
 
 
 def _conversation_examples(
-    path: Path, task: str, records: Iterable[tuple[int, dict[str, Any]]], problems: list[Problem]
+    path: Path,
+    task: str,
+    records: Iterable[tuple[int, dict[str, Any]]],
+    problems: list[Problem],
+    limits: InputLimits,
 ) -> list[Example]:
-    collector = _Collector(path, problems)
+    collector = _Collector(path, problems, limits)
     for number, record in records:
         messages = record.get("messages")
         if not isinstance(messages, list):
@@ -224,6 +243,7 @@ def _flat_json_examples(
     records: list[tuple[int, dict[str, Any]]],
     problems: list[Problem],
     explicit: bool,
+    limits: InputLimits,
 ) -> list[Example] | None:
     keys: set[str] = set()
     for _, record in records:
@@ -245,7 +265,7 @@ def _flat_json_examples(
                     )
                 )
         return []
-    collector = _Collector(path, problems)
+    collector = _Collector(path, problems, limits)
     for number, record in records:
         collector.add(
             number,
@@ -258,21 +278,38 @@ def _flat_json_examples(
     return collector.examples
 
 
+_ALIAS_REFUSED = "an alias (*name) repeats another block; write the examples out instead"
+
+
+class _RasaLoader(yaml.SafeLoader):
+    """YAML without aliases: Rasa NLU files need none, and an alias lets a small file expand
+    into gigabytes (`*a` repeating `&a` a million times)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, _ALIAS_REFUSED, mark)
+        return super().compose_node(parent, index)
+
+
 def _rasa_examples(
-    path: Path, task: str, problems: list[Problem], explicit: bool
+    path: Path, task: str, problems: list[Problem], explicit: bool, limits: InputLimits
 ) -> list[Example] | None:
-    lines = decoded_lines(path, problems)
+    lines = list(decoded_lines(path, problems, limits))
     text = "\n".join(lines)
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_RasaLoader)  # a SafeLoader without aliases
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", exc)
         problems.append(
             Problem(
                 str(path),
                 mark.line + 1 if mark else None,
                 None,
-                f"is not valid YAML ({getattr(exc, 'problem', exc)}); check the indentation",
+                problem
+                if problem == _ALIAS_REFUSED
+                else f"is not valid YAML ({problem}); check the indentation",
             )
         )
         return []
@@ -306,7 +343,7 @@ def _rasa_examples(
             line_of.setdefault(stripped, number)
         elif stripped.startswith("- "):
             line_of.setdefault(stripped[2:].strip(), number)
-    collector = _Collector(path, problems)
+    collector = _Collector(path, problems, limits)
     for block in document.get("nlu") or []:
         if not isinstance(block, dict) or "intent" not in block:
             continue  # synonyms, regexes and lookups carry no intent examples
@@ -333,17 +370,25 @@ def _rasa_examples(
 
 
 def _read_file(
-    path: Path, task: str, columns: Columns, problems: list[Problem], explicit: bool
+    path: Path,
+    task: str,
+    columns: Columns,
+    problems: list[Problem],
+    explicit: bool,
+    limits: InputLimits,
 ) -> list[Example] | None:
     suffix = path.suffix.lower()
     if suffix in FLAT_SUFFIXES:
-        return _read_flat_csv(path, task, columns, problems, explicit)
+        return _read_flat_csv(path, task, columns, problems, explicit, limits)
     if suffix in RASA_SUFFIXES:
-        return _rasa_examples(path, task, problems, explicit)
-    records = list(json_records(path, problems))
+        return _rasa_examples(path, task, problems, explicit, limits)
+    already = len(problems)
+    records = list(json_records(path, problems, limits))
+    if not records and len(problems) > already:
+        return []  # unreadable or too large: said already, no column to look for
     if records and any("messages" in r for _, r in records):
-        return _conversation_examples(path, task, records, problems)
-    return _flat_json_examples(path, task, columns, records, problems, explicit)
+        return _conversation_examples(path, task, records, problems, limits)
+    return _flat_json_examples(path, task, columns, records, problems, explicit, limits)
 
 
 def load_examples(
@@ -352,6 +397,7 @@ def load_examples(
     columns: Columns = Columns(),
     min_examples: int = 5,
     report: LoadReport | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> list[Example]:
     """Load, validate and de-duplicate the labelled examples for one task.
 
@@ -362,6 +408,8 @@ def load_examples(
         columns: text/label field names for flat files.
         min_examples: every label needs at least this many distinct examples (0 disables).
         report: filled with what was read, skipped and merged.
+        limits: the longest text and line and the largest file read (`InputLimits`);
+            anything beyond is a problem, read no further than needed to say so.
 
     Returns:
         Examples in file order, exact duplicates (same text, same label) merged.
@@ -377,7 +425,7 @@ def load_examples(
     for path, explicit in expand_paths(
         paths, SUPPORTED_SUFFIXES, problems, ".jsonl, .csv, .tsv or a Rasa .yml"
     ):
-        found = _read_file(path, task, columns, problems, explicit)
+        found = _read_file(path, task, columns, problems, explicit, limits)
         if found is None:
             report.skipped.append(f"{path} (no {task} labels)")
             continue

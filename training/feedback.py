@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -126,6 +126,29 @@ def _newest_per_text(labels: Sequence[StoredLabel]) -> tuple[list[StoredLabel], 
     return kept, len(labels) - len(kept)
 
 
+def _intent_problem(feedback: FeedbackRow, known: Collection[str]) -> str | None:
+    """What is wrong with the row's corrected intent, if anything (None when there is none)."""
+    intent = feedback.corrected_intent
+    if intent is None or INTENT_NAME.match(intent) or intent in known:
+        return None
+    return (
+        f"corrected intent {intent!r} is not a valid intent name (a lowercase letter, then "
+        "1-63 lowercase letters, digits or _); label the message again with a valid name in "
+        "the console"
+    )
+
+
+def _sentiment_problem(feedback: FeedbackRow, known: Sequence[str]) -> str | None:
+    """What is wrong with the row's corrected sentiment, if anything (None when there is none)."""
+    sentiment = feedback.corrected_sentiment
+    if sentiment is None or sentiment in known:
+        return None
+    return (
+        f"corrected sentiment {sentiment!r} is not one the sentiment model knows "
+        f"({', '.join(known)}); label the message again"
+    )
+
+
 async def read_feedback(
     store: SqlConversationStore,
     include_rated: bool = False,
@@ -198,33 +221,25 @@ async def read_feedback(
         if not (text or "").strip():
             problem("the labelled message has no text; delete this feedback row")
             continue
-        if feedback.corrected_intent is not None:
-            intent = feedback.corrected_intent
-            if INTENT_NAME.match(intent) or intent in known_intents:
-                intent_labels.append(
+        corrections = (
+            (feedback.corrected_intent, _intent_problem(feedback, known_intents), intent_labels),
+            (
+                feedback.corrected_sentiment,
+                _sentiment_problem(feedback, sentiments),
+                sentiment_labels,
+            ),
+        )
+        for label, wrong, labels in corrections:
+            if label is None:
+                continue
+            if wrong is None:
+                labels.append(
                     StoredLabel(
-                        found, text, intent, feedback.id, feedback.author, feedback.created_at
+                        found, text, label, feedback.id, feedback.author, feedback.created_at
                     )
                 )
             else:
-                problem(
-                    f"corrected intent {intent!r} is not a valid intent name (a lowercase "
-                    "letter, then 1-63 lowercase letters, digits or _); label the message "
-                    "again with a valid name in the console"
-                )
-        if feedback.corrected_sentiment is not None:
-            sentiment = feedback.corrected_sentiment
-            if sentiment in sentiments:
-                sentiment_labels.append(
-                    StoredLabel(
-                        found, text, sentiment, feedback.id, feedback.author, feedback.created_at
-                    )
-                )
-            else:
-                problem(
-                    f"corrected sentiment {sentiment!r} is not one the sentiment model knows "
-                    f"({', '.join(sentiments)}); label the message again"
-                )
+                problem(wrong)
     out.intents, superseded_intents = _newest_per_text(intent_labels)
     out.sentiments, superseded_sentiments = _newest_per_text(sentiment_labels)
     out.superseded = superseded_intents + superseded_sentiments

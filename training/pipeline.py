@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bot.core.datafiles import normalize
+from bot.core.datafiles import DEFAULT_LIMITS, InputLimits, normalize
 from bot.core.errors import ModelNotFoundError
 from bot.nlu.classifier import ClassifierMeta, TransformerClassifier, save_classifier
 from training.arguments import TrainingArguments
@@ -353,6 +353,7 @@ def train_task(
     promote: bool | None = None,
     init_from: Path | None = None,
     extra_examples: Sequence[Example] = (),
+    limits: InputLimits = DEFAULT_LIMITS,
 ) -> TrainingRun:
     """Validate data, fine-tune, calibrate, evaluate and register a new version.
 
@@ -367,18 +368,21 @@ def train_task(
         promote: see `FileModelRegistry.commit`.
         init_from: continue from this model directory (retraining).
         extra_examples: examples from elsewhere (e.g. the store) added to `data`.
+        limits: the longest text and line and the largest file read from `data` and `test`.
 
     Raises:
         DataValidationError: the data has problems; nothing was written.
     """
     started = time.perf_counter()
     load_report = LoadReport()
-    examples = list(load_examples(data, task, columns, args.min_examples_per_label, load_report))
+    examples = list(
+        load_examples(data, task, columns, args.min_examples_per_label, load_report, limits)
+    )
     examples += extra_examples
     test_examples: list[Example] = []
     if test:
         test_report = LoadReport()
-        test_examples = load_examples(test, task, columns, 0, test_report)
+        test_examples = load_examples(test, task, columns, 0, test_report, limits)
         examples = drop_overlap(examples, test_examples, load_report)
     split = stratified_split(
         examples,

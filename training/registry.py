@@ -9,6 +9,9 @@ Layout under the models root::
 Every change happens under an exclusive file lock and is written with write-temp-then-rename,
 so promotion and rollback are atomic and a reader never sees half a file. An interrupted
 training run leaves only a staging directory, which `clean_staging` removes.
+
+Task and version names are checked wherever they come from (the command line, registry.json)
+before they become part of a path, so no name can reach outside the models directory.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -25,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.core.datafiles import abbreviate
 from bot.core.errors import ModelNotFoundError, RegistryError
-from bot.nlu.artifacts import REGISTRY_FILE
+from bot.nlu.artifacts import REGISTRY_FILE, TASK_NAME, VERSION_NAME
 
 LOCK_FILE = ".registry.lock"
-_VERSION = re.compile(r"^v(\d+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +58,28 @@ class ModelVersion:
 
 
 def _version_number(name: str) -> int:
-    match = _VERSION.match(name)
+    match = VERSION_NAME.fullmatch(name)
     return int(match.group(1)) if match else -1
+
+
+def _check_task(task: str) -> None:
+    if not TASK_NAME.fullmatch(task):
+        raise RegistryError(
+            f"{abbreviate(task)!r} is not a task name: tasks are lower-case words such as "
+            "intent or sentiment"
+        )
+
+
+def _is_entry(task: Any, entry: Any) -> bool:
+    """A registry.json task entry whose task and version names are all names, not paths."""
+    if not isinstance(task, str) or not TASK_NAME.fullmatch(task) or not isinstance(entry, dict):
+        return False
+    live, history = entry.get("live"), entry.get("history", [])
+    return (
+        (live is None or (isinstance(live, str) and bool(VERSION_NAME.fullmatch(live))))
+        and isinstance(history, list)
+        and all(isinstance(v, str) and VERSION_NAME.fullmatch(v) for v in history)
+    )
 
 
 class FileModelRegistry:
@@ -86,6 +108,12 @@ class FileModelRegistry:
             raise RegistryError(f"{path} is not valid JSON, or not UTF-8 ({exc}); {fix}") from exc
         if not isinstance(state, dict) or not isinstance(state.get("tasks"), dict):
             raise RegistryError(f'{path} has no "tasks" object; {fix}')
+        for task, entry in state["tasks"].items():
+            if not _is_entry(task, entry):
+                raise RegistryError(
+                    f"{path}: the entry of task {abbreviate(str(task))!r} is not a task name "
+                    f'with "live" and "history" version names (v1, v2, ...); {fix}'
+                )
         return state
 
     def tasks(self) -> list[str]:
@@ -95,14 +123,16 @@ class FileModelRegistry:
             found |= {
                 p.name
                 for p in self.root.iterdir()
-                if p.is_dir() and any(self._version_dirs(p.name))
+                if TASK_NAME.fullmatch(p.name) and p.is_dir() and any(self._version_dirs(p.name))
             }
         return sorted(found)
 
     def _version_dirs(self, task: str) -> Iterator[Path]:
         folder = self.root / task
         if folder.is_dir():
-            yield from (p for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name))
+            yield from (
+                p for p in folder.iterdir() if VERSION_NAME.fullmatch(p.name) and p.is_dir()
+            )
 
     def live(self, task: str) -> str | None:
         """The live version name of `task`, or None."""
@@ -111,6 +141,7 @@ class FileModelRegistry:
 
     def live_path(self, task: str) -> Path:
         """The directory of the live version of `task`."""
+        _check_task(task)
         version = self.live(task)
         if version is None:
             raise ModelNotFoundError(
@@ -139,24 +170,31 @@ class FileModelRegistry:
         return out
 
     def resolve(self, spec: str) -> Path:
-        """A model directory from a path, a task (its live version) or `task/version`."""
-        path = Path(spec)
-        if path.is_dir() and (path / "classifier.json").exists():
-            return path
-        parts = spec.strip("/").split("/")
-        if len(parts) == 1 and parts[0] in self.tasks():
-            return self.live_path(parts[0])
-        if (
-            len(parts) == 2
-            and _VERSION.match(parts[1])
-            and (self.root / parts[0] / parts[1]).is_dir()
-        ):
-            return self.root / parts[0] / parts[1]
+        """A model directory from a path, a task (its live version) or `task/version`.
+
+        A task and a version are names (`intent`, `v2`), never paths: `../v1` or
+        `intent/../../x` are not looked up under the models directory.
+        """
+        if "\x00" not in spec and self._is_model_dir(Path(spec)):
+            return Path(spec)
+        task, _, version = spec.strip("/").partition("/")
+        if TASK_NAME.fullmatch(task):
+            if not version and task in self.tasks():
+                return self.live_path(task)
+            if VERSION_NAME.fullmatch(version) and (self.root / task / version).is_dir():
+                return self.root / task / version
         raise ModelNotFoundError(
-            f"no model {spec!r}: give a version directory (e.g. {self.root}/intent/v1), a task "
-            f"name for its live version (intent, sentiment) or task/version; "
-            f"`supportbot models list --out {self.root}` shows what exists"
+            f"no model {abbreviate(spec)!r}: give a version directory (e.g. "
+            f"{self.root}/intent/v1), a task name for its live version (intent, sentiment) or "
+            f"task/version; `supportbot models list --out {self.root}` shows what exists"
         )
+
+    @staticmethod
+    def _is_model_dir(path: Path) -> bool:
+        try:
+            return path.is_dir() and (path / "classifier.json").exists()
+        except OSError:  # e.g. a name longer than the file system takes: not a model
+            return False
 
     # -- writing -------------------------------------------------------------------------
 
@@ -184,6 +222,7 @@ class FileModelRegistry:
 
     def stage(self, task: str) -> Path:
         """A fresh staging directory for a run of `task`; `commit` publishes it."""
+        _check_task(task)
         folder = self.root / task
         folder.mkdir(parents=True, exist_ok=True)
         staging = folder / f".staging-{uuid.uuid4().hex[:12]}"
@@ -217,8 +256,15 @@ class FileModelRegistry:
 
     def promote(self, task: str, version: str) -> None:
         """Make `version` live; the previous live version can be restored with `rollback`."""
-        if not _VERSION.match(version) or not (self.root / task / version).is_dir():
+        _check_task(task)
+        named = VERSION_NAME.fullmatch(version) is not None
+        if not named or not (self.root / task / version).is_dir():
             known = ", ".join(v.version for v in self.versions(task)) or "none"
+            if not named:
+                raise RegistryError(
+                    f"{abbreviate(version)!r} is not a version name: versions are v<number> "
+                    f"(versions of {task}: {known})"
+                )
             raise RegistryError(f"{task} has no version {version!r} (versions: {known})")
         with self._locked() as state:
             entry = state["tasks"].setdefault(task, {"live": None, "history": []})
@@ -226,6 +272,7 @@ class FileModelRegistry:
 
     def rollback(self, task: str) -> str:
         """Make the previously live version live again; returns its name."""
+        _check_task(task)
         with self._locked() as state:
             entry = state["tasks"].get(task)
             history = entry.get("history", []) if entry else []

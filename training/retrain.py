@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot.core.datafiles import normalize
+from bot.core.datafiles import DEFAULT_LIMITS, InputLimits, normalize
 from bot.core.errors import SupportbotError
 from bot.retrieval.sources import AnswerPair
 from bot.settings import Settings
@@ -92,6 +92,7 @@ class RetrainOptions:
             average norm (`training.trainer.align_new_rows`).
         seed: sampling, hold-out and training seed.
         progress: show fine-tuning progress on stderr.
+        limits: input limits for the answer sources read when the index is rebuilt.
     """
 
     dry_run: bool = False
@@ -108,6 +109,7 @@ class RetrainOptions:
     align_new_rows: bool = True
     seed: int = 42
     progress: bool = True
+    limits: InputLimits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -722,7 +724,7 @@ def train_candidate(
 
 
 def plan_index(
-    settings: Settings, feedback: FeedbackSet
+    settings: Settings, feedback: FeedbackSet, limits: InputLimits = DEFAULT_LIMITS
 ) -> tuple[dict[str, Any], tuple[list[AnswerPair], str] | None]:
     """Whether the answer index needs rebuilding for the approved answers, and its pairs."""
     from bot.retrieval.index import INDEX_FILE, EmbeddingAnswerIndex
@@ -737,7 +739,9 @@ def plan_index(
         model = current.model
         old = current.fingerprint
     else:
-        base = build_answer_pairs([*settings.retrieval.data, *settings.retrieval.faq])
+        base = build_answer_pairs(
+            [*settings.retrieval.data, *settings.retrieval.faq], limits=limits
+        )
         model, old = "bundled", ""
     pairs = merge_pairs([*base, *feedback.approved])
     from bot.retrieval.index import fingerprint as pairs_fingerprint
@@ -787,7 +791,7 @@ def retrain(
         for problem in problems:
             _say(progress, f"skipped {problem}")
         plans = [plan_task(task, registry, feedback, options) for task in TASK_ORDER]
-        index_plan, index_work = plan_index(settings, feedback)
+        index_plan, index_work = plan_index(settings, feedback, options.limits)
         runnable = [p for p in plans if p.skip is None]
         if not runnable and index_work is None:
             counts = feedback.counts()

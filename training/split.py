@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from training.data import Example
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +20,29 @@ class Split:
     train: list[Example]
     validation: list[Example]
     test: list[Example]
+
+
+def shuffled_groups(
+    items: Iterable[T],
+    label_of: Callable[[T], str],
+    rng: random.Random,
+    order: Callable[[T], Any] | None = None,
+) -> Iterator[list[T]]:
+    """Each label's items, labels in sorted order, every group shuffled by `rng`: the groups a
+    stratified split cuts.
+
+    Args:
+        label_of: the label an item is grouped by.
+        order: sorts each group before it is shuffled, so that the input's order does not
+            change the split; None keeps the input's order.
+    """
+    by_label: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        by_label[label_of(item)].append(item)
+    for label in sorted(by_label):
+        group = by_label[label][:] if order is None else sorted(by_label[label], key=order)
+        rng.shuffle(group)
+        yield group
 
 
 def stratified_split(
@@ -38,16 +64,14 @@ def stratified_split(
         test_fraction: share of each label for test (0 when a separate test set is given).
         seed: the same seed and input give the same split.
     """
-    by_label: dict[str, list[Example]] = defaultdict(list)
-    for e in examples:
-        by_label[e.label].append(e)
     rng = random.Random(seed)
     train: list[Example] = []
     validation: list[Example] = []
     test: list[Example] = []
-    for label in sorted(by_label):
-        group = sorted(by_label[label], key=lambda e: (e.text, e.source, e.line))
-        rng.shuffle(group)
+    groups = shuffled_groups(
+        examples, lambda e: e.label, rng, order=lambda e: (e.text, e.source, e.line)
+    )
+    for group in groups:
         n = len(group)
         n_test = max(1, round(n * test_fraction)) if test_fraction > 0 and n >= 3 else 0
         n_test = min(n_test, n - 1)

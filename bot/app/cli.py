@@ -10,11 +10,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bot.core.errors import ConfigurationError, SupportbotError
+from bot.core.logs import quiet_http_clients
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, every command registered explicitly."""
     from bot.app.agents_cli import add_parsers as add_agents_parsers
+    from bot.app.api_keys_cli import add_parsers as add_api_keys_parsers
     from bot.app.index_cli import add_parsers as add_index_parsers
     from bot.app.serve import add_parsers as add_serve_parsers
     from connectors.rasa_cli import add_parsers as add_rasa_parsers
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_parsers(commands)
     add_rasa_parsers(commands)
     add_agents_parsers(commands)
+    add_api_keys_parsers(commands)
     return parser
 
 
@@ -67,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if ns.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    quiet_http_clients()  # httpx logs every request URL at INFO
     try:
         status = int(ns.handler(ns))
         if status == 0 and ns.command == "models" and ns.action in ("promote", "rollback"):

@@ -33,6 +33,7 @@ from bot.core.errors import (
 from bot.core.escalation import EscalationPolicy
 from bot.core.locks import KeyedLocks
 from bot.core.metrics import Metrics
+from bot.core.ports import ApiKeyStore
 from bot.core.router import Router, RoutingConfig
 from bot.core.service import ConversationService
 from bot.infra.batching import MicroBatcher
@@ -40,13 +41,14 @@ from bot.infra.redis import RedisBus, RedisTurnLocks
 from bot.nlu.understander import TransformerUnderstander
 from bot.retrieval.embedder import SentenceEmbedder, Vectors
 from bot.retrieval.index import EmbeddingAnswerIndex, ReloadingAnswerIndex, index_model
-from bot.settings import Settings
+from bot.settings import ServerSettings, Settings
 from bot.store.accounts import SqlAccountStore
+from bot.store.api_keys import SqlApiKeyStore
 from bot.store.conversations import SqlConversationStore
 from bot.store.desk import SqlDeskStore
 from connectors.console import ConsoleConnector
 from connectors.openapi import OPENAPI
-from connectors.rest import RestConnector
+from connectors.rest import RestConnector, is_loopback
 from connectors.telegram import TelegramConnector
 from connectors.widget import WidgetConnector
 
@@ -295,6 +297,34 @@ class Warmup:
         return None
 
 
+class ApiExposureCheck:
+    """Refuses to start when the REST API would be open to other machines with nothing to
+    check callers against: `server.host` is not loopback, no API key exists, and
+    `server.allow_unauthenticated_api` is off. Needs the started store."""
+
+    def __init__(self, server: ServerSettings, keys: ApiKeyStore) -> None:
+        self.server = server
+        self.keys = keys
+
+    async def start(self) -> None:
+        server = self.server
+        if is_loopback(server.host) or server.allow_unauthenticated_api:
+            return
+        if await self.keys.any_active():
+            return
+        raise ConfigurationError(
+            f"server.host is {server.host!r}, which other machines can reach, but no API key "
+            f"exists, so anyone reaching port {server.port} could use the REST API (send "
+            "messages as any customer, read transcripts); create a key first, on the same "
+            "database (same --config or SUPPORTBOT_STORE__URL), with `supportbot api-keys "
+            "create NAME` and give it to the API's clients, or bind to 127.0.0.1, or, only on "
+            "a network you trust, set SUPPORTBOT_SERVER__ALLOW_UNAUTHENTICATED_API=true"
+        )
+
+    async def stop(self) -> None:
+        return None
+
+
 def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Application:
     """The aiohttp application for `settings` (app-factory style).
 
@@ -314,7 +344,13 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/api/v1/openapi.json", openapi)
-    RestConnector(runtime.service, settings.server.max_message_chars).add_routes(app)
+    api_keys = SqlApiKeyStore(runtime.store)
+    RestConnector(
+        runtime.service,
+        settings.server.max_message_chars,
+        api_keys,
+        settings.server.allow_unauthenticated_api,
+    ).add_routes(app)
     WidgetConnector(
         runtime.service, settings.widget, runtime.dispatcher, settings.server.max_message_chars
     ).add_routes(app)
@@ -335,13 +371,16 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         settings.console,
         settings.server.public_url,
         settings.server.max_message_chars,
+        settings.server.trusted_proxies,
     ).add_routes(app)
-    # Started in this order and stopped in reverse; the desk's unclaimed-timeout watcher
-    # needs the started store, Telegram needs everything.
+    # Started in this order and stopped in reverse; the exposure check and the desk's
+    # unclaimed-timeout watcher need the started store (the check comes before the models
+    # load, so a refusal is quick), Telegram needs everything.
     components: list[Component] = [
         runtime.bus,
         runtime.dispatcher,
         runtime.store,
+        ApiExposureCheck(settings.server, api_keys),
         runtime.understander,
         Warmup(runtime),
         runtime.embed_batcher,

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bot.core.datafiles import add_limit_flags, limits_from_flags, path_argument
 from bot.core.errors import ConfigurationError
 from bot.nlu.artifacts import DEFAULT_BACKBONE
 
@@ -52,7 +53,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help="FAQ files: CSV with question,answer columns or Markdown (## Question + answer)",
     )
     build.add_argument("--model", default=DEFAULT_BACKBONE, help="bundled, HF name or path")
-    build.add_argument("--out", type=Path, default=DEFAULT_INDEX_DIR, help="index directory")
+    build.add_argument(
+        "--out", type=path_argument, default=DEFAULT_INDEX_DIR, help="index directory"
+    )
+    add_limit_flags(build)
     build.set_defaults(handler=run_build)
 
     search = actions.add_parser("search", help="print the best answers for a question")
@@ -73,7 +77,7 @@ def run_build(ns: argparse.Namespace) -> int:
             "nothing to index; give --data with conversation logs and/or --faq with FAQ files"
         )
     report = PairReport()
-    pairs = build_answer_pairs([*ns.data, *ns.faq], report)
+    pairs = build_answer_pairs([*ns.data, *ns.faq], report, limits_from_flags(ns))
     started = time.perf_counter()
     index = EmbeddingAnswerIndex.build(pairs, model=ns.model)
     index.save(ns.out)

@@ -10,7 +10,9 @@ sockets) is registered `local_only`; with a bus configured, its replies are publ
 bus topic "deliver" and every replica's dispatcher hands them to its own deliverer, which
 pushes to the sockets it holds (usually on one replica, none elsewhere). A channel any replica
 can reach (Telegram: the Bot API) is delivered directly by the replica that has the reply,
-so it is sent exactly once.
+so it is sent exactly once. Replicas are identical (one configuration), so a channel with no
+deliverer here has none anywhere: REST and Rasa clients are never pushed to, they read the
+transcript, and `deliver` says so with a DeliveryError instead of pretending it delivered.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class Deliverer(Protocol):
 class Dispatcher:
     """Routes pushed replies to the deliverer of the conversation's channel.
 
-    Channels with no deliverer (plain REST clients, Rasa) read replies from the transcript;
-    for them `deliver` does nothing, and nothing is lost, because every reply is stored first.
+    Channels with no deliverer (plain REST clients, Rasa) can only read replies from the
+    transcript: for them `deliver` raises DeliveryError, so the agent learns the reply was
+    not pushed; nothing is lost, because every reply is stored first.
 
     Args:
         bus: where replies of `local_only` channels travel to the replica holding the
@@ -86,12 +89,13 @@ class Dispatcher:
         await cancel_and_wait(listener)
 
     async def deliver(self, conversation: Conversation, reply: Reply) -> None:
-        """Push `reply` through the channel's deliverer, if the channel has one.
+        """Push `reply` through the channel's deliverer.
 
         Raises:
-            DeliveryError: the channel's deliverer failed (the caller decides what to tell
-                the agent; the reply stays stored). Replies sent over the bus cannot report
-                failure: the widget shows them from the transcript on its next connect.
+            DeliveryError: no connector delivers to the channel, or its deliverer failed (the
+                caller decides what to tell the agent; the reply stays stored). Replies sent
+                over the bus cannot report failure: the widget shows them from the
+                transcript on its next connect.
         """
         channel = conversation.channel
         if self._bus is not None and channel in self._local_only:
@@ -99,12 +103,12 @@ class Dispatcher:
             return
         deliverer = self._deliverers.get(channel)
         if deliverer is None:
-            log.info(
-                "no push delivery for channel %s; reply %s waits in the transcript",
-                channel,
-                reply.message_id,
+            pushed_to = ", ".join(self.channels()) or "none"
+            raise DeliveryError(
+                f"no connector delivers to channel {channel!r} (replies are pushed to: "
+                f"{pushed_to}); the reply is stored, and the customer sees it only if their "
+                "client reads the conversation (GET /api/v1/conversations/{id})"
             )
-            return
         await deliverer.deliver(conversation, reply)
 
     async def _listen(self, subscribed: asyncio.Event) -> None:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from bot.core.background import cancel_and_wait
 from bot.core.bus import EventBus
@@ -58,6 +58,26 @@ class QueueItem:
     unread: int
     waiting_s: float
     urgency: float
+
+    @classmethod
+    def at(
+        cls,
+        now: datetime,
+        escalation: EscalationRecord,
+        conversation: Conversation,
+        last_message: str | None,
+        unread: int,
+    ) -> QueueItem:
+        """The item as of `now`: its urgency is the escalation's priority plus 1 for every
+        `URGENCY_SECONDS` it has waited since it opened."""
+        waiting = max(0.0, (now - escalation.created_at).total_seconds())
+        urgency = escalation.priority + waiting / URGENCY_SECONDS
+        return cls(escalation, conversation, last_message, unread, waiting, urgency)
+
+
+def most_urgent_first(items: Iterable[QueueItem]) -> list[QueueItem]:
+    """The queue's order: most urgent first, the older escalation first on a tie."""
+    return sorted(items, key=lambda item: (-item.urgency, item.escalation.id))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +145,88 @@ class Dashboard:
     intents: tuple[IntentFigures, ...]
     open_escalations: int
     outcomes: dict[str, int]
+
+
+# -- the desk stores' input rules (the SQL store and the in-memory fake both call these) --
+
+
+def check_sentiment(sentiment: str) -> None:
+    """Raise BadRequestError unless `sentiment` is one of `SENTIMENTS`."""
+    if sentiment not in SENTIMENTS:
+        raise BadRequestError(
+            f'field "sentiment" must be one of {", ".join(SENTIMENTS)}; got {sentiment!r}'
+        )
+
+
+def dashboard_window(now: datetime, days: int) -> tuple[list[date], datetime]:
+    """The dashboard's last `days` UTC dates up to `now`'s, oldest first, and the moment the
+    first of them began.
+
+    Raises:
+        BadRequestError: `days` is not from 1 to `MAX_DASHBOARD_DAYS`.
+    """
+    if not 1 <= days <= MAX_DASHBOARD_DAYS:
+        raise BadRequestError(f"days must be from 1 to {MAX_DASHBOARD_DAYS}; got {days}")
+    first = now.astimezone(UTC).date() - timedelta(days=days - 1)
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    return [first + timedelta(days=i) for i in range(days)], start
+
+
+def most_asked_first(intents: Iterable[IntentFigures]) -> tuple[IntentFigures, ...]:
+    """The dashboard's order of intents: most messages first, then by name."""
+    return tuple(sorted(intents, key=lambda f: (-f.messages, f.intent)))
+
+
+def latest_labels(feedback: Iterable[Feedback]) -> dict[int, MessageLabels]:
+    """Each message's labels from the agents' feedback on it, oldest first: a label replaces
+    the values it gives and keeps the others."""
+    labels: dict[int, MessageLabels] = {}
+    for f in feedback:
+        current = labels.get(f.message_id, MessageLabels())
+        labels[f.message_id] = MessageLabels(
+            intent=f.corrected_intent or current.intent,
+            sentiment=f.corrected_sentiment or current.sentiment,
+            rating=f.rating or current.rating,
+            by=f.author,
+        )
+    return labels
+
+
+def check_approvable(answer: StoredMessage) -> None:
+    """Raise BadRequestError unless `answer` is an agent's reply (only those are approved)."""
+    if answer.role != Role.AGENT:
+        raise BadRequestError(
+            f"message {answer.id} is a {answer.role.value} message; only agents' replies can "
+            "be approved answers"
+        )
+
+
+def check_question(asked: StoredMessage, answer: StoredMessage) -> None:
+    """Raise BadRequestError unless `asked`, named as the question of an approved answer, is a
+    customer message of the answer's conversation."""
+    if asked.role != Role.CUSTOMER or asked.conversation_id != answer.conversation_id:
+        raise BadRequestError(
+            f"message {asked.id} is not a customer message of the answer's conversation; "
+            "give one of its questions"
+        )
+
+
+def approved_question(
+    answer: StoredMessage, question: str | None, asked: StoredMessage | None
+) -> str:
+    """The question an approved answer pairs with: `question` when given, else the text of
+    `asked` (the question message named, or the last customer message before the answer).
+
+    Raises:
+        BadRequestError: neither gives a question.
+    """
+    text = question or (asked.text if asked is not None else None)
+    if not text:
+        raise BadRequestError(
+            f"no customer message comes before message {answer.id}; send "
+            '"question" with the question it answers'
+        )
+    return text
 
 
 def known_intents(model_labels: Sequence[str], corrected: Sequence[str]) -> list[str]:
@@ -322,19 +424,10 @@ class AgentDesk:
             )
         if rating is not None and rating not in RATINGS:
             raise BadRequestError(f'field "rating" must be "good" or "bad"; got {rating!r}')
-        if sentiment is not None and sentiment not in SENTIMENTS:
-            raise BadRequestError(
-                f'field "sentiment" must be one of {", ".join(SENTIMENTS)}; got {sentiment!r}'
-            )
-        if (
-            intent is not None
-            and not INTENT_NAME.fullmatch(intent)
-            and intent not in await self.intents()
-        ):
-            raise BadRequestError(
-                f"intent {intent!r} is neither a known intent nor a valid new name; a new "
-                "intent is 2-64 lower-case letters, digits and _, starting with a letter"
-            )
+        if sentiment is not None:
+            check_sentiment(sentiment)
+        if intent is not None:
+            await self._check_intent(intent)
         feedback = Feedback(
             message_id=message_id,
             rating=None if rating is None else RATINGS[rating],
@@ -358,7 +451,15 @@ class AgentDesk:
         question: str | None = None,
         intent: str | None = None,
     ) -> int:
-        """Save an agent's reply as an approved answer (for the next answer index)."""
+        """Save an agent's reply as an approved answer (for the next answer index).
+
+        Raises:
+            BadRequestError: `intent` is neither a known intent nor a valid new name, or the
+                messages do not fit (see `DeskStore.approve_answer`).
+            NotFoundError: a message does not exist.
+        """
+        if intent is not None:
+            await self._check_intent(intent)
         return await self.desk.approve_answer(
             answer_message_id, agent.name, question_message_id, question, intent
         )
@@ -397,6 +498,18 @@ class AgentDesk:
                 log.exception("unclaimed-timeout check failed")
 
     # -- internals ---------------------------------------------------------------------------
+
+    async def _check_intent(self, intent: str) -> None:
+        """Refuse (BadRequestError) an intent label that is neither one the live model or an
+        agent's correction knows, nor a valid new name: labels become training data, so
+        nothing else gets in (`../x`, control characters, pages of text)."""
+        if INTENT_NAME.fullmatch(intent) or intent in await self.intents():
+            return
+        shown = intent if len(intent) <= 80 else f"{intent[:80]}... ({len(intent)} characters)"
+        raise BadRequestError(
+            f"intent {shown!r} is neither a known intent nor a valid new name; a new "
+            "intent is 2-64 lower-case letters, digits and _, starting with a letter"
+        )
 
     async def _deliver(self, conversation: Conversation, message: StoredMessage) -> bool:
         """Push a stored message to the customer's channel; False when the channel failed."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bot.core.records import (
     AgentSession,
     Answer,
+    ApiKey,
     Conversation,
     Escalation,
     EscalationRecord,
@@ -226,3 +227,17 @@ class SessionStore(Protocol):
 
     async def sign_out(self, token: str) -> None:
         """End the session of a token (nothing happens for an unknown one)."""
+
+
+class ApiKeyStore(Protocol):
+    """What the REST API checks its callers against: API keys (stored hashed) and the
+    channel of what a key asks to touch."""
+
+    async def authenticate(self, key: str) -> ApiKey:
+        """The key's record, its use noted (UnauthorizedError: unknown, malformed, revoked)."""
+
+    async def any_active(self) -> bool:
+        """Whether any key is not revoked (then every REST caller needs one)."""
+
+    async def message_channel(self, message_id: int) -> str | None:
+        """The channel of the conversation holding a message (None when there is none)."""

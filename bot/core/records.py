@@ -320,3 +320,32 @@ class SignIn:
 
     token: str
     session: AgentSession
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A key for the server-to-server REST API, as the store keeps it (never the key itself).
+
+    Attributes:
+        name: what the operator called it (`supportbot api-keys create NAME`); unique among
+            keys not revoked.
+        prefix: the key's first characters (`sb_` and 8 more), to tell keys apart in lists.
+        channels: the channels the key may act as (e.g. `rest`, `rasa`): where it may send
+            messages, ask for a person, read transcripts and rate replies.
+    """
+
+    id: int
+    name: str
+    prefix: str
+    channels: tuple[str, ...]
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedApiKey:
+    """A new API key and its secret (shown only this once; the store keeps a hash)."""
+
+    key: str
+    record: ApiKey

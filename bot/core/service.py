@@ -11,7 +11,7 @@ from typing import Any
 from bot.core import logs
 from bot.core.bus import EventBus, LocalBus
 from bot.core.delivery import Dispatcher
-from bot.core.errors import BadRequestError, StoreUnavailableError
+from bot.core.errors import BadRequestError, NotFoundError, StoreUnavailableError
 from bot.core.escalation import ASKED_FOR_HUMAN, EscalationPolicy
 from bot.core.locks import KeyedLocks
 from bot.core.metrics import Metrics
@@ -454,3 +454,25 @@ class ConversationService:
         if conversation is None:
             return None, []
         return conversation, await self._store.transcript(conversation.id, limit=limit)
+
+    async def transcript_within(
+        self, conversation_id: str, channels: Sequence[str]
+    ) -> tuple[Conversation, list[StoredMessage]]:
+        """A conversation and its messages, oldest first, if it is on one of `channels` (those
+        an API caller may act as).
+
+        Raises:
+            NotFoundError: the conversation is unknown or on another channel: the same error
+                either way, so a caller learns nothing about other channels' conversations.
+        """
+        hidden = NotFoundError(
+            f"conversation {conversation_id!r} was not found on the channels this caller may "
+            f"read ({', '.join(channels)}); use the conversation_id of one it took part in"
+        )
+        try:
+            conversation = await self._store.get_conversation(conversation_id)
+        except NotFoundError:
+            raise hidden from None
+        if conversation.channel not in channels:
+            raise hidden
+        return conversation, await self._store.transcript(conversation_id)

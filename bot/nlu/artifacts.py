@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 from bot.core.errors import ConfigurationError
@@ -22,6 +23,10 @@ DEFAULT_BACKBONE = "bundled"
 TASKS = ("intent", "sentiment")
 #: The file registry's state file, as written by `training/registry.py`.
 REGISTRY_FILE = "registry.json"
+#: The registry's names: a task directory and a version directory inside it (`intent/v3`).
+#: Only names that match are ever joined to the models directory.
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+VERSION_NAME = re.compile(r"v(\d{1,9})")
 
 
 def resolve_backbone(name: str) -> str:
@@ -69,8 +74,19 @@ def read_live_versions(models_dir: Path) -> dict[str, str]:
     tasks = state.get("tasks", {}) if isinstance(state, dict) else {}
     if not isinstance(tasks, dict):
         return {}
-    return {
-        task: str(entry["live"])
+    live = {
+        task: entry["live"]
         for task, entry in tasks.items()
         if isinstance(entry, dict) and entry.get("live")
     }
+    named = {
+        task: version
+        for task, version in live.items()
+        if TASK_NAME.fullmatch(task)
+        and isinstance(version, str)
+        and VERSION_NAME.fullmatch(version)
+    }
+    if named != live:
+        # Names become paths under models_dir: a path here is an edit to refuse, not follow.
+        log.warning("%s names a live version that is not a task/vN name; ignoring it", path)
+    return named

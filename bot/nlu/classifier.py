@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bot.core.datafiles import abbreviate
 from bot.core.errors import ModelNotFoundError
 from bot.nlu.artifacts import (  # noqa: F401  (re-exported for callers of the artifact API)
     BUNDLED_BACKBONE_NAMES,
@@ -146,15 +147,29 @@ def save_classifier(
     (directory / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
 
 
+def _not_a_model(directory: Path, what: str) -> ModelNotFoundError:
+    return ModelNotFoundError(
+        f"{abbreviate(str(directory), 200)} is not a supportbot model directory: {what}; "
+        "pass a version directory written by `supportbot train` (e.g. models/intent/v1)"
+    )
+
+
 def read_meta(directory: Path) -> ClassifierMeta:
-    """Read `classifier.json` of a model directory."""
+    """Read `classifier.json` of a model directory.
+
+    Raises:
+        ModelNotFoundError: the directory does not hold a readable `classifier.json`.
+    """
     path = directory / META_FILE
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"{directory} is not a supportbot model directory: {META_FILE} is missing; "
-            "pass a version directory written by `supportbot train` (e.g. models/intent/v1)"
-        )
-    return ClassifierMeta.from_dict(json.loads(path.read_text()))
+    try:
+        if not path.is_file():
+            raise _not_a_model(directory, f"{META_FILE} is missing")
+        return ClassifierMeta.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        # ValueError covers invalid JSON and UTF-8; KeyError/TypeError a JSON of another shape.
+        raise _not_a_model(
+            directory, f"{META_FILE} cannot be read ({abbreviate(str(exc))})"
+        ) from exc
 
 
 def load_model(directory: Path) -> tuple[MeanPoolingClassifier, Any, ClassifierMeta]:
@@ -163,6 +178,9 @@ def load_model(directory: Path) -> tuple[MeanPoolingClassifier, Any, ClassifierM
 
     quiet_transformers()
     meta = read_meta(directory)
+    missing = [name for name in (HEAD_FILE, "config.json") if not (directory / name).is_file()]
+    if missing:
+        raise _not_a_model(directory, f"{', '.join(missing)} missing")
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     encoder = AutoModel.from_pretrained(str(directory))
     model = MeanPoolingClassifier(encoder, len(meta.labels))

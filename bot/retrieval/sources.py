@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from bot.core.datafiles import (
+    DEFAULT_LIMITS,
     DataProblemsError,
+    InputLimits,
     Problem,
     decoded_lines,
     expand_paths,
@@ -169,11 +171,22 @@ def _timestamp(
     return False, None
 
 
+def _text_fits(
+    text: str, path: Path, line: int, name: str, problems: list[Problem], limits: InputLimits
+) -> bool:
+    """True when `text` is within the text limit; otherwise records the problem."""
+    issue = limits.text_problem(text)
+    if issue:
+        problems.append(Problem(str(path), line, name, issue))
+    return issue is None
+
+
 def _conversation_pairs(
     path: Path,
     records: list[tuple[int, dict[str, Any]]],
     problems: list[Problem],
     report: PairReport,
+    limits: InputLimits,
 ) -> list[_Candidate]:
     found: list[_Candidate] = []
     for number, record in records:
@@ -224,6 +237,7 @@ def _conversation_pairs(
                     )
                 )
                 continue
+            ok &= _text_fits(text, path, number, f"{where}.text", problems, limits)
             valid, intent = _optional_label(
                 message.get("intent"), path, number, f"{where}.intent", problems
             )
@@ -284,6 +298,7 @@ def _approved_pairs(
     path: Path,
     records: list[tuple[int, dict[str, Any]]],
     problems: list[Problem],
+    limits: InputLimits,
 ) -> list[_Candidate]:
     found = []
     for number, record in records:
@@ -302,6 +317,8 @@ def _approved_pairs(
                         "needs a question and its answer",
                     )
                 )
+            else:
+                ok &= _text_fits(value.strip(), path, number, name, problems, limits)
         valid, intent = _optional_label(record.get("intent"), path, number, "intent", problems)
         if ok and valid:
             assert isinstance(question, str) and isinstance(answer, str)
@@ -313,13 +330,16 @@ def _approved_pairs(
 
 
 def _read_jsonl(
-    path: Path, problems: list[Problem], report: PairReport, explicit: bool
+    path: Path, problems: list[Problem], report: PairReport, explicit: bool, limits: InputLimits
 ) -> list[_Candidate] | None:
-    records = list(json_records(path, problems))
+    already = len(problems)
+    records = list(json_records(path, problems, limits))
     if any("messages" in record for _, record in records):
-        return _conversation_pairs(path, records, problems, report)
+        return _conversation_pairs(path, records, problems, report, limits)
     if records and all({"question", "answer"} & set(record) for _, record in records):
-        return _approved_pairs(path, records, problems)
+        return _approved_pairs(path, records, problems, limits)
+    if not records and len(problems) > already:
+        return []  # unreadable or too large: said already
     if not explicit:
         return None  # e.g. a flat labelled-utterance file in the same directory
     if records:
@@ -337,9 +357,14 @@ def _read_jsonl(
     return []
 
 
-def _read_faq_csv(path: Path, problems: list[Problem], explicit: bool) -> list[_Candidate] | None:
-    table = read_csv(path, problems)
+def _read_faq_csv(
+    path: Path, problems: list[Problem], explicit: bool, limits: InputLimits
+) -> list[_Candidate] | None:
+    already = len(problems)
+    table = read_csv(path, problems, limits)
     if table is None:
+        if len(problems) > already:
+            return []  # unreadable or too large: said already
         if explicit:
             problems.append(
                 Problem(str(path), None, None, "is empty; expected a question,answer header")
@@ -367,6 +392,7 @@ def _read_faq_csv(path: Path, problems: list[Problem], explicit: bool) -> list[_
     for line, row in table.rows:
         question, answer = row[qi].strip(), row[ai].strip()
         intent = (row[ii].strip() or None) if ii is not None else None
+        fits = True
         for name, value in (("question", question), ("answer", answer)):
             if not value:
                 problems.append(
@@ -377,14 +403,16 @@ def _read_faq_csv(path: Path, problems: list[Problem], explicit: bool) -> list[_
                         f"is empty; every FAQ row needs its {name}",
                     )
                 )
-        if question and answer:
+            else:
+                fits &= _text_fits(value, path, line, name, problems, limits)
+        if question and answer and fits:
             pair = AnswerPair(question, answer, intent, f"{path}:{line}", "faq")
             found.append(_Candidate(pair, None, 0))
     return found
 
 
 def _read_faq_markdown(
-    path: Path, problems: list[Problem], explicit: bool
+    path: Path, problems: list[Problem], explicit: bool, limits: InputLimits
 ) -> list[_Candidate] | None:
     """`## Question` headings or `**Q:**` lines, each followed by its answer.
 
@@ -415,12 +443,17 @@ def _read_faq_markdown(
                     "the question",
                 )
             )
-        else:
+        elif all(
+            [  # a list, not a generator: both are checked, both problems reported
+                _text_fits(value, path, entry["line"], name, problems, limits)
+                for name, value in (("question", question), ("answer", answer))
+            ]
+        ):
             pair = AnswerPair(question, answer, None, f"{path}:{entry['line']}", "faq")
             found.append(_Candidate(pair, None, 0))
         entry = None
 
-    for number, line in enumerate(decoded_lines(path, problems), start=1):
+    for number, line in enumerate(decoded_lines(path, problems, limits), start=1):
         if _FENCE.match(line):
             in_fence = not in_fence
         heading = None if in_fence else _HEADING.match(line)
@@ -490,7 +523,11 @@ def _deduplicate(candidates: list[_Candidate], report: PairReport) -> list[Answe
     return [c.pair for c in sorted(best.values(), key=lambda c: c.order)]
 
 
-def build_answer_pairs(paths: Sequence[Path], report: PairReport | None = None) -> list[AnswerPair]:
+def build_answer_pairs(
+    paths: Sequence[Path],
+    report: PairReport | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
+) -> list[AnswerPair]:
     """Read, validate and de-duplicate question/answer pairs.
 
     Three kinds of input are read:
@@ -511,6 +548,7 @@ def build_answer_pairs(paths: Sequence[Path], report: PairReport | None = None) 
             them. In a directory, files that are none of these (e.g. a labelled-utterance CSV)
             are skipped and listed in `report.skipped`; named explicitly, they are an error.
         report: filled with the files read and skipped and the counts per kind.
+        limits: the longest text and line and the largest file read (`InputLimits`).
 
     Returns:
         One pair per distinct question, in file order (duplicate rule: `merge_pairs`).
@@ -531,11 +569,11 @@ def build_answer_pairs(paths: Sequence[Path], report: PairReport | None = None) 
         suffix = path.suffix.lower()
         found: list[_Candidate] | None
         if suffix in CSV_SUFFIXES:
-            found = _read_faq_csv(path, problems, explicit)
+            found = _read_faq_csv(path, problems, explicit, limits)
         elif suffix in MARKDOWN_SUFFIXES:
-            found = _read_faq_markdown(path, problems, explicit)
+            found = _read_faq_markdown(path, problems, explicit, limits)
         else:
-            found = _read_jsonl(path, problems, report, explicit)
+            found = _read_jsonl(path, problems, report, explicit, limits)
         # Syntax errors are found in a first pass; show this file's problems in line order.
         problems[first_problem:] = sorted(problems[first_problem:], key=lambda p: p.line or 0)
         if found is None:

@@ -49,6 +49,8 @@ RESERVED_NAMES = frozenset({"customer", "system", "bot"})
 # The per-address limit is this many times the per-name one: one office may share an address.
 ADDRESS_FACTOR = 4
 WRONG_CREDENTIALS = "wrong name or password"
+# Names and addresses are stored (and so counted) cut to this length.
+MAX_COUNTED_CHARS = 200
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -233,48 +235,66 @@ class SqlAccountStore:
     async def sign_in(self, name: str, password: str, address: str) -> SignIn:
         """Check the password and open a session.
 
+        The attempt is counted against the limits before the (slow) password check, in the
+        transaction that checks them, so a burst of parallel guesses gets at most the limit
+        of answers and the rest 429. A failed attempt stays counted for the window; a
+        successful one uncounts itself only (not the failures of others, nor its own
+        earlier typos).
+
         Args:
             address: the client's address, for the per-address rate limit.
 
         Raises:
-            RateLimitedError: too many failures for this name or address in the window (also
+            RateLimitedError: too many attempts for this name or address in the window (also
                 for the right password, or guessing could go on).
             UnauthorizedError: the name is unknown, the account is disabled, or the password
                 is wrong (one message for all three).
         """
         now = self.store.clock()
-        await self._check_rate_limit(name, address, now)
-        async with self.store.reading("sign in") as session:
-            row = await session.scalar(select(AgentRow).where(AgentRow.name == name))
+        attempt, row = await self._count_attempt(name, address, now)
         encoded = row.password_hash if row is not None else _DUMMY_HASH
         matches = await asyncio.to_thread(verify_password, password, encoded)
         if row is None or row.disabled_at is not None or not matches:
-            await self._record_failure(name, address, now)
-            raise UnauthorizedError(WRONG_CREDENTIALS)
-        return await self._open_session(row, now)
+            raise UnauthorizedError(WRONG_CREDENTIALS)  # the attempt stays counted
+        return await self._open_session(row, attempt, now)
 
     async def failures(self, name: str | None = None, address: str | None = None) -> int:
-        """Failed sign-ins within the window, for a name or for an address."""
+        """Sign-in attempts counted against the limit within the window, for a name or for an
+        address: the failed ones, and those whose password is still being checked."""
         since = self.store.clock() - timedelta(seconds=self.settings.sign_in_window_s)
         query = select(func.count()).select_from(SignInFailureRow)
         query = query.where(SignInFailureRow.created_at > since)
         if name is not None:
-            query = query.where(SignInFailureRow.name == name)
+            query = query.where(SignInFailureRow.name == _stored_name(name))
         if address is not None:
-            query = query.where(SignInFailureRow.address == address)
+            query = query.where(SignInFailureRow.address == _stored_address(address))
         async with self.store.reading("count failed sign-ins") as session:
             return int(await session.scalar(query) or 0)
 
-    async def _check_rate_limit(self, name: str, address: str, now: datetime) -> None:
+    async def _count_attempt(
+        self, name: str, address: str, now: datetime
+    ) -> tuple[int, AgentRow | None]:
+        """Check the limits and count one attempt, atomically; returns the attempt's row id
+        and the account (None for an unknown name).
+
+        SQLite: the write transaction holds the database's write lock from its start, so
+        checks and inserts of concurrent attempts take turns. PostgreSQL (read committed):
+        transaction-scoped advisory locks on the name, then on the address, make concurrent
+        attempts for either take turns; the lock is released at commit, after the insert.
+        """
+        counted, address = _stored_name(name), _stored_address(address)
         window = timedelta(seconds=self.settings.sign_in_window_s)
         limit = self.settings.max_failed_sign_ins
         checks = (
-            (SignInFailureRow.name == name, limit, f"name {name!r}"),
+            (SignInFailureRow.name == counted, limit, f"name {name!r}"),
             (SignInFailureRow.address == address, ADDRESS_FACTOR * limit, "this address"),
         )
-        async with self.store.reading("check the sign-in rate limit") as session:
+        async with self.store.writing("check the sign-in rate limit") as session:
+            if (await session.connection()).dialect.name == "postgresql":
+                for key in (_lock_key("name", counted), _lock_key("address", address)):
+                    await session.execute(select(func.pg_advisory_xact_lock(key)))
             for where, most, what in checks:
-                # Once the `most`-th newest failure leaves the window, the count is below the
+                # Once the `most`-th newest attempt leaves the window, the count is below the
                 # limit again: that is when to retry.
                 query = (
                     select(SignInFailureRow.created_at)
@@ -290,17 +310,17 @@ class SqlAccountStore:
                         f"too many failed sign-ins for {what}; try again in {wait} s",
                         retry_after=wait,
                     )
-
-    async def _record_failure(self, name: str, address: str, now: datetime) -> None:
-        window = timedelta(seconds=self.settings.sign_in_window_s)
-        async with self.store.writing("record a failed sign-in") as session:
-            session.add(SignInFailureRow(name=name[:200], address=address, created_at=now))
-            # Failures that left the window count for nothing: keep the table small.
+            attempt = SignInFailureRow(name=counted, address=address, created_at=now)
+            session.add(attempt)
+            # Attempts that left the window count for nothing: keep the table small.
             await session.execute(
                 delete(SignInFailureRow).where(SignInFailureRow.created_at <= now - window)
             )
+            await session.flush()
+            row = await session.scalar(select(AgentRow).where(AgentRow.name == name))
+        return attempt.id, row
 
-    async def _open_session(self, agent: AgentRow, now: datetime) -> SignIn:
+    async def _open_session(self, agent: AgentRow, attempt: int, now: datetime) -> SignIn:
         token = secrets.token_urlsafe(TOKEN_BYTES)
         row = AgentSessionRow(
             id=token_digest(token),
@@ -311,10 +331,9 @@ class SqlAccountStore:
         )
         async with self.store.writing("open a console session") as session:
             session.add(row)
-            # A successful sign-in forgives the name's earlier typos.
-            await session.execute(
-                delete(SignInFailureRow).where(SignInFailureRow.name == agent.name)
-            )
+            # This attempt was no failure. Earlier failures stay counted: clearing them would
+            # also clear guesses made meanwhile, and hand whoever makes them a fresh allowance.
+            await session.execute(delete(SignInFailureRow).where(SignInFailureRow.id == attempt))
             await session.execute(delete(AgentSessionRow).where(AgentSessionRow.expires_at <= now))
         return SignIn(token, to_agent_session(row, agent))
 
@@ -348,6 +367,23 @@ class SqlAccountStore:
             await session.execute(
                 delete(AgentSessionRow).where(AgentSessionRow.id == token_digest(token))
             )
+
+
+def _stored_name(name: str) -> str:
+    """A name as attempts are stored and counted under (long ones cut, so that they count)."""
+    return name[:MAX_COUNTED_CHARS]
+
+
+def _stored_address(address: str) -> str:
+    return address[:MAX_COUNTED_CHARS]
+
+
+def _lock_key(kind: str, value: str) -> int:
+    """A PostgreSQL advisory lock key (signed 64-bit) for one name or one address."""
+    digest = hashlib.blake2b(
+        f"supportbot sign-in {kind} {value}".encode("utf-8", "surrogatepass"), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _no_agent(name: str) -> NotFoundError:

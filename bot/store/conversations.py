@@ -12,7 +12,6 @@ a unique constraint or a row lock, never by process memory.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +26,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
-from bot.core import handoff
+from bot.core import handoff, validation
 from bot.core.clock import Clock, utcnow
-from bot.core.errors import BadRequestError, ConfigurationError, StoreUnavailableError
+from bot.core.errors import ConfigurationError, StoreUnavailableError
 from bot.core.records import (
     Conversation,
     ConversationStatus,
@@ -69,7 +68,6 @@ from bot.store.mapping import (
 )
 from bot.store.schema import ConversationRow, EscalationRow, FeedbackRow, MessageRow
 
-RATINGS = ("up", "down")
 # Conversation ids remembered per process (`conversation_id`): about 10 MB at most.
 KNOWN_CONVERSATIONS = 50_000
 
@@ -219,11 +217,7 @@ class SqlConversationStore:
         Raises:
             BadRequestError: `channel` or `sender` is empty.
         """
-        if not channel or not sender:
-            raise BadRequestError(
-                f"a conversation needs a channel and a sender id; got channel={channel!r}, "
-                f"sender={sender!r}"
-            )
+        validation.check_conversation_key(channel, sender)
         where = (ConversationRow.channel == channel, ConversationRow.sender == sender)
         async with self._read("look up a conversation") as session:
             row = await session.scalar(select(ConversationRow).where(*where))
@@ -274,10 +268,7 @@ class SqlConversationStore:
             BadRequestError: `failed_turns` is negative.
             NotFoundError: no conversation has this id.
         """
-        if failed_turns < 0:
-            raise BadRequestError(
-                f"failed_turns counts turns and cannot be negative; got {failed_turns}"
-            )
+        validation.check_failed_turns(failed_turns)
         async with self._write("update a conversation") as session:
             row = await self._locked_conversation(session, conversation_id)
             row.failed_turns = failed_turns
@@ -426,13 +417,8 @@ class SqlConversationStore:
             BadRequestError: the message belongs to another conversation, or the failed-turn
                 count or the escalation priority is invalid.
         """
-        if turn.failed_turns is not None and turn.failed_turns < 0:
-            raise BadRequestError(
-                f"failed_turns counts turns and cannot be negative; got {turn.failed_turns}"
-            )
-        priority = float(turn.escalation.priority) if turn.escalation else 0.0
-        if not math.isfinite(priority):
-            raise BadRequestError(f"escalation priority must be a finite number; got {priority}")
+        validation.check_failed_turns(turn.failed_turns)
+        priority = validation.check_priority(turn.escalation.priority) if turn.escalation else 0.0
         try:
             return await self._record_turn(conversation_id, turn, priority, turn.escalation)
         except IntegrityError:
@@ -492,10 +478,7 @@ class SqlConversationStore:
                 )
                 if owner is None:
                     raise no_message(turn.message_id)
-                raise BadRequestError(
-                    f"message {turn.message_id} belongs to conversation {owner}, not "
-                    f"{conversation_id}"
-                )
+                raise validation.not_in_conversation(turn.message_id, owner, conversation_id)
             if escalation is not None:
                 rows = load_handoff(session, conversation_id)
                 _escalate(session, rows, escalation, priority, now)
@@ -551,12 +534,7 @@ class SqlConversationStore:
             ConflictError: `claimed_by` is given and that agent does not hold the claim ("claim
                 it first", or "claimed by" whom).
         """
-        try:
-            role_value = Role(role).value
-        except ValueError as exc:
-            raise BadRequestError(
-                f"message role must be one of {[r.value for r in Role]}; got {role!r}"
-            ) from exc
+        role_value = validation.check_role(role).value
         now = self.clock()
         async with self._write("store a message") as session:
             conversation, _, current = await session.run_sync(load_handoff, conversation_id)
@@ -568,11 +546,7 @@ class SqlConversationStore:
                 )
                 if parent is None:
                     raise no_message(reply_to)
-                if parent != conversation_id:
-                    raise BadRequestError(
-                        f"message {reply_to} belongs to conversation {parent}, not "
-                        f"{conversation_id}; a reply must stay in the conversation it answers"
-                    )
+                validation.check_reply_to(reply_to, parent, conversation_id)
             row = MessageRow(
                 conversation_id=conversation_id,
                 role=role_value,
@@ -603,8 +577,7 @@ class SqlConversationStore:
             BadRequestError: `limit` is negative.
             NotFoundError: no conversation has this id.
         """
-        if limit is not None and limit < 0:
-            raise BadRequestError(f"transcript limit must be 0 or more messages; got {limit}")
+        validation.check_transcript_limit(limit)
         # Ids grow in commit order within a conversation (inserts hold its row lock), so they
         # order the transcript even when two messages share a timestamp.
         query = (
@@ -632,9 +605,7 @@ class SqlConversationStore:
             NotFoundError: no conversation has this id.
             BadRequestError: the priority is not a finite number.
         """
-        priority = float(escalation.priority)
-        if not math.isfinite(priority):
-            raise BadRequestError(f"escalation priority must be a finite number; got {priority}")
+        priority = validation.check_priority(escalation.priority)
         now = self.clock()
         try:
             async with self._write("open an escalation") as session:
@@ -707,23 +678,7 @@ class SqlConversationStore:
                 neither a rating, a comment nor a correction.
             NotFoundError: the message does not exist.
         """
-        if feedback.rating is not None and feedback.rating not in RATINGS:
-            raise BadRequestError(
-                f'feedback rating must be "up", "down" or None; got {feedback.rating!r}'
-            )
-        if all(
-            value is None
-            for value in (
-                feedback.rating,
-                feedback.comment,
-                feedback.corrected_intent,
-                feedback.corrected_sentiment,
-            )
-        ):
-            raise BadRequestError(
-                f"feedback on message {feedback.message_id} carries nothing; give a rating, "
-                "a comment or a corrected intent/sentiment"
-            )
+        validation.check_feedback(feedback)
         async with self._write("store feedback") as session:
             found = await session.scalar(
                 select(MessageRow.id).where(MessageRow.id == feedback.message_id)

@@ -9,7 +9,7 @@ PostgreSQL; per-day figures are grouped by the UTC date in SQL.
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import Date, and_, case, cast, func, literal_column, select, update
@@ -19,18 +19,22 @@ from sqlalchemy.sql.elements import ColumnElement
 from bot.core import handoff
 from bot.core.desk import (
     AUTOMATED_ROUTES,
-    MAX_DASHBOARD_DAYS,
-    SENTIMENTS,
-    URGENCY_SECONDS,
     ConversationView,
     Dashboard,
     DayFigures,
     EscalationNotice,
     IntentFigures,
-    MessageLabels,
     QueueItem,
+    approved_question,
+    check_approvable,
+    check_question,
+    check_sentiment,
+    dashboard_window,
+    latest_labels,
+    most_asked_first,
+    most_urgent_first,
 )
-from bot.core.errors import BadRequestError, NotFoundError
+from bot.core.errors import NotFoundError
 from bot.core.records import (
     Conversation,
     EscalationRecord,
@@ -46,6 +50,7 @@ from bot.store.mapping import (
     select_unresolved,
     to_conversation,
     to_escalation,
+    to_feedback,
     to_message,
 )
 from bot.store.schema import (
@@ -114,21 +119,16 @@ class SqlDeskStore:
         )
         async with self.store.reading("read the queue") as session:
             rows = (await session.execute(query)).all()
-        items = []
-        for escalation, conversation, text, unread_count in rows:
-            waiting = max(0.0, (now - escalation.created_at).total_seconds())
-            items.append(
-                QueueItem(
-                    escalation=to_escalation(escalation),
-                    conversation=to_conversation(conversation),
-                    last_message=text,
-                    unread=int(unread_count or 0),
-                    waiting_s=waiting,
-                    urgency=escalation.priority + waiting / URGENCY_SECONDS,
-                )
+        return most_urgent_first(
+            QueueItem.at(
+                now,
+                to_escalation(escalation),
+                to_conversation(conversation),
+                text,
+                int(unread_count or 0),
             )
-        items.sort(key=lambda item: (-item.urgency, item.escalation.id))
-        return items
+            for escalation, conversation, text, unread_count in rows
+        )
 
     # -- one conversation --------------------------------------------------------------------
 
@@ -182,20 +182,11 @@ class SqlDeskStore:
                 .order_by(ConversationLabelRow.id.desc())
                 .limit(1)
             )
-        labels: dict[int, MessageLabels] = {}
-        for row in feedback:
-            current = labels.get(row.message_id, MessageLabels())
-            labels[row.message_id] = MessageLabels(
-                intent=row.corrected_intent or current.intent,
-                sentiment=row.corrected_sentiment or current.sentiment,
-                rating=row.rating or current.rating,
-                by=row.author,
-            )
         return ConversationView(
             conversation=to_conversation(conversation),
             escalation=None if escalation is None else to_escalation(escalation),
             messages=tuple(to_message(m) for m in messages),
-            labels=labels,
+            labels=latest_labels(to_feedback(row) for row in feedback),
             approved=frozenset(a for a in approved if a is not None),
             sentiment=sentiment,
         )
@@ -347,10 +338,7 @@ class SqlDeskStore:
             BadRequestError: `sentiment` is not negative, neutral or positive.
             NotFoundError: no conversation has this id.
         """
-        if sentiment not in SENTIMENTS:
-            raise BadRequestError(
-                f'field "sentiment" must be one of {", ".join(SENTIMENTS)}; got {sentiment!r}'
-            )
+        check_sentiment(sentiment)
         async with self.store.writing("label a conversation") as session:
             if await session.get(ConversationRow, conversation_id) is None:
                 raise NotFoundError(f"conversation {conversation_id!r} does not exist")
@@ -386,29 +374,19 @@ class SqlDeskStore:
                 a customer message of the same conversation, or there is no question.
         """
         async with self.store.writing("approve an answer") as session:
-            answer = await session.get(MessageRow, answer_message_id)
-            if answer is None:
+            answer_row = await session.get(MessageRow, answer_message_id)
+            if answer_row is None:
                 raise NotFoundError(f"message {answer_message_id} does not exist")
-            if answer.role != Role.AGENT.value:
-                raise BadRequestError(
-                    f"message {answer_message_id} is a {answer.role} message; only agents' "
-                    "replies can be approved answers"
-                )
-            asked: MessageRow | None
+            answer = to_message(answer_row)
+            check_approvable(answer)
+            asked_row: MessageRow | None
             if question_message_id is not None:
-                asked = await session.get(MessageRow, question_message_id)
-                if asked is None:
+                asked_row = await session.get(MessageRow, question_message_id)
+                if asked_row is None:
                     raise NotFoundError(f"message {question_message_id} does not exist")
-                if (
-                    asked.role != Role.CUSTOMER.value
-                    or asked.conversation_id != answer.conversation_id
-                ):
-                    raise BadRequestError(
-                        f"message {question_message_id} is not a customer message of the "
-                        "answer's conversation; give one of its questions"
-                    )
+                check_question(to_message(asked_row), answer)
             else:
-                asked = await session.scalar(
+                asked_row = await session.scalar(
                     select(MessageRow)
                     .where(
                         MessageRow.conversation_id == answer.conversation_id,
@@ -418,12 +396,8 @@ class SqlDeskStore:
                     .order_by(MessageRow.id.desc())
                     .limit(1)
                 )
-            text = question or (asked.text if asked is not None else None)
-            if not text:
-                raise BadRequestError(
-                    f"no customer message comes before message {answer_message_id}; send "
-                    '"question" with the question it answers'
-                )
+            asked = None if asked_row is None else to_message(asked_row)
+            text = approved_question(answer, question, asked)
             if intent is None and asked is not None:
                 intent = await session.scalar(
                     select(FeedbackRow.corrected_intent)
@@ -467,11 +441,7 @@ class SqlDeskStore:
         Raises:
             BadRequestError: `days` is not between 1 and 366.
         """
-        if not 1 <= days <= MAX_DASHBOARD_DAYS:
-            raise BadRequestError(f"days must be from 1 to {MAX_DASHBOARD_DAYS}; got {days}")
-        now = self.store.clock().astimezone(UTC)
-        first = now.date() - timedelta(days=days - 1)
-        start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+        dates, start = dashboard_window(self.store.clock(), days)
         sqlite = self.store.url.startswith("sqlite")
 
         def day(column: Any) -> ColumnElement[Any]:
@@ -533,8 +503,7 @@ class SqlDeskStore:
             open_escalations = int(await session.scalar(open_count) or 0)
 
         figures: dict[date, dict[str, Any]] = {
-            first + timedelta(days=i): {"escalations": {}, "feedback": {"up": 0, "down": 0}}
-            for i in range(days)
+            d: {"escalations": {}, "feedback": {"up": 0, "down": 0}} for d in dates
         }
         for when, total, customers, automated in message_rows:
             entry = figures.get(_as_date(when))
@@ -552,14 +521,9 @@ class SqlDeskStore:
                 entry["feedback"][rating] = int(count)
         return Dashboard(
             days=tuple(DayFigures(date=d, **values) for d, values in sorted(figures.items())),
-            intents=tuple(
-                sorted(
-                    (
-                        IntentFigures(str(intent), int(count), round(float(mean or 0.0), 4))
-                        for intent, count, mean in intent_rows
-                    ),
-                    key=lambda f: (-f.messages, f.intent),
-                )
+            intents=most_asked_first(
+                IntentFigures(str(intent), int(count), round(float(mean or 0.0), 4))
+                for intent, count, mean in intent_rows
             ),
             open_escalations=open_escalations,
             outcomes={str(outcome): int(count) for outcome, count in outcome_rows},

@@ -277,3 +277,34 @@ class ConversationLabelRow(Base):
     sentiment: Mapped[str] = mapped_column(Text)
     author: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+# What the unique index of API key names covers: a revoked key's name may be given again.
+ACTIVE_KEYS_ONLY = "revoked_at IS NULL"
+
+
+class ApiKeyRow(Base):
+    """A key for the server-to-server REST API; the key itself is never stored."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("prefix"),
+        Index(
+            "uq_api_keys_name_active",
+            "name",
+            unique=True,
+            sqlite_where=text(ACTIVE_KEYS_ONLY),
+            postgresql_where=text(ACTIVE_KEYS_ONLY),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    # `sb_` and the next 8 characters: finds the row, and tells keys apart in lists.
+    prefix: Mapped[str] = mapped_column(String(16))
+    # SHA-256 (hex) of the whole key, compared in constant time: a leaked table gives no key.
+    key_hash: Mapped[str] = mapped_column(String(64))
+    channels: Mapped[list[str]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -18,11 +18,25 @@
   const error = document.getElementById("sign-in-error");
   let unlockTimer = null;
 
-  /** Where to go after signing in: only a path on this site (no open redirect). */
+  // Browsers drop tabs and line breaks from a URL and read a backslash as "/": with any of
+  // them after the first "/", a path such as "/%09/evil.example" leads to another site.
+  const UNSAFE = /[\\\u0000-\u001f\u007f-\u009f]/;
+
+  /**
+   * Where to go after signing in: a path on this site only (no open redirect), the same rule
+   * as the server's (`safe_next` in connectors/console.py).
+   */
   function nextPath() {
     const next = new URLSearchParams(location.search).get("next") || "";
-    if (/^\/(?![/\\])/.test(next)) return next;
-    return HOME;
+    if (!next.startsWith("/") || next.startsWith("//") || UNSAFE.test(next)) return HOME;
+    let url;
+    try {
+      url = new URL(next, location.origin);
+    } catch (_) {
+      return HOME;
+    }
+    if (url.origin !== location.origin) return HOME;
+    return url.pathname + url.search + url.hash;
   }
 
   function showError(text, field) {

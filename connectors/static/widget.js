@@ -68,7 +68,11 @@
 
   // -- state ---------------------------------------------------------------------------------
 
+  // The session id is the customer's proof of their conversation: it is sent in the socket's
+  // first frame, never in a URL (URLs end up in proxy access logs).
+  const SESSION_PATTERN = /^[A-Za-z0-9_-]{8,100}$/;
   let session = readStorage("localStorage", SESSION_KEY);
+  if (session && !SESSION_PATTERN.test(session)) session = null; // the server would refuse it
   let socket = null;
   let live = false; // the socket is open and the history has arrived
   const backoff = new Backoff();
@@ -329,11 +333,13 @@
   function connect() {
     if (!session || socket) return;
     backoff.cancel();
-    const url = new URL(SOCKET_URL);
-    url.searchParams.set("session", session);
     setConnection(connectingText(backoff.attempts), "connecting");
-    const ws = new WebSocket(url);
+    const ws = new WebSocket(SOCKET_URL);
     socket = ws;
+    ws.addEventListener("open", () => {
+      // First frame: which conversation this socket speaks for. The history is the answer.
+      if (socket === ws) ws.send(JSON.stringify({ type: "hello", session }));
+    });
     ws.addEventListener("message", (event) => {
       if (socket === ws) receive(event.data);
     });
@@ -434,10 +440,14 @@
       clearTimeout(retryTimer);
       retryTimer = setTimeout(flush, RETRY_MS);
     } else {
+      // Refused for good (invalid text, too long, ...): never resend it, say so, and give the
+      // text back so the customer can fix it. Later messages do not wait for it.
       outbox.splice(index, 1);
       item.el.classList.remove("pending");
       item.el.classList.add("failed");
       item.el.append(el("span", { class: "error" }, `Not sent: ${frame.error}`));
+      if (!input.value) input.value = item.text;
+      showNotice("Your message was not sent; edit it below and send it again.");
     }
     updateTyping();
   }

@@ -5,6 +5,9 @@ customer's widget."""
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,11 +16,20 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
+from yarl import URL
 
 from bot.app.factory import RUNTIME, create_app
 from bot.core.delivery import DeliveryError
+from bot.core.errors import ConfigurationError
 from bot.core.records import Conversation, Reply
-from connectors.console import CONSOLE, came_over_https, client_address
+from connectors.console import (
+    CONSOLE,
+    came_over_https,
+    client_address,
+    parse_trusted_proxies,
+    safe_next,
+)
+from connectors.http import MAX_ID
 from tests.helpers import runtime_settings
 
 pytestmark = pytest.mark.slow
@@ -71,6 +83,24 @@ class Person:
         return ws
 
 
+async def sign_in_as_if_proxied(olga: Person) -> str:
+    """Olga's wrong password "forwarded for" 203.0.113.9, then her right one "forwarded" over
+    https; the cookie header of the second."""
+    proxied = await olga.http.post(
+        "/console/api/session",
+        json={"name": "olga", "password": "wrong password"},
+        headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
+    )
+    assert proxied.status == 401
+    secure = await olga.http.post(
+        "/console/api/session",
+        json={"name": "olga", "password": PASSWORD},
+        headers={"X-Forwarded-Proto": "https"},
+    )
+    assert secure.status == 200
+    return secure.headers["Set-Cookie"]
+
+
 async def next_event(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[str, Any]:
     """The next event of `kind` (events of other kinds in between are skipped)."""
     while True:
@@ -84,6 +114,15 @@ async def widget_frame(ws: aiohttp.ClientWebSocketResponse, kind: str) -> dict[s
         frame: dict[str, Any] = await ws.receive_json(timeout=TIMEOUT)
         if frame["type"] == kind:
             return frame
+
+
+async def widget_customer(
+    client: TestClient[Any, Any], session: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A widget customer's socket, past its hello (the history frame comes next)."""
+    ws = await client.ws_connect("/ws")
+    await ws.send_json({"type": "hello", "session": session})
+    return ws
 
 
 async def say(ws: aiohttp.ClientWebSocketResponse, text: str, client_id: str) -> list[Any]:
@@ -178,25 +217,16 @@ async def test_signing_in_csrf_roles_and_the_rate_limit(make_client: Any) -> Non
         assert status_out.status == 204
         assert (await ana.get("/me"))[0] == 401
 
-        # Behind a local proxy, its forwarded scheme and client address count.
-        proxied = await olga.http.post(
-            "/console/api/session",
-            json={"name": "olga", "password": "wrong password"},
-            headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9"},
-        )
-        assert proxied.status == 401
+        # No proxy is configured: forwarded headers count for nothing, even from loopback.
+        cookie = await sign_in_as_if_proxied(olga)
         accounts = client.server.app[CONSOLE].accounts
-        assert await accounts.failures(address="203.0.113.9") == 1
-        secure = await olga.http.post(
-            "/console/api/session",
-            json={"name": "olga", "password": PASSWORD},
-            headers={"X-Forwarded-Proto": "https"},
-        )
-        assert secure.status == 200 and "Secure" in secure.headers["Set-Cookie"]
+        assert await accounts.failures(address="203.0.113.9") == 0
+        assert await accounts.failures(address="127.0.0.1") == 2  # with ana's typo above
+        assert "Secure" not in cookie
 
-        # Rate limit: 2 failures for a name, then 429 even for the right password.
-        for _ in range(2):
-            assert (await stranger.sign_in("olga", "guessing-again")).status == 401
+        # Rate limit: 2 failures for a name, then 429 even for the right password. Olga's
+        # wrong password above is one: signing in since then forgave nothing.
+        assert (await stranger.sign_in("olga", "guessing-again")).status == 401
         limited = await stranger.sign_in("olga")
         assert limited.status == 429
         assert 1 <= int(limited.headers["Retry-After"]) <= 60
@@ -214,7 +244,7 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
 ) -> None:
     client = await make_client()
     ana, bo = Person(client), Person(client)
-    customer = await client.ws_connect("/ws?session=customer-0001")
+    customer = await widget_customer(client, "customer-0001")
     try:
         await ana.sign_in("ana")
         await bo.sign_in("bo")
@@ -367,7 +397,9 @@ async def test_release_hand_back_and_the_dashboard_figures(make_client: Any) -> 
         assert status == 409  # not claimed by her any more
         assert (await bo.post(f"/conversations/{cid}/claim"))[0] == 200
         status, sent = await bo.post(f"/conversations/{cid}/reply", {"text": "Bo here, hello!"})
-        assert status == 201 and sent["delivered"] is True  # REST: kept in the transcript
+        # REST has no push channel: the reply waits in the transcript, and the agent is told
+        # it was not delivered.
+        assert status == 201 and sent["delivered"] is False
         # A channel that fails: the reply is kept, and the agent is told it did not arrive.
         client.server.app[RUNTIME].dispatcher.register("rest", BrokenChannel())
         status, sent = await bo.post(f"/conversations/{cid}/reply", {"text": "Still there?"})
@@ -422,7 +454,7 @@ async def test_release_hand_back_and_the_dashboard_figures(make_client: Any) -> 
 async def test_an_unclaimed_escalation_tells_the_customer_once(make_client: Any) -> None:
     client = await make_client(escalation={"unclaimed_timeout_s": 0.3})
     ana = Person(client)
-    customer = await client.ws_connect("/ws?session=customer-0002")
+    customer = await widget_customer(client, "customer-0002")
     try:
         await ana.sign_in("ana")
         events = await ana.events()
@@ -448,10 +480,275 @@ async def test_an_unclaimed_escalation_tells_the_customer_once(make_client: Any)
         await ana.http.close()
 
 
-def test_forwarded_headers_count_only_from_a_local_proxy() -> None:
+def test_forwarded_headers_count_only_from_a_configured_proxy() -> None:
     headers = {"X-Forwarded-For": "10.1.1.1, 203.0.113.9", "X-Forwarded-Proto": "https"}
     request = make_mocked_request("GET", "/", headers=headers)
-    local = request.clone(remote="10.0.0.2")
-    assert client_address(local) == "203.0.113.9" and came_over_https(local)
-    remote = request.clone(remote="93.184.216.34")
-    assert client_address(remote) == "93.184.216.34" and not came_over_https(remote)
+    proxies = parse_trusted_proxies(["10.0.0.2", "fd00::/8"])
+    proxy = request.clone(remote="10.0.0.2")
+    assert client_address(proxy, proxies) == "203.0.113.9" and came_over_https(proxy, proxies)
+    # A private or loopback peer is not a proxy unless it is configured as one.
+    for peer in ("10.0.0.3", "127.0.0.1", "192.168.1.5", "93.184.216.34"):
+        other = request.clone(remote=peer)
+        assert client_address(other, proxies) == peer and not came_over_https(other, proxies)
+    assert client_address(proxy, ()) == "10.0.0.2" and not came_over_https(proxy, ())
+    # A chain of proxies: the first address from the right that is not a proxy is the client.
+    chain = make_mocked_request(
+        "GET", "/", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9, fd00::7"}
+    ).clone(remote="10.0.0.2")
+    assert client_address(chain, proxies) == "203.0.113.9"
+    # What a proxy passes on that is no address is not believed either.
+    garbage = make_mocked_request("GET", "/", headers={"X-Forwarded-For": "1.2.3.4, evil"})
+    assert client_address(garbage.clone(remote="10.0.0.2"), proxies) == "10.0.0.2"
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300", "proxy.internal", "10.0.0.1/33", ""])
+def test_a_trusted_proxy_that_is_no_address_is_a_configuration_error(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="server.trusted_proxies"):
+        parse_trusted_proxies(["10.0.0.1", value])
+
+
+def test_trusted_proxies_take_addresses_and_networks() -> None:
+    assert parse_trusted_proxies(["172.28.0.10", "10.0.0.0/8", "::1"]) == (
+        ipaddress.ip_network("172.28.0.10/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/\t/evil.example/x",
+        "/\n/evil.example/x",
+        "/\r/evil.example/x",
+        "//evil.example/x",
+        "/\\evil.example/x",
+        "\\\\evil.example/x",
+        "/\\/evil.example/x",
+        "https://evil.example/x",
+        "http:/evil.example/x",
+        "javascript:alert(1)",
+        "evil.example/x",
+        " /console",
+        "/console\x00",
+        "/console\x7f",
+        "",
+    ],
+)
+def test_only_a_path_on_this_site_is_a_place_to_go_after_signing_in(raw: str) -> None:
+    assert safe_next(raw) == "/console"
+
+
+@pytest.mark.parametrize(
+    "raw", ["/console", "/console#conversation=ab12", "/console?x=1#dashboard", "/healthz"]
+)
+def test_a_path_on_this_site_is_kept(raw: str) -> None:
+    assert safe_next(raw) == raw
+
+
+# -- hardening: the sign-in limit under a burst, content types, redirects, CSP, bad input --------
+
+
+async def test_a_burst_of_parallel_sign_ins_gets_at_most_the_limit_of_answers(
+    make_client: Any,
+) -> None:
+    client = await make_client(console={"max_failed_sign_ins": 3, "sign_in_window_s": 600})
+
+    async def attempt(password: str) -> int:
+        body = {"name": "ana", "password": password}
+        async with client.post("/console/api/session", json=body) as response:
+            return response.status
+
+    # 150 wrong guesses at once, the right password last: three are checked, the rest wait.
+    statuses = await asyncio.gather(*(attempt(f"guess {i}") for i in range(150)), attempt(PASSWORD))
+    assert set(statuses) <= {200, 401, 429}
+    assert statuses.count(401) + statuses.count(200) == 3
+    assert statuses.count(429) == 151 - 3
+    assert await attempt(PASSWORD) == 429
+
+
+async def test_sign_in_wants_json_and_sends_back_to_this_site_only(make_client: Any) -> None:
+    client = await make_client()
+    ana = Person(client)
+    try:
+        # A cross-site form can post text/plain or a form encoding, never JSON: refused.
+        credentials = json.dumps({"name": "ana", "password": PASSWORD})
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+            headers = {"Content-Type": content_type} if content_type else {}
+            async with ana.http.post(
+                "/console/api/session", data=credentials.encode(), headers=headers
+            ) as response:
+                assert response.status == 415, content_type
+                assert "application/json" in (await response.json())["error"]
+        assert (await ana.get("/me"))[0] == 401
+        signed = await ana.http.post(
+            "/console/api/session",
+            data=credentials,
+            headers={"Content-Type": "application/json; charset=utf-8"},
+        )
+        assert signed.status == 200
+        ana.csrf = (await signed.json())["csrf_token"]
+        # So do the API's other JSON bodies (the CSRF token is checked as before).
+        async with ana.http.post(
+            "/console/api/conversations/x/reply",
+            data=json.dumps({"text": "hi"}),
+            headers={"X-CSRF-Token": ana.csrf, "Content-Type": "text/plain"},
+        ) as response:
+            assert response.status == 415
+        async with ana.http.post(
+            "/console/api/conversations/x/reply",
+            data=json.dumps({"text": "hi"}),
+            headers={"Content-Type": "text/plain"},
+        ) as response:
+            assert response.status == 403
+
+        # The sign-in page: an unsafe `next` is replaced by the console's own path.
+        for bad in (
+            "/%09/evil.example/x",
+            "/%0a/evil.example/x",
+            "/%0d/evil.example/x",
+            "//evil.example/x",
+            "/%5Cevil.example/x",
+            "%5C%5Cevil.example/x",
+            "https://evil.example/x",
+            "javascript:alert(1)",
+        ):
+            url = URL(f"/console/sign-in?next={bad}", encoded=True)
+            async with ana.http.get(url, allow_redirects=False) as response:
+                assert response.status == 302, bad
+                assert response.headers["Location"] == "/console/sign-in?next=/console", bad
+        for good in ("/console", "%2Fconsole%23conversation%3Dab12"):
+            url = URL(f"/console/sign-in?next={good}", encoded=True)
+            async with ana.http.get(url, allow_redirects=False) as response:
+                assert response.status == 200, good
+
+        # Both pages run under a strict Content Security Policy.
+        for path in ("/console", "/console/sign-in"):
+            async with ana.http.get(path, allow_redirects=False) as response:
+                assert response.status == 200
+                policy = response.headers["Content-Security-Policy"]
+                directives = dict(d.strip().split(" ", 1) for d in policy.split(";"))
+                assert directives["default-src"] == "'none'"
+                assert directives["script-src"] == "'self'"
+                assert directives["style-src"] == "'self'"
+                assert directives["connect-src"] == "'self'"
+                assert directives["frame-ancestors"] == "'none'"
+                assert directives["base-uri"] == "'none'"
+                assert directives["form-action"] == "'self'"
+                page = await response.text()
+                # Nothing inline that the policy would block.
+                assert not re.search(
+                    r"<script(?![^>]*\ssrc=)|<style|<[^>]*\s(style|on[a-z]+)=", page
+                )
+    finally:
+        await ana.http.close()
+
+
+async def test_forwarded_headers_count_from_a_configured_proxy(make_client: Any) -> None:
+    client = await make_client(server={"trusted_proxies": ["127.0.0.1"]})
+    olga = Person(client)
+    try:
+        cookie = await sign_in_as_if_proxied(olga)
+        accounts = client.server.app[CONSOLE].accounts
+        assert await accounts.failures(address="203.0.113.9") == 1
+        assert await accounts.failures(address="127.0.0.1") == 0
+        assert "Secure" in cookie
+    finally:
+        await olga.http.close()
+
+
+async def test_bad_numbers_ids_and_labels_are_400s_and_undelivered_replies_say_so(
+    make_client: Any,
+) -> None:
+    client = await make_client()
+    ana, olga = Person(client), Person(client)
+    try:
+        await ana.sign_in("ana")
+        await olga.sign_in("olga")
+        # Rasa hands a conversation over; nothing pushes to its channel.
+        async with client.post(
+            "/api/v1/handoff", json={"sender": "rasa-user-1", "text": "a person please"}
+        ) as response:
+            assert response.status in (200, 201), await response.text()
+            cid = (await response.json())["conversation_id"]
+        assert (await ana.post(f"/conversations/{cid}/claim"))[0] == 200
+        status, sent = await ana.post(f"/conversations/{cid}/reply", {"text": "Ana here."})
+        assert status == 201 and sent["delivered"] is False
+        view = (await ana.get(f"/conversations/{cid}"))[1]
+        question = next(m for m in view["messages"] if m["role"] == "customer")
+        answer = sent["message"]
+        assert view["messages"][-1]["text"] == "Ana here."  # stored all the same
+
+        # Numbers: ASCII digits in range only.
+        for days in ("%C2%B2", "%D9%A1", "1e3", "-1", "0", "367", "9" * 30, ""):
+            async with olga.http.get(
+                URL(f"/console/api/dashboard?days={days}", encoded=True)
+            ) as response:
+                assert response.status == 400, days
+                assert "days" in (await response.json())["error"]
+        for message_id in ("%C2%B2", str(MAX_ID + 1), "9" * 30, "0"):
+            async with ana.http.post(
+                URL(f"/console/api/messages/{message_id}/labels", encoded=True),
+                json={"sentiment": "negative"},
+                headers={"X-CSRF-Token": ana.csrf},
+            ) as response:
+                assert response.status == 400, message_id
+        # Conversation ids: a NUL (PostgreSQL cannot even compare it) or pages of text.
+        for bad_id in ("%00", "c" * 5000, "%ED%A0%80"):
+            async with ana.http.get(
+                URL(f"/console/api/conversations/{bad_id}", encoded=True)
+            ) as response:
+                assert response.status in (400, 404), bad_id[:20]
+                assert len(await response.text()) < 1000
+            status, _ = await ana.post(f"/conversations/{bad_id}/claim")
+            assert status in (400, 404), bad_id[:20]
+        async with ana.http.get("/console/api/conversations/%00") as response:
+            assert response.status == 400 and "NUL" in (await response.json())["error"]
+        for body in (
+            {"answer_message_id": MAX_ID + 1},
+            {"answer_message_id": answer["id"], "question_message_id": MAX_ID + 1},
+            {"answer_message_id": 2**64},
+            {"answer_message_id": "7"},
+        ):
+            status, refused = await ana.post("/approved-answers", body)
+            assert status == 400 and "integer id" in refused["error"], body
+
+        # Labels: a known intent or a new name of the documented form, nothing else.
+        bad_labels: list[tuple[str, str]] = [
+            ("../../evil", "neither a known intent nor a valid new name"),
+            ("x" * 5000, "the limit is 64"),
+            ("refund\\u0000status", "NUL"),
+            ("refund\\ud800", "lone surrogate"),
+            ("Refund Status", "neither a known intent nor a valid new name"),
+        ]
+        headers = {"X-CSRF-Token": ana.csrf, "Content-Type": "application/json"}
+        for label, says in bad_labels:
+            raw = '{"intent": "' + label + '"}'
+            async with ana.http.post(
+                f"/console/api/messages/{question['id']}/labels", data=raw, headers=headers
+            ) as response:
+                assert response.status == 400, label[:20]
+                assert says in (await response.json())["error"], label[:20]
+            raw = f'{{"answer_message_id": {answer["id"]}, "intent": "{label}"}}'
+            async with ana.http.post(
+                "/console/api/approved-answers", data=raw, headers=headers
+            ) as response:
+                assert response.status == 400, label[:20]
+                assert says in (await response.json())["error"], label[:20]
+        for sentiment in ("../../evil", "x" * 5000, "neutral\\u0000", "\\udfff"):
+            raw = '{"sentiment": "' + sentiment + '"}'
+            for path in (f"conversations/{cid}/labels", f"messages/{question['id']}/labels"):
+                async with ana.http.post(
+                    f"/console/api/{path}", data=raw, headers=headers
+                ) as response:
+                    assert response.status == 400, (path, sentiment[:20])
+        # The same labels spelled right are taken.
+        status, _ = await ana.post(
+            "/approved-answers", {"answer_message_id": answer["id"], "intent": "refund_status"}
+        )
+        assert status == 201
+        status, _ = await ana.post(f"/conversations/{cid}/labels", {"sentiment": "neutral"})
+        assert status == 201
+    finally:
+        await ana.http.close()
+        await olga.http.close()

@@ -25,6 +25,7 @@ from playwright.async_api import (
     Page,
     Request,
     Response,
+    Route,
     expect,
 )
 from yarl import URL
@@ -32,7 +33,8 @@ from yarl import URL
 from bot.app.factory import RUNTIME, create_app
 from bot.core.records import Agent, ConversationStatus, Escalation, Role
 from bot.store.accounts import SqlAccountStore
-from connectors.console import ASSETS, CONSOLE
+from connectors.console import ASSETS, CONSOLE, PAGE_HEADERS, SIGN_IN_PAGE
+from connectors.static_files import read_static
 from connectors.telegram import TELEGRAM
 from tests.fakes.telegram_api import TOKEN, FakeTelegramApi
 from tests.helpers import ARTIFACTS, BROWSER_TESTS, runtime_settings
@@ -80,10 +82,18 @@ async def add_account(app: web.Application, name: str, role: str) -> Agent:
 
 
 async def console_page(browser: Browser, problems: list[str]) -> tuple[BrowserContext, Page]:
+    """A page in a new browser context; its script errors and every Content Security Policy
+    violation (Chromium reports them as console errors) land in `problems`."""
     context = await browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
     await context.add_init_script(COUNT_BEEPS)
     page = await context.new_page()
     page.on("pageerror", lambda error: problems.append(str(error)))
+
+    def refused(message: ConsoleMessage) -> None:
+        if message.type == "error" and "Content Security Policy" in message.text:
+            problems.append(message.text)
+
+    page.on("console", refused)
     return context, page
 
 
@@ -579,3 +589,60 @@ async def test_the_console_runs_as_native_modules_served_from_a_whitelist(
                 assert response.status == 404, name
         async with http.get(URL(base + "lib/dom.js")) as response:
             assert response.status == 200 and response.content_type == "text/javascript"
+
+
+async def test_signing_in_goes_back_to_a_path_on_this_site_only(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    server, app = await serve(aiohttp_server, runtime_models, tmp_path)
+    await add_account(app, "nia", "agent")
+    own = str(server.make_url("")).rstrip("/")
+    problems: list[str] = []
+    context, page = await console_page(browser, problems)
+    elsewhere: list[str] = []
+
+    async def other_site(route: Route) -> None:
+        elsewhere.append(route.request.url)
+        await route.fulfill(status=200, content_type="text/html", body="<p>another site</p>")
+
+    await context.route(lambda url: not url.startswith(own), other_site)
+    name, password = page.get_by_label("Name"), page.get_by_label("Password")
+
+    async def sign_in_at(query: str) -> None:
+        await page.goto(f"{own}/console/sign-in?{query}")
+        await name.fill("nia")
+        await password.fill(PASSWORD)
+        await page.get_by_role("button", name="Sign in").click()
+
+    unsafe = [
+        "/%09/evil.example/x",
+        "/%0a/evil.example/x",
+        "/%0d/evil.example/x",
+        "//evil.example/x",
+        "/%5Cevil.example/x",
+        "/%5C/evil.example/x",
+        "%5C%5Cevil.example/x",
+        "https://evil.example/x",
+        "javascript:alert(document.domain)",
+    ]
+    # The server puts an unsafe `next` right before the page loads.
+    for bad in unsafe:
+        await page.goto(f"{own}/console/sign-in?next={bad}")
+        await expect(page).to_have_url(f"{own}/console/sign-in?next=/console")
+
+    # The page's script checks it too: here it gets the page with `next` as it came.
+    async def unchecked(route: Route) -> None:
+        headers = {**PAGE_HEADERS, "Content-Type": "text/html; charset=utf-8"}
+        await route.fulfill(status=200, headers=headers, body=read_static(SIGN_IN_PAGE))
+
+    await page.route(re.compile(r"/console/sign-in\?next="), unchecked)
+    for bad in unsafe:
+        await sign_in_at(f"next={bad}")
+        await expect(page).to_have_url(f"{own}/console")
+        await expect(page.locator("#agent-name")).to_have_text("nia")
+    assert elsewhere == []
+    # A path on this site is where it goes.
+    await sign_in_at("next=%2Fconsole%23dashboard")
+    await expect(page).to_have_url(f"{own}/console#dashboard")
+    assert problems == []
+    await context.close()

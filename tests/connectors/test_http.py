@@ -17,6 +17,9 @@ from connectors.http import (
     id_field,
     parse_json_object,
     path_id,
+    path_text,
+    query_int,
+    require_json,
     text_field,
 )
 
@@ -95,3 +98,69 @@ def test_path_ids_take_ascii_digits_in_range_only(raw: str) -> None:
 
 def test_a_path_id_in_range_passes() -> None:
     assert path_id(_request("42"), "message_id") == 42
+
+
+def _query(query: str) -> web.Request:
+    return make_mocked_request("GET", f"/x?{query}")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "days=%C2%B2",
+        "days=%D9%A1",
+        "days=1e3",
+        "days=",
+        "days=0",
+        "days=367",
+        "days=-1",
+        "days=" + "9" * 30,
+        "days=7.0",
+        "days=%207",
+    ],
+)
+def test_query_ints_take_ascii_digits_in_range_only(query: str) -> None:
+    with pytest.raises(BadRequestError, match="days must be a whole number from 1 to 366"):
+        query_int(_query(query), "days", 1, 366, default=7)
+
+
+def test_a_query_int_in_range_passes_and_an_absent_one_is_the_default() -> None:
+    assert query_int(_query("days=366"), "days", 1, 366) == 366
+    assert query_int(_query("days=-3"), "days", -5, 5) == -3
+    assert query_int(_query(""), "days", 1, 366, default=7) == 7
+    with pytest.raises(BadRequestError, match="days is missing"):
+        query_int(_query(""), "days", 1, 366)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", None]
+)
+def test_a_body_not_declared_as_json_is_415(content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    with pytest.raises(web.HTTPUnsupportedMediaType) as refused:
+        require_json(make_mocked_request("POST", "/x", headers=headers))
+    assert refused.value.content_type == "application/json"
+    assert "application/json" in json.loads(refused.value.text or "")["error"]
+
+
+def test_a_json_body_passes() -> None:
+    for content_type in ("application/json", "application/json; charset=utf-8"):
+        require_json(make_mocked_request("POST", "/x", headers={"Content-Type": content_type}))
+
+
+def _conversation(raw: str) -> web.Request:
+    request = make_mocked_request("GET", "/x/c")
+    request.match_info.update({"conversation_id": raw})
+    return request
+
+
+@pytest.mark.parametrize(
+    "raw, says", [("a\x00b", "NUL"), ("a\ud800", "lone surrogate"), ("c" * 101, "at most 100")]
+)
+def test_path_text_refuses_what_no_id_holds(raw: str, says: str) -> None:
+    with pytest.raises(BadRequestError, match=says):
+        path_text(_conversation(raw), "conversation_id", max_chars=100)
+
+
+def test_path_text_passes_an_id() -> None:
+    assert path_text(_conversation("4be0a1c9"), "conversation_id", max_chars=100) == "4be0a1c9"

@@ -1,5 +1,6 @@
 """The Rasa action server for real: `supportbot rasa-actions` in a subprocess, a real supportbot
-app on a real port, and the documented Rasa action-server webhook payloads posted to it."""
+app on a real port that requires an API key, and the documented Rasa action-server webhook
+payloads posted to it."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from aiohttp.test_utils import TestServer
 from bot.app.factory import RUNTIME, create_app
 from bot.core.records import ConversationStatus, Reply, Role, Route
 from bot.core.service import HandleResult
+from bot.store.api_keys import SqlApiKeyStore
 from connectors.rasa_actions import (
     APOLOGY,
     ActionServerSettings,
@@ -30,8 +32,8 @@ from connectors.rasa_actions import (
     parse_answer_search,
     parse_result,
 )
-from connectors.rasa_cli import URL_ENV
-from connectors.rest import render_answers, render_result
+from connectors.rasa_cli import KEY_ENV, URL_ENV
+from connectors.rest import DEFAULT_CHANNELS, render_answers, render_result
 from tests.helpers import runtime_settings
 
 SUPPORTBOT = Path(sys.executable).with_name("supportbot")
@@ -141,14 +143,25 @@ class ActionServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    async def start(self, supportbot_url: str | None, env_url: str | None = None) -> None:
+    async def start(
+        self,
+        supportbot_url: str | None,
+        env_url: str | None = None,
+        api_key: str | None = None,
+        key_flag: bool = False,
+    ) -> None:
         args = [str(SUPPORTBOT), "rasa-actions", "--port", str(self.port), "--timeout", "20"]
         if supportbot_url is not None:
             args += ["--supportbot-url", supportbot_url]
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         env.pop(URL_ENV, None)
+        env.pop(KEY_ENV, None)
         if env_url is not None:
             env[URL_ENV] = env_url
+        if api_key is not None and key_flag:
+            args += ["--api-key", api_key]
+        elif api_key is not None:
+            env[KEY_ENV] = api_key
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
@@ -181,11 +194,17 @@ class ActionServerProcess:
 
 @asynccontextmanager
 async def action_server(
-    tmp_path: Path, supportbot_url: str | None, env_url: str | None = None
+    tmp_path: Path,
+    supportbot_url: str | None,
+    env_url: str | None = None,
+    api_key: str | None = None,
+    key_flag: bool = False,
 ) -> AsyncIterator[ActionServerProcess]:
+    """`supportbot rasa-actions`; the key goes in SUPPORTBOT_RASA__API_KEY, or in --api-key
+    with `key_flag`."""
     server = ActionServerProcess(tmp_path / f"rasa-actions-{time.monotonic_ns()}.log")
     try:
-        await server.start(supportbot_url, env_url)
+        await server.start(supportbot_url, env_url, api_key, key_flag)
         yield server
     finally:
         await server.stop()
@@ -209,13 +228,25 @@ async def supportbot(
     return await aiohttp_server(create_app(settings))
 
 
+@pytest.fixture
+async def rasa_key(supportbot: TestServer) -> str:
+    """The action server's key, as `supportbot api-keys create rasa` makes it; from then on
+    supportbot answers no caller without a key."""
+    issued = await SqlApiKeyStore(supportbot.app[RUNTIME].store).create("rasa", DEFAULT_CHANNELS)
+    return issued.key
+
+
 def url_of(server: TestServer) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
 @pytest.mark.slow
-async def test_answer_found_for_a_refund_question(supportbot: TestServer, tmp_path: Path) -> None:
-    async with action_server(tmp_path, url_of(supportbot)) as server:
+async def test_answer_found_for_a_refund_question(
+    supportbot: TestServer, rasa_key: str, tmp_path: Path
+) -> None:
+    async with action_server(
+        tmp_path, url_of(supportbot), api_key=rasa_key, key_flag=True
+    ) as server:
         async with aiohttp.ClientSession() as http, http.get(f"{server.url}/actions") as listed:
             assert [a["name"] for a in await listed.json()] == [
                 "action_supportbot_answer",
@@ -244,11 +275,14 @@ async def test_answer_found_for_a_refund_question(supportbot: TestServer, tmp_pa
     assert await supportbot.app[RUNTIME].store.open_escalations() == []
     assert server.returncode == 0, server.log()
     assert "closed the HTTP session to supportbot" in server.log()
+    assert f"with API key {rasa_key[:11]}..." in server.log() and rasa_key not in server.log()
 
 
 @pytest.mark.slow
-async def test_no_answer_for_gibberish(supportbot: TestServer, tmp_path: Path) -> None:
-    async with action_server(tmp_path, url_of(supportbot)) as server:
+async def test_no_answer_for_gibberish(
+    supportbot: TestServer, rasa_key: str, tmp_path: Path
+) -> None:
+    async with action_server(tmp_path, url_of(supportbot), api_key=rasa_key) as server:
         body = await webhook(server, action_call("action_supportbot_answer", "c2", "zxqv blorp"))
         # A message with no text (e.g. an image) is not sent to supportbot at all.
         empty = await webhook(server, action_call("action_supportbot_answer", "c2", ""))
@@ -262,9 +296,14 @@ async def test_no_answer_for_gibberish(supportbot: TestServer, tmp_path: Path) -
 
 
 @pytest.mark.slow
-async def test_sentiment_slot_for_an_angry_message(supportbot: TestServer, tmp_path: Path) -> None:
-    # No --supportbot-url: the command reads SUPPORTBOT_RASA__SUPPORTBOT_URL when it starts.
-    async with action_server(tmp_path, None, env_url=url_of(supportbot)) as server:
+async def test_sentiment_slot_for_an_angry_message(
+    supportbot: TestServer, rasa_key: str, tmp_path: Path
+) -> None:
+    # No --supportbot-url nor --api-key: the command reads SUPPORTBOT_RASA__SUPPORTBOT_URL and
+    # SUPPORTBOT_RASA__API_KEY when it starts.
+    async with action_server(
+        tmp_path, None, env_url=url_of(supportbot), api_key=rasa_key
+    ) as server:
         angry = await webhook(
             server,
             action_call(
@@ -287,9 +326,9 @@ async def test_sentiment_slot_for_an_angry_message(supportbot: TestServer, tmp_p
 
 @pytest.mark.slow
 async def test_handoff_escalates_in_supportbot_and_pauses_rasa(
-    supportbot: TestServer, tmp_path: Path
+    supportbot: TestServer, rasa_key: str, tmp_path: Path
 ) -> None:
-    async with action_server(tmp_path, url_of(supportbot)) as server:
+    async with action_server(tmp_path, url_of(supportbot), api_key=rasa_key) as server:
         body = await webhook(
             server,
             action_call("action_supportbot_handoff", "cust-4", "i want to talk to a human"),
@@ -312,6 +351,24 @@ async def test_handoff_escalates_in_supportbot_and_pauses_rasa(
     assert conversation.status == ConversationStatus.WAITING
     customer, bot = await store.transcript(conversation.id)
     assert customer.text == "i want to talk to a human" and bot.text == response["text"]
+
+
+@pytest.mark.slow
+async def test_without_a_valid_key_the_actions_apologise_and_say_why(
+    supportbot: TestServer, rasa_key: str, tmp_path: Path
+) -> None:
+    async with action_server(tmp_path, url_of(supportbot)) as keyless:
+        missing = await webhook(keyless, action_call("action_supportbot_handoff", "c9", "human"))
+    async with action_server(tmp_path, url_of(supportbot), api_key="sb_" + "x" * 43) as wrong:
+        invalid = await webhook(wrong, action_call("action_supportbot_answer", "c9", "refund?"))
+    assert [r["text"] for r in missing["responses"]] == [APOLOGY]
+    assert all(e["event"] != "pause" for e in missing["events"])
+    error = slots_of(missing["events"])["supportbot_error"]
+    assert "answered 401: this API needs an API key" in error and KEY_ENV in error
+    assert (
+        "answered 401: this API key is not valid" in slots_of(invalid["events"])["supportbot_error"]
+    )
+    assert await supportbot.app[RUNTIME].store.open_escalations() == []
 
 
 @pytest.mark.slow
@@ -340,7 +397,10 @@ async def test_supportbot_errors_are_reported_not_crashed_on(
     aiohttp_server: ServerFactory, tmp_path: Path
 ) -> None:
     # A supportbot that answers, but with an error status or a body of another version.
+    keys_sent: list[str | None] = []
+
     async def unavailable(request: web.Request) -> web.Response:
+        keys_sent.append(request.headers.get("Authorization"))
         return web.json_response({"error": "the database cannot be reached"}, status=503)
 
     async def odd(request: web.Request) -> web.Response:
@@ -354,7 +414,7 @@ async def test_supportbot_errors_are_reported_not_crashed_on(
     app.router.add_post("/api/v1/understand", odd)
     app.router.add_post("/api/v1/handoff", not_supportbot)
     fake = await aiohttp_server(app)
-    async with action_server(tmp_path, url_of(fake)) as server:
+    async with action_server(tmp_path, url_of(fake), api_key="sb_" + "k" * 43) as server:
         answer = await webhook(server, action_call("action_supportbot_answer", "c6", "refund?"))
         sentiment = await webhook(server, action_call("action_supportbot_sentiment", "c6", "ok"))
         handoff = await webhook(server, action_call("action_supportbot_handoff", "c6", "human"))
@@ -368,6 +428,7 @@ async def test_supportbot_errors_are_reported_not_crashed_on(
     assert handoff["responses"][0]["text"] == APOLOGY
     assert "not a JSON object" in slots_of(handoff["events"])["supportbot_error"]
     assert all(e["event"] != "pause" for e in handoff["events"])
+    assert keys_sent == ["Bearer sb_" + "k" * 43]
 
 
 def test_settings_refuse_what_cannot_work() -> None:
@@ -377,6 +438,11 @@ def test_settings_refuse_what_cannot_work() -> None:
         ActionServerSettings(supportbot_url="localhost:8080")
     with pytest.raises(ConfigurationError, match="positive"):
         ActionServerSettings(timeout_s=0)
+    for key in ("", "sb_a b", "sb_a\r\nX-Evil: 1", "sb_é"):
+        with pytest.raises(ConfigurationError, match="API key must be one word"):
+            ActionServerSettings(api_key=key)
+    # The key never shows in a repr (logs, tracebacks).
+    assert "sb_secret" not in repr(ActionServerSettings(api_key="sb_secret"))
 
 
 def test_parsers_read_what_the_rest_renderers_write() -> None:

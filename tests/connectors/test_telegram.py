@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import html
+import io
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from telegram.error import Conflict
 from bot.app.factory import RUNTIME, create_app
 from bot.core.delivery import DeliveryError
 from bot.core.errors import ConfigurationError
+from bot.core.logs import QUIET_LOGGERS, configure_logging
 from bot.core.records import Conversation, ConversationStatus, Reply, Role, Route
 from bot.settings import Settings
 from connectors.telegram import (
@@ -186,7 +188,15 @@ def test_updates_are_parsed_into_our_own_types() -> None:
     assert isinstance(query, CallbackQuery)
     chosen = parse_quick_reply(query)
     assert chosen is not None and chosen.text == "Refunds" and chosen.sender == "777"
-    for data in ("fb:12:up", "fb:x:up", "fb:12:meh", "nonsense"):
+    for data in (
+        "fb:12:up",
+        "fb:x:up",
+        "fb:12:meh",
+        "nonsense",
+        "fb:²:up",
+        "fb:0:up",
+        f"fb:{2**63}:up",
+    ):
         pressed = Update.de_json(fake.callback_update(777, data, sent, user_id=5), None)
         assert pressed.callback_query is not None
         feedback = parse_feedback(pressed.callback_query)
@@ -291,6 +301,48 @@ async def test_a_feedback_press_is_stored_answered_and_the_buttons_removed(
     assert len(await client.app[RUNTIME].store.feedback(message_id)) == 1
     await say(fake, 1004, "where is my order")
     assert (await next_reply(fake, 1004))["text"]
+
+
+@pytest.mark.slow
+async def test_a_chat_can_rate_only_answers_in_its_own_conversation(
+    client: TestClient[Any, Any], fake: FakeTelegramApi
+) -> None:
+    store = client.app[RUNTIME].store
+    await say(fake, 1006, "hello there")  # the victim's chat gets a rateable answer
+    [(_, victims_up), _] = buttons(await next_reply(fake, 1006))
+    victims_answer = int(victims_up.split(":")[1])
+    await say(fake, 1007, "/human")  # the other chat has a conversation, and a bot message
+    handoff = await next_reply(fake, 1007)
+    [own] = [m for m in fake.messages.values() if m["chat"]["id"] == 1007]
+    conversation = await store.conversation("telegram", "1007")
+    [_, not_rateable] = await store.transcript(conversation.id)
+    assert handoff["text"] == not_rateable.text
+
+    # Callback data comes from the client: a forged press names someone else's answer, or a
+    # message of its own chat that has no rating buttons; a chat never seen sends one too.
+    forged = [
+        (1007, f"fb:{victims_answer}:down", own),
+        (1007, f"fb:{not_rateable.id}:up", own),
+        (1008, f"fb:{victims_answer}:down", {**own, "chat": {"id": 1008, "type": "private"}}),
+        (1007, f"fb:{victims_answer}:down", None),  # no message: no chat to speak for
+        (1007, "fb:²:down", own),
+        (1007, f"fb:{2**63}:down", own),
+    ]
+    for chat, data, message in forged:
+        await fake.enqueue(fake.callback_update(chat, data, message))
+    answers = await fake.wait_for("answerCallbackQuery", count=len(forged))
+    assert all(a.params["text"] and a.params["text"] != THANKS_FOR_FEEDBACK for a in answers)
+    assert "not saved" in answers[0].params["text"]
+    assert await store.feedback(victims_answer) == []
+    assert await store.feedback(not_rateable.id) == []
+    assert not fake.calls_of("editMessageReplyMarkup")
+    # The victim's own press still counts.
+    [victims] = [m for m in fake.messages.values() if m["chat"]["id"] == 1006]
+    await fake.enqueue(fake.callback_update(1006, victims_up, victims))
+    await fake.wait_for("answerCallbackQuery", count=len(forged) + 1)
+    assert fake.calls_of("answerCallbackQuery")[-1].params["text"] == THANKS_FOR_FEEDBACK
+    [stored] = await store.feedback(victims_answer)
+    assert stored.rating == "up" and stored.author == "telegram:1006"
 
 
 @pytest.mark.slow
@@ -463,3 +515,83 @@ def _async(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
         return check()
 
     return wrapped
+
+
+# -- secrets ---------------------------------------------------------------------------------
+
+# Shaped like a real token (the bot's id, a colon, 35 characters), unlike the fake's default.
+REAL_TOKEN = "7012345678:AAF3kq9Zx_TqLw8vN2pR5sYb-0cHdJeMiUo"
+
+
+@pytest.fixture(params=[logging.DEBUG, logging.INFO], ids=["debug", "info"])
+def logged(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
+    """The app's own logging set-up (`serve` calls configure_logging) at DEBUG or INFO; what
+    it writes goes to the buffer yielded.
+
+    Set up before the test runs, so pytest's capture handler (caplog) comes after the
+    configured one on the root logger, as any handler added later would.
+    """
+    root, buffer = logging.getLogger(), io.StringIO()
+    before = root.level
+    handler = configure_logging("text", "replica-1", request.param, stream=buffer)
+    yield buffer
+    root.removeHandler(handler)
+    root.setLevel(before)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")  # PTB's own
+async def test_the_bot_token_never_reaches_the_logs(
+    logged: io.StringIO,
+    aiohttp_client: ClientFactory,
+    runtime_models: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.getLogger().level)
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+    async with FakeTelegramApi(token=REAL_TOKEN) as fake:
+        telegram = {"token": REAL_TOKEN, "base_url": fake.base_url}
+        app = create_app(runtime_settings(runtime_models, db_url, telegram=telegram))
+        app[TELEGRAM].retry = RetryPolicy(base_delay_s=0.01, sleep=RecordedSleeps())
+        app[TELEGRAM].poll_timeout_s = 1
+        fake.fail("getUpdates", times=1, status=502)  # a polling error is logged
+        client = await aiohttp_client(app)
+        await say(fake, 4001, "hello there")
+        reply = await next_reply(fake, 4001)
+        [(_, up), _] = buttons(reply)
+        [sent] = [m for m in fake.messages.values() if m["chat"]["id"] == 4001]
+        await fake.enqueue(fake.callback_update(4001, up, sent))
+        await fake.wait_for("answerCallbackQuery")
+        fake.fail("sendMessage", times=1, status=429, retry_after=1)  # a retry is logged
+        await say(fake, 4001, "where is my order")
+        await next_reply(fake, 4001)
+        await client.close()  # stops polling
+
+        # A token Telegram refuses: a clear error, without the token in it or its cause.
+        wrong = "7012345678:AAwrongwrongwrongwrongwrongwrong123"
+        settings = runtime_settings(
+            runtime_models, db_url, telegram={"token": wrong, "base_url": fake.base_url}
+        )
+        connector = TelegramConnector(
+            app[RUNTIME].service, settings.telegram, app[RUNTIME].dispatcher
+        )
+        with pytest.raises(ConfigurationError, match="rejected the bot token") as refused:
+            await connector.start()
+        assert wrong not in str(refused.value) and refused.value.__suppress_context__
+        logging.getLogger("bot.app.serve").error("start failed", exc_info=refused.value)
+
+    assert fake.calls_of("getUpdates") and fake.calls_of("editMessageReplyMarkup")
+    assert len(caplog.records) > 5
+    written = logged.getvalue()
+    assert "replica-1" in written  # the configured handler wrote these lines
+    for token in (REAL_TOKEN, wrong):
+        secret = token.split(":")[1]
+        for record in caplog.records:
+            seen = record.getMessage() + (record.exc_text or "") + (record.stack_info or "")
+            assert secret not in seen, (record.name, seen)
+        assert secret not in written
+    # The HTTP client's one line per request (with the URL) is not logged at any level.
+    assert not [r for r in caplog.records if r.name.startswith(("httpx", "httpcore"))]

@@ -13,10 +13,10 @@ from aiohttp import WSCloseCode, WSMsgType
 from aiohttp.test_utils import TestClient
 
 from bot.app.factory import RUNTIME, create_app
-from bot.core.errors import BadRequestError
+from bot.core.errors import BadRequestError, ConfigurationError
 from bot.core.records import Feedback, Message, Role
 from bot.settings import Settings
-from connectors.widget import WIDGET, _origin_key, parse_frame
+from connectors.widget import WIDGET, _origin_key, parse_frame, parse_hello
 from tests.helpers import console_as, runtime_settings
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -36,7 +36,9 @@ async def client(
 
 
 async def connect(client: TestClient[Any, Any], session: str, **kwargs: Any) -> Socket:
-    ws: Socket = await client.ws_connect(f"/ws?session={session}", **kwargs)
+    """A socket that said hello for `session` (the history is the next frame)."""
+    ws: Socket = await client.ws_connect("/ws", **kwargs)
+    await ws.send_json({"type": "hello", "session": session})
     return ws
 
 
@@ -114,6 +116,43 @@ def test_origins_compare_by_scheme_host_and_port() -> None:
     assert _origin_key("https://shop.example:443") == "https://shop.example"
     assert _origin_key("http://shop.example:8080") == "http://shop.example:8080"
     assert _origin_key("https://shop.example") != _origin_key("http://shop.example")
+    assert _origin_key("https://bücher.example") == "https://xn--bcher-kva.example"
+    for not_an_origin in (
+        "null",
+        "shop.example",
+        "http://127.0.0.1:8080.evil.example",
+        "http://[::1",
+        "http://shop.example:99999",
+        "https://user@shop.example",
+        "https://shop.example/path",
+        "ftp://shop.example",
+        "http://\udcff.example",
+        "http://" + "a" * 3000 + ".example",
+    ):
+        assert _origin_key(not_an_origin) is None, not_an_origin
+
+
+def test_an_allowed_origin_that_is_not_one_is_a_configuration_error(
+    runtime_models: Path, sqlite_url: str
+) -> None:
+    settings = settings_for(runtime_models, sqlite_url, allowed_origins=["shop.example"])
+    with pytest.raises(ConfigurationError, match="'shop.example' is not an origin"):
+        create_app(settings)
+
+
+def test_the_first_frame_must_be_a_hello() -> None:
+    assert parse_hello('{"type":"hello","session":"sess-1234"}', 10) == "sess-1234"
+    for frame, says in [
+        ('{"type":"message","text":"hi","client_id":"c"}', "the first frame must be"),
+        ('{"type":"hello"}', 'field "session"'),
+        ('{"type":"hello","session":"short"}', 'field "session"'),
+        ('{"type":"hello","session":["sess-1234"]}', "got list"),
+        ('{"type":"hello","session":"sess-1234\\u0000"}', 'field "session"'),
+        ("[" * 1000 + "]" * 1000, "nested"),
+        ('{"type":"hello","session":"' + "s" * 200_000 + '"}', "bytes"),
+    ]:
+        with pytest.raises(BadRequestError, match=says):
+            parse_hello(frame, 10)
 
 
 # -- the connector on the real app ---------------------------------------------------------------
@@ -123,6 +162,8 @@ def test_origins_compare_by_scheme_host_and_port() -> None:
 async def test_demo_page_script_and_stylesheet_are_served(client: TestClient[Any, Any]) -> None:
     page = await client.get("/")
     assert page.status == 200 and page.content_type == "text/html"
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in policy and "default-src 'none'" in policy
     body = await page.text()
     assert 'src="/widget.js" data-title="Brightcart support" defer' in body
     assert "Brightcart" in body and f"{client.make_url('/widget.js')}" in body
@@ -297,8 +338,6 @@ async def test_origin_check_on_the_handshake(
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await connect(client, "session-e1", headers={"Origin": origin})
         assert refused.value.status == 403
-    bad = await client.get("/ws?session=x", headers={"Upgrade": "websocket"})
-    assert bad.status == 400 and "session" in await bad.text()
 
 
 @pytest.mark.slow
@@ -352,3 +391,213 @@ async def test_server_shutdown_closes_open_sockets(
     closing = await ws.receive(timeout=TIMEOUT)
     assert closing.type == WSMsgType.CLOSE and closing.data == WSCloseCode.GOING_AWAY
     assert client.app[WIDGET].open_sockets("session-h1") == []
+
+
+# -- malformed input: an error frame or a 403, never a dropped socket or a 500 ------------------
+
+# Frames a browser's devtools (or a broken client) can send; each must be answered with an
+# error frame, the socket staying open. (id, frame, what the error says)
+MALFORMED_FRAMES = [
+    ("surrogate", '{"type":"message","text":"hi \\ud800","client_id":"bad-1"}', "lone surrogate"),
+    ("surrogate-id", '{"type":"message","text":"hi","client_id":"\\udfff"}', "client_id"),
+    ("surrogate-type", '{"type":"\\ud800"}', "unknown frame type"),
+    ("nul", '{"type":"message","text":"a\\u0000b","client_id":"bad-2"}', "NUL"),
+    ("deep-list", '{"type":"message","text":' + "[" * 1500 + "]" * 1500 + "}", "nested"),
+    ("deep-object", '{"a":' * 10_000 + "1" + "}" * 10_000, "nested"),
+    ("big-int", '{"type":"feedback","message_id":' + "7" * 5000 + ',"rating":"up"}', "digits"),
+    ("id-2^63", '{"type":"feedback","message_id":9223372036854775808,"rating":"up"}', "id"),
+    ("id-zero", '{"type":"feedback","message_id":0,"rating":"up"}', "id"),
+    ("id-float", '{"type":"feedback","message_id":1e400,"rating":"up"}', "id"),
+    ("id-nan", '{"type":"feedback","message_id":NaN,"rating":"up"}', "id"),
+    ("empty-client-id", '{"type":"message","text":"hi","client_id":""}', "client_id"),
+    ("blank-client-id", '{"type":"message","text":"hi","client_id":"  "}', "client_id"),
+    ("not-object", '"hello"', "JSON object"),
+    ("empty", "", "not valid JSON"),
+]
+
+
+@pytest.mark.slow
+async def test_malformed_frames_get_an_error_frame_and_the_socket_stays_open(
+    client: TestClient[Any, Any],
+) -> None:
+    ws, _ = await history(client, "session-m1")
+    answers: dict[str, Any] = {}
+    for name, data, _ in MALFORMED_FRAMES:
+        await ws.send_str(data)
+        answer = await ws.receive(timeout=TIMEOUT)
+        answers[name] = answer.json() if answer.type == WSMsgType.TEXT else answer
+        if ws.closed:
+            ws, _ = await history(client, "session-m1")
+    for name, _, says in MALFORMED_FRAMES:
+        answer = answers[name]
+        assert isinstance(answer, dict) and answer["type"] == "error", (name, answer)
+        assert says in answer["error"], (name, answer)
+    # The client id is echoed when the frame has a usable one, so the widget can drop it.
+    assert answers["surrogate"]["client_id"] == "bad-1" and answers["surrogate"]["retry"] is False
+    assert answers["nul"]["client_id"] == "bad-2"
+    assert "client_id" not in answers["empty-client-id"]
+
+    # Binary frames, and frames larger than the limit (not buffered past it: 1009 beyond).
+    await ws.send_bytes(b"\xff" * 10)
+    assert "binary frames" in (await receive(ws))["error"]
+    limit = client.app[WIDGET].max_frame_bytes
+    padding = "x" * (limit + 1)
+    await ws.send_str('{"type":"typing","padding":"' + padding + '"}')
+    too_big = await receive(ws)
+    assert too_big["type"] == "error" and f"at most {limit} bytes" in too_big["error"]
+
+    # Still the same socket, and the next real message is stored and answered.
+    ack, reply, _ = await say(ws, "hello there", "good-1")
+    assert ack["type"] == "ack" and ack["duplicate"] is False and reply["type"] == "reply"
+    assert not ws.closed
+    ack2, *_ = await say(ws, "where is my order", "good-2")
+    assert ack2["type"] == "ack" and ack2["duplicate"] is False
+    runtime = client.app[RUNTIME]
+    conversation = await runtime.store.conversation("widget", "session-m1")
+    customer = [
+        m.text for m in await runtime.store.transcript(conversation.id) if m.role == Role.CUSTOMER
+    ]
+    assert customer == ["hello there", "where is my order"]
+    await ws.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        # RFC 6455 says to fail the connection on a text frame that is not UTF-8 (a lone
+        # surrogate written as raw bytes), and the server never reads a frame this large.
+        (b'{"type":"typing","x":"\xed\xa0\x80"}', WSCloseCode.INVALID_TEXT),
+        (None, WSCloseCode.MESSAGE_TOO_BIG),
+    ],
+    ids=["not-utf8", "past-the-hard-limit"],
+)
+async def test_protocol_violations_close_with_their_code_not_1006(
+    client: TestClient[Any, Any], payload: bytes | None, code: WSCloseCode
+) -> None:
+    ws, _ = await history(client, "session-m2")
+    if payload is None:
+        hard = client.app[WIDGET].max_frame_bytes * 4
+        payload = ('{"type":"typing","padding":"' + "x" * hard + '"}').encode()
+    await ws.send_frame(payload, WSMsgType.TEXT)
+    closing = await ws.receive(timeout=TIMEOUT)
+    assert closing.type == WSMsgType.CLOSE and closing.data == code
+    for _ in range(50):
+        if not client.app[WIDGET].open_sockets("session-m2"):
+            break
+        await asyncio.sleep(0.05)
+    assert client.app[WIDGET].open_sockets("session-m2") == []
+
+
+async def test_malformed_origins_are_refused_with_403_never_500(
+    aiohttp_client: ClientFactory, runtime_models: Path, sqlite_url: str
+) -> None:
+    client = await aiohttp_client(
+        create_app(
+            settings_for(runtime_models, sqlite_url, allowed_origins=["https://shop.example"])
+        )
+    )
+    host = client.make_url("/").raw_authority
+    origins = [
+        f"http://{host}.evil.example",
+        f"http://{host}evil.example",
+        "null",
+        "http://[::1",
+        "http://[::1]:99999",
+        "http://" + "a" * 3000 + ".example",
+        "https://shop.example.evil.example",
+        "https://" + "b" * 64 + ".example",
+        "http://xn--.example",
+        "",
+        " ",
+        "://",
+        "http://",
+        "https://shop.example@evil.example",
+    ]
+    for origin in origins:
+        response = await client.get(
+            "/ws",
+            headers={
+                "Origin": origin,
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+        )
+        assert response.status == 403, (origin[:80], response.status, await response.text())
+        assert len(await response.text()) < 600
+
+
+async def test_an_origin_that_is_not_utf8_is_refused_with_403(
+    aiohttp_client: ClientFactory, runtime_models: Path, sqlite_url: str
+) -> None:
+    client = await aiohttp_client(create_app(settings_for(runtime_models, sqlite_url)))
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: "
+        + client.make_url("/").raw_authority.encode()
+        + b"\r\nOrigin: http://\xff\xfe.example\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), TIMEOUT)
+    writer.close()
+    assert status_line.split()[1] == b"403", status_line
+
+
+# -- the hello frame: the session id never travels in the URL ------------------------------------
+
+
+async def refused_before_hello(ws: Socket) -> str:
+    """The error frame a socket gets before it is closed with 1008; returns its text."""
+    error = await receive(ws)
+    assert error["type"] == "error" and "client_id" not in error
+    closing = await ws.receive(timeout=TIMEOUT)
+    assert closing.type == WSMsgType.CLOSE and closing.data == WSCloseCode.POLICY_VIOLATION
+    text: str = error["error"]
+    return text
+
+
+@pytest.mark.slow
+async def test_the_history_comes_only_after_a_hello_frame(client: TestClient[Any, Any]) -> None:
+    runtime = client.app[RUNTIME]
+    ws, first = await history(client, "session-k1")
+    _, reply, _ = await say(ws, "hello there", "k-1")
+    # A second hello cannot switch the socket to another session.
+    await ws.send_json({"type": "hello", "session": "session-k2"})
+    assert "already said hello" in (await receive(ws))["error"]
+    ack, *_ = await say(ws, "where is my order", "k-2")
+    assert ack["type"] == "ack"
+    await ws.close()
+    assert await runtime.store.find_conversation("widget", "session-k2") is None
+
+    # The URL's session is not a session: a socket must say hello, whatever its query says.
+    for opening in (
+        {"type": "message", "text": "hello there", "client_id": "x-1"},
+        {"type": "feedback", "message_id": reply["message_id"], "rating": "down"},
+        {"type": "typing"},
+        {"type": "hello"},
+        {"type": "hello", "session": "short"},
+        {"type": "hello", "session": "session-k1/../x"},
+        {"type": "hello", "session": 12345678},
+        {"type": "hello", "session": "s" * 101},
+    ):
+        sneaky = await client.ws_connect("/ws?session=session-k1")
+        await sneaky.send_json(opening)
+        says = await refused_before_hello(sneaky)
+        assert "hello" in says or "session" in says, says
+    binary = await client.ws_connect("/ws")
+    await binary.send_bytes(b'{"type": "hello", "session": "session-k1"}')
+    assert "binary" in await refused_before_hello(binary)
+    conversation = await runtime.store.conversation("widget", "session-k1")
+    assert len(await runtime.store.transcript(conversation.id)) == 4  # nothing slipped in
+    assert await runtime.store.feedback(reply["message_id"]) == []
+
+
+@pytest.mark.slow
+async def test_a_socket_that_never_says_hello_is_closed(client: TestClient[Any, Any]) -> None:
+    client.app[WIDGET].hello_timeout_s = 0.3
+    silent = await client.ws_connect("/ws")
+    assert "no hello frame within 0.3 s" in await refused_before_hello(silent)
+    assert client.app[WIDGET].open_sockets("session-k3") == []

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, Page, WebSocket, expect
 
 from bot.app.factory import RUNTIME, create_app
 from bot.core.records import Role
@@ -56,6 +57,13 @@ async def test_chat_reload_reconnect_feedback_and_keyboard(
     page = await context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
+    # The demo page's Content Security Policy must not block the widget (script, styles, socket).
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     await page.goto(str(server.make_url("/")))
     await expect(page).to_have_title("Brightcart: small kitchen appliances, delivered fast")
 
@@ -263,4 +271,131 @@ async def test_the_embed_snippet_works_on_another_site(
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "widget-embedded.png"))
     assert problems == []
+    await context.close()
+
+
+# Half an emoji: a lone surrogate, which JavaScript strings can hold and the server refuses.
+BROKEN_TEXT = "'broken ' + String.fromCharCode(0xd83d)"
+
+
+async def chat_started(page: Page, server: TestServer) -> None:
+    """Open the demo page's chat, say hello and wait for the bot's answer."""
+    await page.goto(str(server.make_url("/")))
+    await page.get_by_role("button", name="Chat with us: Brightcart support").click()
+    box = page.get_by_role("textbox", name="Your message")
+    await box.fill("hello there")
+    await box.press("Enter")
+    await expect(page.locator(".message.bot")).to_have_count(1)
+
+
+async def type_broken_text(page: Page) -> None:
+    box = page.get_by_role("textbox", name="Your message")
+    await box.evaluate(f"(box) => {{ box.value = {BROKEN_TEXT}; }}")
+    await box.press("Enter")
+
+
+async def test_a_refused_message_is_shown_as_not_sent_never_resent_and_later_ones_go_through(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    server, app = await serve(aiohttp_server, runtime_models, tmp_path)
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    urls: list[str] = []
+    sent: list[str] = []
+
+    def watch(socket: WebSocket) -> None:
+        urls.append(socket.url)
+        socket.on("framesent", lambda payload: sent.append(str(payload)))
+
+    page.on("websocket", watch)
+    await chat_started(page, server)
+    box = page.get_by_role("textbox", name="Your message")
+    log = page.get_by_role("log")
+    bot_texts = log.locator(".message.bot .text")
+
+    # The session id is in the socket's first frame, not in its URL.
+    session = await session_of(page)
+    assert urls == [str(server.make_url("/ws")).replace("http:", "ws:")]
+    assert json.loads(sent[0]) == {"type": "hello", "session": session}
+    assert all(session not in url for url in urls)
+
+    # Refused for good: marked as not sent, its text back in the box, nothing waiting.
+    await type_broken_text(page)
+    failed = log.locator(".message.customer.failed")
+    await expect(failed).to_have_count(1)
+    await expect(failed.locator(".error")).to_contain_text("Not sent")
+    await expect(failed.locator(".error")).to_contain_text("lone surrogate")
+    assert await box.evaluate(f"(box) => box.value === {BROKEN_TEXT}")
+    await expect(log.locator(".message.customer.pending")).to_have_count(0)
+    await expect(page.locator(".typing")).to_be_hidden()
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "widget-phone-not-sent.png"))
+
+    # The next message goes through, on the same socket.
+    await box.fill("where is my order")
+    await box.press("Enter")
+    await expect(bot_texts).to_have_count(2)
+    assert len(urls) == 1
+
+    # Queued while offline: the refused one is dropped, the one after it is delivered, and
+    # the widget does not reconnect over and over to resend it.
+    await context.set_offline(True)
+    for ws in app[WIDGET].open_sockets(session):
+        await ws.close()
+    await expect(page.locator(".connection")).to_have_attribute("data-state", "offline")
+    await type_broken_text(page)
+    await box.fill("i want a refund")
+    await box.press("Enter")
+    await expect(log.locator(".message.customer.pending")).to_have_count(2)
+    await context.set_offline(False)
+    await expect(bot_texts).to_have_count(3)
+    await expect(log.locator(".message.customer.failed")).to_have_count(1)
+    await expect(log.locator(".message.customer.pending")).to_have_count(0)
+    opened = len(urls)  # attempts while offline included
+    await asyncio.sleep(3.0)  # longer than the widget's retry delay and first backoff step
+    assert len(urls) == opened
+    assert sum(json.loads(frame)["type"] == "hello" for frame in sent) == 2
+    refused = [f for f in sent if "broken" in f]
+    assert len(refused) == 2  # each refused message was sent once, never again
+    stored = await transcript(app, session)
+    assert [m.text for m in stored if m.role == Role.CUSTOMER] == [
+        "hello there",
+        "where is my order",
+        "i want a refund",
+    ]
+    assert problems == []
+    await context.close()
+
+
+async def test_a_message_the_store_could_not_take_is_kept_and_sent_again(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    server, app = await serve(aiohttp_server, runtime_models, tmp_path)
+    context = await browser.new_context(viewport={"width": 1280, "height": 820})
+    page = await context.new_page()
+    await chat_started(page, server)
+    box = page.get_by_role("textbox", name="Your message")
+    log = page.get_by_role("log")
+    session = await session_of(page)
+
+    store = app[RUNTIME].store
+    await store.stop()  # the database is gone: messages get `retry: true` errors
+    try:
+        await box.fill("where is my order")
+        await box.press("Enter")
+        await asyncio.sleep(2.5)  # refused at least once, retried once
+        pending = log.locator(".message.customer.pending")
+        await expect(pending).to_have_text(["where is my order"])
+        await expect(log.locator(".message.customer.failed")).to_have_count(0)
+    finally:
+        await store.start()
+    await expect(log.locator(".message.bot")).to_have_count(2)
+    await expect(log.locator(".message.customer.pending")).to_have_count(0)
+    stored = await transcript(app, session)
+    assert [m.text for m in stored if m.role == Role.CUSTOMER] == [
+        "hello there",
+        "where is my order",
+    ]
     await context.close()

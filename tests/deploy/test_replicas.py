@@ -26,8 +26,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
@@ -317,8 +318,9 @@ async def test_an_agent_on_replica_a_answers_a_widget_customer_on_replica_b(
     jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
     async with (
         aiohttp.ClientSession(cookie_jar=jar) as http,
-        http.ws_connect(f"{cluster.b.url}/ws?session={session}") as ws,
+        http.ws_connect(f"{cluster.b.url}/ws") as ws,
     ):
+        await ws.send_json({"type": "hello", "session": session})
         await receive_until(ws, "history")
         await ws.send_json(
             {"type": "message", "text": "i want to talk to a human", "client_id": "w1"}
@@ -389,19 +391,53 @@ class LoadLog:
     refused: list[str] = field(default_factory=list)
     retries: int = 0
 
+    def accept(self, key: tuple[str, str], message_id: int, replies: Iterable[int]) -> None:
+        """Note a message accepted as `message_id`: the same one whenever the client sends it
+        again, with the replies the client saw."""
+        assert self.accepted.setdefault(key, message_id) == message_id
+        self.replies.setdefault(key, set()).update(replies)
 
-async def rest_client(
-    http: aiohttp.ClientSession,
-    replicas: list[Replica],
-    name: str,
-    stop: asyncio.Event,
-    log: LoadLog,
-) -> None:
+
+@dataclass
+class Load:
+    """What the load clients share: one HTTP session, the replicas they alternate between,
+    the signal to stop and the log of what they were told."""
+
+    http: aiohttp.ClientSession
+    replicas: list[Replica]
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    log: LoadLog = field(default_factory=LoadLog)
+
+    async def run(
+        self,
+        clients: Iterable[Coroutine[Any, Any, None]],
+        disruption: Callable[[], Awaitable[object]],
+        before_s: float,
+        after_s: float,
+    ) -> int:
+        """Run the clients `before_s` seconds, disrupt, run them `after_s` seconds more, then
+        stop them and wait until each has stopped.
+
+        Returns:
+            How many messages were accepted before the disruption.
+        """
+        tasks = [asyncio.create_task(client) for client in clients]
+        await asyncio.sleep(before_s)
+        accepted = len(self.log.accepted)
+        await disruption()
+        await asyncio.sleep(after_s)
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        return accepted
+
+
+async def rest_client(load: Load, name: str) -> None:
     """Sends messages one after another, alternating replicas; a failed send is retried, with
     the same client id, on the next replica (as a proxy or a client library would)."""
+    http, replicas, log = load.http, load.replicas, load.log
     sender = f"{name}-{uuid4().hex[:6]}"
     for n in itertools.count():
-        if stop.is_set():
+        if load.stop.is_set():
             return
         client_id = f"{name}-{n}"
         payload = {
@@ -427,47 +463,40 @@ async def rest_client(
             log.retries += 1
             assert time.monotonic() < deadline, f"{client_id} never accepted"
             await asyncio.sleep(0.2)
-        key = (sender, client_id)
-        assert log.accepted.setdefault(key, body["message_id"]) == body["message_id"]
-        log.replies.setdefault(key, set()).update(r["message_id"] for r in body["replies"])
-        rateable = [r for r in body["replies"] if r["rateable"]]
+        replies = body["replies"]
+        log.accept((sender, client_id), body["message_id"], (r["message_id"] for r in replies))
+        rateable = [r for r in replies if r["rateable"]]
         if rateable and n % 2 == 0:
-            await send_feedback(http, replicas, rateable[0]["message_id"], log)
+            await send_feedback(load, rateable[0]["message_id"])
 
 
-async def send_feedback(
-    http: aiohttp.ClientSession, replicas: list[Replica], message_id: int, log: LoadLog
-) -> None:
-    for replica in replicas:
+async def send_feedback(load: Load, message_id: int) -> None:
+    for replica in load.replicas:
         try:
-            async with http.post(
+            async with load.http.post(
                 f"{replica.url}/api/v1/feedback", json={"message_id": message_id, "rating": "up"}
             ) as answer:
                 if answer.status == 201:
-                    log.feedback.append((await answer.json())["id"])
+                    load.log.feedback.append((await answer.json())["id"])
                     return
         except (TimeoutError, aiohttp.ClientError):
             continue
 
 
-async def widget_client(
-    http: aiohttp.ClientSession,
-    replicas: list[Replica],
-    name: str,
-    stop: asyncio.Event,
-    log: LoadLog,
-) -> None:
+async def widget_client(load: Load, name: str) -> None:
     """A browser: one socket; when it breaks, reconnect to the next replica and send the
     unacknowledged message again with the same client id (as widget.js does)."""
+    stop, log = load.stop, load.log
     session = f"{name}{uuid4().hex[:12]}"
     pending: list[tuple[str, str]] = []
     n = 0
     for attempt in itertools.count():
         if stop.is_set() and not pending:
             return
-        replica = replicas[attempt % len(replicas)]
+        replica = load.replicas[attempt % len(load.replicas)]
         try:
-            async with http.ws_connect(f"{replica.url}/ws?session={session}") as ws:
+            async with load.http.ws_connect(f"{replica.url}/ws") as ws:
+                await ws.send_json({"type": "hello", "session": session})
                 await receive_until(ws, "history")
                 while not (stop.is_set() and not pending):
                     if not pending:
@@ -483,9 +512,7 @@ async def widget_client(
                             got.add(frame["message_id"])
                         elif frame["type"] == "status":
                             break
-                    key = (session, client_id)
-                    assert log.accepted.setdefault(key, ack["message_id"]) == ack["message_id"]
-                    log.replies.setdefault(key, set()).update(got)
+                    log.accept((session, client_id), ack["message_id"], got)
                     pending.pop(0)
         except (TimeoutError, aiohttp.ClientError, TypeError, ConnectionError):
             # TypeError: receive_json on a CLOSE frame (the replica died).
@@ -523,21 +550,16 @@ async def check_nothing_lost_or_doubled(dsn: str, log: LoadLog) -> dict[str, int
 
 async def test_killing_a_replica_under_load_loses_and_doubles_nothing(cluster: Cluster) -> None:
     # The last test on this cluster: replica B does not come back.
-    replicas = [cluster.b, cluster.a]
-    log, stop = LoadLog(), asyncio.Event()
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as http:
+        load = Load(http, [cluster.b, cluster.a])
         clients = [
-            *(rest_client(http, replicas, f"rest{i}", stop, log) for i in range(12)),
-            *(widget_client(http, replicas, f"ws{i}", stop, log) for i in range(8)),
+            *(rest_client(load, f"rest{i}") for i in range(12)),
+            *(widget_client(load, f"ws{i}") for i in range(8)),
         ]
-        tasks = [asyncio.create_task(c) for c in clients]
-        await asyncio.sleep(6)
-        accepted_before = len(log.accepted)
-        cluster.b.kill()
-        await asyncio.sleep(6)
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        kill_b = partial(asyncio.to_thread, cluster.b.kill)
+        accepted_before = await load.run(clients, kill_b, before_s=6, after_s=6)
+    log = load.log
     assert log.refused == []
     assert accepted_before > 10 and len(log.accepted) > accepted_before
     figures = await check_nothing_lost_or_doubled(cluster.store_dsn, log)
@@ -611,20 +633,17 @@ async def test_a_postgresql_restart_under_load_fails_cleanly_and_loses_nothing(
         prefix = f"test-{uuid4().hex[:10]}:"
         replica = Replica("p", replica_env(runtime_models, store_url, prefix, "p"), tmp_path)
         await asyncio.to_thread(start_all, [replica])
-        log, stop = LoadLog(), asyncio.Event()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-            tasks = [
-                asyncio.create_task(rest_client(http, [replica], f"pg{i}", stop, log))
-                for i in range(16)
-            ]
-            await asyncio.sleep(4)
-            accepted_before = len(log.accepted)
+
+        async def restart_postgres() -> None:
             await asyncio.to_thread(postgres.stop)
             await asyncio.sleep(2)
             await asyncio.to_thread(postgres.start)
-            await asyncio.sleep(5)
-            stop.set()
-            await asyncio.wait_for(asyncio.gather(*tasks), 120)
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            load = Load(http, [replica])
+            clients = [rest_client(load, f"pg{i}") for i in range(16)]
+            accepted_before = await load.run(clients, restart_postgres, before_s=4, after_s=5)
+        log = load.log
         assert log.refused == []
         assert accepted_before > 5 and len(log.accepted) > accepted_before
         assert log.retries > 0, "the restart was noticed (503 + Retry-After, then retried)"

@@ -2,8 +2,9 @@
 tests of the core's decisions.
 
 The semantics are those of the SQL stores (`bot/store/conversations.py`, `bot/store/desk.py`):
-the same validation and errors, client-id de-duplication, one-step turns, escalations changed
-only through `bot/core/handoff.py`, ids growing in insertion order. Each operation validates
+the same input rules and messages (both call `bot/core/validation.py` and the desk's rules in
+`bot/core/desk.py`), the same errors, client-id de-duplication, one-step turns, escalations
+changed only through `bot/core/handoff.py`, ids growing in insertion order. Each operation validates
 first and changes the tables after its one `await`, so it is as atomic as a transaction, and
 other coroutines may run in between operations, as they do against a database.
 
@@ -16,29 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from bot.core import handoff
+from bot.core import handoff, validation
 from bot.core.clock import Clock, utcnow
 from bot.core.desk import (
     AUTOMATED_ROUTES,
-    MAX_DASHBOARD_DAYS,
-    SENTIMENTS,
-    URGENCY_SECONDS,
     ConversationView,
     Dashboard,
     DayFigures,
     EscalationNotice,
     IntentFigures,
-    MessageLabels,
     QueueItem,
+    approved_question,
+    check_approvable,
+    check_question,
+    check_sentiment,
+    dashboard_window,
+    latest_labels,
+    most_asked_first,
+    most_urgent_first,
 )
-from bot.core.errors import BadRequestError, NotFoundError, StoreUnavailableError
+from bot.core.errors import NotFoundError, StoreUnavailableError
 from bot.core.handoff import Handoff
 from bot.core.records import (
     Conversation,
@@ -54,8 +58,6 @@ from bot.core.records import (
     Turn,
     Understanding,
 )
-
-RATINGS = ("up", "down")
 
 T = TypeVar("T")
 
@@ -177,11 +179,7 @@ class InMemoryConversationStore:
     async def conversation(
         self, channel: str, sender: str, sender_name: str | None = None
     ) -> Conversation:
-        if not channel or not sender:
-            raise BadRequestError(
-                f"a conversation needs a channel and a sender id; got channel={channel!r}, "
-                f"sender={sender!r}"
-            )
+        validation.check_conversation_key(channel, sender)
         await self.enter("conversation")
         now = self.clock()
         found = self._find(channel, sender)
@@ -213,10 +211,7 @@ class InMemoryConversationStore:
         return self.row(conversation_id)
 
     async def set_failed_turns(self, conversation_id: str, failed_turns: int) -> None:
-        if failed_turns < 0:
-            raise BadRequestError(
-                f"failed_turns counts turns and cannot be negative; got {failed_turns}"
-            )
+        validation.check_failed_turns(failed_turns)
         await self.enter("set_failed_turns")
         conversation = self.row(conversation_id)
         self.save(replace(conversation, failed_turns=failed_turns, updated_at=self.clock()))
@@ -274,12 +269,7 @@ class InMemoryConversationStore:
         details: dict[str, Any] | None = None,
         claimed_by: str | None = None,
     ) -> StoredMessage:
-        try:
-            role = Role(role)
-        except ValueError as exc:
-            raise BadRequestError(
-                f"message role must be one of {[r.value for r in Role]}; got {role!r}"
-            ) from exc
+        role = validation.check_role(role)
         await self.enter("add_message")
         conversation = self.row(conversation_id)
         if claimed_by is not None:
@@ -294,19 +284,15 @@ class InMemoryConversationStore:
     async def record_turn(self, conversation_id: str, turn: Turn) -> StoredMessage | None:
         """Annotate, count failed turns, open the escalation (unless one is unresolved) and
         store the reply, all or nothing."""
-        if turn.failed_turns is not None and turn.failed_turns < 0:
-            raise BadRequestError(
-                f"failed_turns counts turns and cannot be negative; got {turn.failed_turns}"
-            )
+        validation.check_failed_turns(turn.failed_turns)
         if turn.escalation is not None:
-            _check_priority(turn.escalation.priority)
+            validation.check_priority(turn.escalation.priority)
         await self.enter("record_turn")
         conversation = self.row(conversation_id)
         message = self.message_row(turn.message_id)
         if message.conversation_id != conversation_id:
-            raise BadRequestError(
-                f"message {turn.message_id} belongs to conversation {message.conversation_id}, "
-                f"not {conversation_id}"
+            raise validation.not_in_conversation(
+                turn.message_id, message.conversation_id, conversation_id
             )
         changes: dict[str, Any] = {"updated_at": self.clock()}
         if turn.failed_turns is not None:
@@ -335,8 +321,7 @@ class InMemoryConversationStore:
     async def transcript(
         self, conversation_id: str, limit: int | None = None
     ) -> list[StoredMessage]:
-        if limit is not None and limit < 0:
-            raise BadRequestError(f"transcript limit must be 0 or more messages; got {limit}")
+        validation.check_transcript_limit(limit)
         await self.enter("transcript")
         self.row(conversation_id)
         messages = self.messages_of(conversation_id)
@@ -348,7 +333,7 @@ class InMemoryConversationStore:
 
     async def escalate(self, conversation_id: str, escalation: Escalation) -> EscalationRecord:
         """Open an escalation; the unresolved one, unchanged, if there is one."""
-        _check_priority(escalation.priority)
+        validation.check_priority(escalation.priority)
         await self.enter("escalate")
         self.row(conversation_id)
         return self._open_escalation(conversation_id, escalation)
@@ -380,21 +365,7 @@ class InMemoryConversationStore:
     # -- feedback ----------------------------------------------------------------------------
 
     async def record_feedback(self, feedback: Feedback) -> int:
-        if feedback.rating is not None and feedback.rating not in RATINGS:
-            raise BadRequestError(
-                f'feedback rating must be "up", "down" or None; got {feedback.rating!r}'
-            )
-        carried = (
-            feedback.rating,
-            feedback.comment,
-            feedback.corrected_intent,
-            feedback.corrected_sentiment,
-        )
-        if all(value is None for value in carried):
-            raise BadRequestError(
-                f"feedback on message {feedback.message_id} carries nothing; give a rating, "
-                "a comment or a corrected intent/sentiment"
-            )
+        validation.check_feedback(feedback)
         await self.enter("record_feedback")
         self.message_row(feedback.message_id)
         entry = FeedbackEntry(self.tables.next_id("feedback"), feedback, self.clock())
@@ -523,12 +494,9 @@ class InMemoryConversationStore:
         )
 
     def _check_reply_to(self, reply_to: int, conversation_id: str) -> None:
-        parent = self.message_row(reply_to)
-        if parent.conversation_id != conversation_id:
-            raise BadRequestError(
-                f"message {reply_to} belongs to conversation {parent.conversation_id}, not "
-                f"{conversation_id}; a reply must stay in the conversation it answers"
-            )
+        validation.check_reply_to(
+            reply_to, self.message_row(reply_to).conversation_id, conversation_id
+        )
 
     def _annotate(
         self,
@@ -600,19 +568,16 @@ class InMemoryDeskStore:
             messages = self.store.messages_of(escalation.conversation_id)
             customer = [m for m in messages if m.role == Role.CUSTOMER]
             last_agent = max((m.id for m in messages if m.role == Role.AGENT), default=0)
-            waiting = max(0.0, (now - escalation.created_at).total_seconds())
             items.append(
-                QueueItem(
-                    escalation=escalation,
-                    conversation=self.store.row(escalation.conversation_id),
-                    last_message=customer[-1].text if customer else None,
-                    unread=sum(1 for m in customer if m.id > last_agent),
-                    waiting_s=waiting,
-                    urgency=escalation.priority + waiting / URGENCY_SECONDS,
+                QueueItem.at(
+                    now,
+                    escalation,
+                    self.store.row(escalation.conversation_id),
+                    customer[-1].text if customer else None,
+                    sum(1 for m in customer if m.id > last_agent),
                 )
             )
-        items.sort(key=lambda item: (-item.urgency, item.escalation.id))
-        return items
+        return most_urgent_first(items)
 
     async def view(self, conversation_id: str) -> ConversationView:
         await self.store.enter("view")
@@ -622,18 +587,11 @@ class InMemoryDeskStore:
             )
         messages = tuple(self.store.messages_of(conversation_id))
         ids = {m.id for m in messages}
-        labels: dict[int, MessageLabels] = {}
-        for entry in self.tables.feedback:
-            f = entry.feedback
-            if f.message_id not in ids or f.author == "customer":
-                continue
-            current = labels.get(f.message_id, MessageLabels())
-            labels[f.message_id] = MessageLabels(
-                intent=f.corrected_intent or current.intent,
-                sentiment=f.corrected_sentiment or current.sentiment,
-                rating=f.rating or current.rating,
-                by=f.author,
-            )
+        labels = latest_labels(
+            e.feedback
+            for e in self.tables.feedback
+            if e.feedback.message_id in ids and e.feedback.author != "customer"
+        )
         escalations = [
             e for e in self.tables.escalations.values() if e.conversation_id == conversation_id
         ]
@@ -730,10 +688,7 @@ class InMemoryDeskStore:
     # -- labels and approved answers ---------------------------------------------------------
 
     async def label_conversation(self, conversation_id: str, sentiment: str, author: str) -> int:
-        if sentiment not in SENTIMENTS:
-            raise BadRequestError(
-                f'field "sentiment" must be one of {", ".join(SENTIMENTS)}; got {sentiment!r}'
-            )
+        check_sentiment(sentiment)
         await self.store.enter("label_conversation")
         self.store.row(conversation_id)
         label = ConversationLabel(
@@ -753,19 +708,11 @@ class InMemoryDeskStore:
         """Save an agent's reply as an approved answer (see `SqlDeskStore.approve_answer`)."""
         await self.store.enter("approve_answer")
         answer = self.store.message_row(answer_message_id)
-        if answer.role != Role.AGENT:
-            raise BadRequestError(
-                f"message {answer_message_id} is a {answer.role.value} message; only agents' "
-                "replies can be approved answers"
-            )
+        check_approvable(answer)
         asked: StoredMessage | None
         if question_message_id is not None:
             asked = self.store.message_row(question_message_id)
-            if asked.role != Role.CUSTOMER or asked.conversation_id != answer.conversation_id:
-                raise BadRequestError(
-                    f"message {question_message_id} is not a customer message of the "
-                    "answer's conversation; give one of its questions"
-                )
+            check_question(asked, answer)
         else:
             before = [
                 m
@@ -773,12 +720,7 @@ class InMemoryDeskStore:
                 if m.role == Role.CUSTOMER and m.id < answer.id
             ]
             asked = before[-1] if before else None
-        text = question or (asked.text if asked is not None else None)
-        if not text:
-            raise BadRequestError(
-                f"no customer message comes before message {answer_message_id}; send "
-                '"question" with the question it answers'
-            )
+        text = approved_question(answer, question, asked)
         if intent is None and asked is not None:
             corrected = [
                 e.feedback.corrected_intent
@@ -810,13 +752,9 @@ class InMemoryDeskStore:
 
     async def dashboard(self, days: int) -> Dashboard:
         """Per-day figures for the last `days` UTC days (today included), counted in Python."""
-        if not 1 <= days <= MAX_DASHBOARD_DAYS:
-            raise BadRequestError(f"days must be from 1 to {MAX_DASHBOARD_DAYS}; got {days}")
+        dates, start = dashboard_window(self.clock(), days)
         await self.store.enter("dashboard")
-        now = self.clock().astimezone(UTC)
-        first = now.date() - timedelta(days=days - 1)
-        start = datetime(first.year, first.month, first.day, tzinfo=UTC)
-        figures = {first + timedelta(days=i): _Day() for i in range(days)}
+        figures = {d: _Day() for d in dates}
 
         def day_of(when: datetime) -> _Day | None:
             return figures.get(when.astimezone(UTC).date()) if when >= start else None
@@ -845,14 +783,9 @@ class InMemoryDeskStore:
                 day.feedback[entry.feedback.rating] += 1
         return Dashboard(
             days=tuple(day.figures(d) for d, day in sorted(figures.items())),
-            intents=tuple(
-                sorted(
-                    (
-                        IntentFigures(intent, len(scores), round(sum(scores) / len(scores), 4))
-                        for intent, scores in intents.items()
-                    ),
-                    key=lambda f: (-f.messages, f.intent),
-                )
+            intents=most_asked_first(
+                IntentFigures(intent, len(scores), round(sum(scores) / len(scores), 4))
+                for intent, scores in intents.items()
             ),
             open_escalations=sum(
                 1 for e in self.tables.escalations.values() if e.status in handoff.UNRESOLVED
@@ -891,8 +824,3 @@ def _found(row: T | None, missing: str) -> T:
     if row is None:
         raise NotFoundError(missing)
     return row
-
-
-def _check_priority(priority: float) -> None:
-    if not math.isfinite(float(priority)):
-        raise BadRequestError(f"escalation priority must be a finite number; got {priority}")

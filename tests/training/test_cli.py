@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import assert_refused
 from training.pipeline import TrainingRun
 
 SUPPORTBOT = Path(sys.executable).with_name("supportbot")
@@ -78,11 +79,9 @@ def test_train_sentiment_from_the_same_file(tmp_path: Path, tiny_csv: Path) -> N
 def test_bad_data_exits_2_with_file_line_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "logs.csv"
     bad.write_text("text,intent\nwhere is my order,order_status\nrefund please,\n")
-    result = supportbot("train", "intent", "--data", str(bad), "--out", str(tmp_path / "m"))
-    assert result.returncode == 2
-    assert 'logs.csv line 3: field "intent": is missing or empty' in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "m").exists()
+    out = tmp_path / "m"
+    result = supportbot("train", "intent", "--data", str(bad), "--out", str(out))
+    assert_refused(result, 'logs.csv line 3: field "intent": is missing or empty', wrote=out)
 
 
 def test_unknown_column_flag_is_explained(tmp_path: Path, tiny_csv: Path) -> None:
@@ -148,3 +147,168 @@ def test_models_promote_and_rollback(tmp_path: Path) -> None:
     assert listing["tasks"]["intent"]["live"] == "v1"
     missing = supportbot("models", "--out", str(out), "promote", "intent", "v9")
     assert missing.returncode == 2 and "no version 'v9'" in missing.stderr
+
+
+# -- limits and names from the command line ---------------------------------------------
+
+
+def run_measured(*args: str, cwd: Path) -> tuple[int, str, int]:
+    """Run `supportbot ARGS`; (exit status, stderr, peak resident memory in KiB) of that
+    process alone (os.wait4: getrusage(RUSAGE_CHILDREN) would mix in earlier children)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    err = cwd / "stderr.txt"
+    with err.open("w") as handle:
+        proc = subprocess.Popen(
+            [str(SUPPORTBOT), *args], stdout=subprocess.DEVNULL, stderr=handle, env=env, cwd=cwd
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
+    return proc.returncode, err.read_text(), usage.ru_maxrss
+
+
+@pytest.mark.slow
+def test_a_50_mb_line_is_refused_without_reading_it_into_memory(tmp_path: Path) -> None:
+    small = tmp_path / "small.jsonl"
+    small.write_text('{"text": "where is my order", "intent": "order_status"}\n')
+    big = tmp_path / "big.jsonl"
+    with big.open("w") as handle:  # one valid JSON object on one 50 MB line
+        handle.write(
+            '{"text": "' + "where is my order " * 2_800_000 + '", "intent": "order_status"}\n'
+        )
+    assert big.stat().st_size > 50_000_000
+
+    # The same command failing on a one-line file is the baseline (torch and the CLI loaded).
+    base_status, _, base_peak = run_measured(
+        "train", "intent", "--data", "small.jsonl", cwd=tmp_path
+    )
+    status, stderr, peak = run_measured("train", "intent", "--data", "big.jsonl", cwd=tmp_path)
+
+    assert base_status == status == 2
+    assert "Traceback" not in stderr
+    assert "big.jsonl line 1: is longer than 16 MB" in stderr and "--max-line-mb" in stderr
+    grown_mb = (peak - base_peak) / 1024
+    assert grown_mb < 60, f"reading a refused 50 MB line took {grown_mb:.0f} MB more"
+    assert not (tmp_path / "models").exists()
+
+
+def test_train_over_the_text_limit_prints_file_line_field_and_fix(
+    tmp_path: Path, tiny_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.app.cli import main
+
+    status = main(
+        [
+            "train",
+            "intent",
+            "--data",
+            str(tiny_csv),
+            "--max-text-chars",
+            "40",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+
+    err = capsys.readouterr().err
+    assert status == 2 and not (tmp_path / "intent").exists()
+    assert f'{tiny_csv} line 8: field "text": is 49 characters long' in err
+    assert "split or shorten it" in err
+    with pytest.raises(SystemExit):
+        main(["train", "intent", "--data", str(tiny_csv), "--max-text-chars", "-1"])
+
+
+def test_models_show_stays_in_the_models_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.app.cli import main
+
+    (tmp_path / "models" / "intent" / "v1").mkdir(parents=True)
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "report.txt").write_text("SECRET")
+
+    status = main(["models", "--out", str(tmp_path / "models"), "show", "../v1"])
+
+    out, err = capsys.readouterr()
+    assert status == 2 and "SECRET" not in out
+    assert err.startswith("supportbot models: error: no model '../v1'")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["models", "show", "a" * 5000],
+        ["models", "show", "intent/v" + "1" * 5000],
+        ["models", "show", "intent/\x00"],
+        ["models", "promote", "intent", "v" + "1" * 5000],
+        ["models", "promote", "intent", "../../v1"],
+        ["models", "promote", "intent", "/etc"],
+        ["models", "rollback", "intent"],
+        ["evaluate", "a" * 5000, "--data", "x.csv"],
+        ["evaluate", "/etc/passwd", "--data", "x.csv"],
+        ["evaluate", "no/such/dir", "--data", "x.csv"],
+        ["evaluate", "intent/v1\x00", "--data", "x.csv"],
+    ],
+)
+def test_malformed_models_and_versions_are_one_line_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+) -> None:
+    from bot.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "intent" / "v1").mkdir(parents=True)
+
+    status = main(argv)
+
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 500, err[:1000]
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("out", ["m" * 5000, "m" * 300, "models\x00", ""])
+def test_a_models_directory_no_file_system_can_hold_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    from bot.app.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for argv in (
+        ["models", "--out", out, "list"],
+        ["train", "intent", "--data", "x", "--out", out],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        assert exited.value.code == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage
+        assert "argument --out" in last and "cannot be a path" in last and len(last) < 300
+
+
+@pytest.mark.parametrize(
+    ("files", "says"),
+    [
+        ({"classifier.json": "{not json"}, "classifier.json cannot be read"),
+        ({"classifier.json": '{"task": "intent"}'}, "classifier.json cannot be read"),
+        (
+            {"classifier.json": json.dumps({"task": "intent", "labels": ["a"], "max_length": 8})},
+            "missing",
+        ),
+    ],
+)
+def test_evaluate_a_broken_model_directory_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], files: dict[str, str], says: str
+) -> None:
+    from bot.app.cli import main
+
+    model = tmp_path / "v1"
+    model.mkdir()
+    for name, content in files.items():
+        (model / name).write_text(content)
+
+    status = main(["evaluate", str(model), "--data", str(tmp_path / "x.csv")])
+
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1
+    assert "is not a supportbot model directory" in err and says in err

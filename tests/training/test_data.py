@@ -581,3 +581,128 @@ def test_a_quoted_text_over_several_lines_keeps_the_line_numbers_right(tmp_path:
         load_examples([path], "intent", min_examples=0)
     [problem] = info.value.problems
     assert problem.line == 4 and problem.field == "text"
+
+
+# -- input limits and label names ---------------------------------------------------------
+
+
+def test_a_text_over_the_limit_names_file_line_and_field(tmp_path: Path) -> None:
+    from bot.core.datafiles import InputLimits
+
+    rows = [*labelled_rows(), ["x" * 10_000, "order_status"], ["y" * 10_001, "order_status"]]
+    path = write_csv(tmp_path / "data.csv", ["text", "intent"], rows)
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=1)
+
+    [problem] = problems_of(excinfo)
+    assert str(problem).startswith(f'{path} line 11: field "text": is 10,001 characters long')
+    assert "split or shorten it" in problem.message and "--max-text-chars" in problem.message
+    assert len(str(excinfo.value)) < 500  # the text itself is not repeated
+    # A higher limit takes it.
+    examples = load_examples([path], "intent", min_examples=1, limits=InputLimits(20_000))
+    assert len(examples) == 10
+
+
+def test_a_long_text_in_a_conversation_names_the_message(tmp_path: Path) -> None:
+    from bot.core.datafiles import InputLimits
+
+    path = write_jsonl(
+        tmp_path / "chats.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "customer", "text": "where is it " * 5, "intent": "order_status"}
+                ]
+            }
+        ],
+    )
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=0, limits=InputLimits(max_text_chars=20))
+
+    [problem] = problems_of(excinfo)
+    assert (problem.line, problem.field) == (1, "messages[0].text")
+
+
+def test_an_oversized_line_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    from bot.core.datafiles import InputLimits
+
+    path = tmp_path / "flat.jsonl"
+    records = [{"text": t, "intent": label} for t, label in labelled_rows()]
+    records.insert(2, {"text": "z" * 5000, "intent": "order_status"})
+    write_jsonl(path, records)
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=1, limits=InputLimits(max_line_bytes=1000))
+
+    [problem] = problems_of(excinfo)
+    assert (problem.file, problem.line) == (str(path), 3)
+    assert "longer than 1,000 bytes" in problem.message
+
+
+def test_a_file_over_the_limit_is_refused(tmp_path: Path) -> None:
+    from bot.core.datafiles import InputLimits
+
+    path = write_csv(tmp_path / "data.csv", ["text", "intent"], labelled_rows())
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=1, limits=InputLimits(max_file_bytes=100))
+
+    [problem] = problems_of(excinfo)
+    assert problem.file == str(path) and "--max-file-mb" in problem.message
+
+
+@pytest.mark.parametrize("label", ["../../evil", "nul\x00byte", "a" * 5000, "a/b", ".env"])
+def test_labels_that_are_no_names_are_refused_with_file_line_and_label(
+    tmp_path: Path, label: str
+) -> None:
+    path = write_jsonl(
+        tmp_path / "flat.jsonl",
+        [
+            *({"text": t, "intent": lb} for t, lb in labelled_rows()),
+            {"text": "hm", "intent": label},
+        ],
+    )
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=1)
+
+    [problem] = problems_of(excinfo)
+    assert (problem.file, problem.line, problem.field) == (str(path), 9, "intent")
+    assert repr(label[:20])[1:-1] in problem.message  # the label, shown (abbreviated)
+    assert "\x00" not in str(problem) and len(str(problem)) < 400
+
+
+def test_labels_of_public_data_sets_load(tmp_path: Path) -> None:
+    labels = ["reverted_card_payment?", "AddToPlaylist", "Late Flight", "Can't Tell", "oos"]
+    rows = [[f"example {i} for {label}", label] for label in labels for i in range(2)]
+    path = write_csv(tmp_path / "data.csv", ["text", "category"], rows)
+
+    examples = load_examples([path], "intent", min_examples=2)
+
+    assert sorted({e.label for e in examples}) == sorted(labels)
+
+
+def test_a_label_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "flat.jsonl", [{"text": "hello", "intent": {"name": "greet"}}])
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=1)
+
+    [problem] = problems_of(excinfo)
+    assert problem.field == "intent" and "string" in problem.message
+
+
+def test_rasa_yaml_aliases_are_refused_so_a_small_file_cannot_expand(tmp_path: Path) -> None:
+    path = tmp_path / "nlu.yml"
+    examples = "".join(f"    - {t}\n" for t in ORDER)
+    blocks = "".join(f"- intent: i{n}\n  examples: *e\n" for n in range(1000))
+    path.write_text(f"nlu:\n- intent: order_status\n  examples: &e |\n{examples}{blocks}")
+
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([path], "intent", min_examples=1)
+
+    [problem] = problems_of(excinfo)
+    assert problem.line == 9  # the first `examples: *e`
+    assert "alias" in problem.message and "write the examples out" in problem.message

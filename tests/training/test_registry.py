@@ -109,13 +109,18 @@ def test_first_commit_with_promote_false_stays_offline(tmp_path: Path) -> None:
         registry.live_path("intent")
 
 
-def test_promote_and_rollback_restore_in_order(tmp_path: Path) -> None:
-    registry = FileModelRegistry(tmp_path)
+def live_in_turn(root: Path) -> FileModelRegistry:
+    """A registry whose intent versions v1, v2 and v3 were live in that order (v3 now)."""
+    registry = FileModelRegistry(root)
     for _ in range(3):
         publish(registry)
-
     registry.promote("intent", "v2")
     registry.promote("intent", "v3")
+    return registry
+
+
+def test_promote_and_rollback_restore_in_order(tmp_path: Path) -> None:
+    registry = live_in_turn(tmp_path)
     assert registry.live("intent") == "v3"
 
     assert registry.rollback("intent") == "v2"
@@ -141,11 +146,7 @@ def test_promoting_the_live_version_again_adds_no_history(tmp_path: Path) -> Non
 
 
 def test_rollback_skips_a_version_deleted_by_hand(tmp_path: Path) -> None:
-    registry = FileModelRegistry(tmp_path)
-    for _ in range(3):
-        publish(registry)
-    registry.promote("intent", "v2")
-    registry.promote("intent", "v3")
+    registry = live_in_turn(tmp_path)
     for child in (tmp_path / "intent" / "v2").iterdir():
         child.unlink()
     (tmp_path / "intent" / "v2").rmdir()
@@ -306,3 +307,99 @@ def test_concurrent_commits_get_distinct_versions(tmp_path: Path) -> None:
     assert [v.version for v in registry.versions("intent")] == [f"v{i}" for i in range(1, 9)]
     assert registry.live("intent") is not None
     assert_clean_root(tmp_path)
+
+
+# -- names from the command line ----------------------------------------------------------
+
+
+def test_resolve_never_leaves_the_models_directory(tmp_path: Path) -> None:
+    registry = FileModelRegistry(tmp_path / "models")
+    publish(registry)
+    outside = tmp_path / "v1"  # models/../v1
+    outside.mkdir()
+    (outside / "report.txt").write_text("not a model of this registry")
+
+    for spec in ("../v1", "intent/../../v1", "../intent/v1", "./../v1"):
+        with pytest.raises(ModelNotFoundError):
+            registry.resolve(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "a" * 5000,
+        "intent/v" + "1" * 5000,
+        "a/" * 2000,
+        "intent/v1\x00",
+        "nul\x00",
+        "intent/v1\n",
+        "",
+    ],
+)
+def test_resolve_malformed_specs_is_a_one_line_error(tmp_path: Path, spec: str) -> None:
+    registry = FileModelRegistry(tmp_path / "models")
+    publish(registry)
+
+    with pytest.raises(ModelNotFoundError) as excinfo:
+        registry.resolve(spec)
+
+    message = str(excinfo.value)
+    assert "\n" not in message and "\x00" not in message and len(message) < 400
+
+
+@pytest.mark.parametrize("version", ["v" + "1" * 5000, "../v1", "/etc", "v1/../v1", "v1\x00", "V1"])
+def test_promote_refuses_what_is_no_version_name(tmp_path: Path, version: str) -> None:
+    registry = FileModelRegistry(tmp_path / "models")
+    publish(registry, promote=False)
+
+    with pytest.raises(RegistryError) as excinfo:
+        registry.promote("intent", version)
+
+    message = str(excinfo.value)
+    assert "\n" not in message and len(message) < 400
+    assert "v<number>" in message
+    assert registry.live("intent") is None
+
+
+@pytest.mark.parametrize("task", ["../intent", "", "a" * 5000, "in\x00tent"])
+def test_promote_and_rollback_refuse_what_is_no_task_name(tmp_path: Path, task: str) -> None:
+    registry = FileModelRegistry(tmp_path / "models")
+    publish(registry)
+
+    with pytest.raises(RegistryError, match="task") as excinfo:
+        registry.promote(task, "v1")
+    assert len(str(excinfo.value)) < 400
+    with pytest.raises(RegistryError, match="task"):
+        registry.rollback(task)
+
+
+@pytest.mark.parametrize(
+    "tasks",
+    [
+        {"intent": {"live": "../../elsewhere", "history": []}},
+        {"intent": {"live": "v2", "history": ["/etc"]}},
+        {"../up": {"live": "v1", "history": []}},
+    ],
+)
+def test_a_registry_json_naming_paths_is_refused(tmp_path: Path, tasks: dict) -> None:
+    (tmp_path / REGISTRY_FILE).write_text(json.dumps({"format": 1, "tasks": tasks}))
+    registry = FileModelRegistry(tmp_path)
+
+    with pytest.raises(RegistryError, match=REGISTRY_FILE):
+        registry.tasks()
+
+
+def test_the_runtime_ignores_live_versions_that_are_paths(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from bot.nlu.artifacts import read_live_versions
+
+    tasks = {
+        "intent": {"live": "v2", "history": ["v1"]},
+        "sentiment": {"live": "../../elsewhere", "history": []},
+        "../up": {"live": "v1", "history": []},
+    }
+    (tmp_path / REGISTRY_FILE).write_text(json.dumps({"format": 1, "tasks": tasks}))
+
+    assert read_live_versions(tmp_path) == {"intent": "v2"}
+    assert "not a task/vN name" in caplog.text

@@ -25,7 +25,7 @@ from bot.nlu.classifier import HEAD_FILE, read_meta
 from bot.settings import ConsoleSettings
 from bot.store.accounts import SqlAccountStore
 from bot.store.conversations import SqlConversationStore
-from tests.helpers import runtime_settings
+from tests.helpers import ClientFactory, runtime_settings
 from training.data import Example
 from training.feedback import StoredLabel, read_feedback
 from training.retrain import (
@@ -41,7 +41,6 @@ from training.retrain import (
     retrain_lock,
 )
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 PASSWORD = "correct horse battery"
 # A new intent the runtime test models have never seen, as customers would ask it.
 CANCEL = [

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,7 @@ from bot.core.errors import BadRequestError
 from bot.settings import ConsoleSettings
 from bot.store.accounts import SqlAccountStore
 from bot.store.conversations import SqlConversationStore
-
-SUPPORTBOT = Path(sys.executable).with_name("supportbot")
+from tests.helpers import assert_refused, supportbot
 
 
 def config_for(tmp_path: Path, db_url: str) -> Path:
@@ -43,29 +39,16 @@ def sign_in(db_url: str, name: str, password: str) -> str:
 
 
 def test_add_reads_the_password_from_stdin(tmp_path: Path, sqlite_url: str) -> None:
-    env = {**os.environ, "SUPPORTBOT_STORE__URL": sqlite_url}
-    result = subprocess.run(
-        [str(SUPPORTBOT), "agents", "add", "ana", "--role", "operator"],
-        input="piped password 1\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    env = {"SUPPORTBOT_STORE__URL": sqlite_url}
+    result = supportbot(
+        "agents", "add", "ana", "--role", "operator", stdin="piped password 1\n", env=env
     )
     assert result.returncode == 0, result.stderr
     assert "added operator ana" in result.stdout
     assert sign_in(sqlite_url, "ana", "piped password 1") == "operator"
 
-    short = subprocess.run(
-        [str(SUPPORTBOT), "agents", "add", "bo", "--role", "agent"],
-        input="short\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert short.returncode == 2
-    assert "at least 8" in short.stderr and "Traceback" not in short.stderr
+    short = supportbot("agents", "add", "bo", "--role", "agent", stdin="short\n", env=env)
+    assert_refused(short, "at least 8")
 
 
 def test_list_disable_and_password(

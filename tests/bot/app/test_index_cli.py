@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from bot.app.cli import main
+from bot.app.cli import build_parser, main
+from bot.core.datafiles import InputLimits, limits_from_flags
+from tests.helpers import assert_refused, supportbot
 
-SUPPORTBOT = Path(sys.executable).with_name("supportbot")
 REPO = Path(__file__).resolve().parents[3]
-
-
-def supportbot(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [str(SUPPORTBOT), *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=300
-    )
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +19,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The sample shop's index, built once: (directory, stdout)."""
     out = tmp_path_factory.mktemp("index") / "answers"
     result = supportbot(
-        "index", "build", "--data", "data", "--faq", "data/faq.csv", "--out", str(out)
+        "index", "build", "--data", "data", "--faq", "data/faq.csv", "--out", str(out), cwd=REPO
     )
     assert result.returncode == 0, result.stderr
     return out, result.stdout
@@ -73,14 +64,28 @@ def test_search_json_and_k(built: tuple[Path, str], capsys: pytest.CaptureFixtur
 def test_bad_faq_exits_2_with_file_line_and_field(tmp_path: Path) -> None:
     faq = tmp_path / "faq.csv"
     faq.write_text("question,answer\nHow long does delivery take?,\n")
-    result = supportbot("index", "build", "--faq", str(faq), "--out", str(tmp_path / "answers"))
-    assert result.returncode == 2
-    assert 'faq.csv line 2: field "answer": is empty' in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "answers").exists()
+    out = tmp_path / "answers"
+    result = supportbot("index", "build", "--faq", str(faq), "--out", str(out))
+    assert_refused(result, 'faq.csv line 2: field "answer": is empty', wrote=out)
 
 
 def test_searching_a_missing_index_explains_how_to_build_one(tmp_path: Path) -> None:
     result = supportbot("index", "search", "hello", "--index", str(tmp_path / "none"))
-    assert result.returncode == 2
-    assert "supportbot index build" in result.stderr and "Traceback" not in result.stderr
+    assert_refused(result, "supportbot index build")
+
+
+def test_build_takes_the_input_limits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    faq = tmp_path / "faq.csv"
+    faq.write_text("question,answer\nHow long does delivery take?,Three to five business days.\n")
+    out = tmp_path / "answers"
+
+    status = main(
+        ["index", "build", "--faq", str(faq), "--out", str(out), "--max-text-chars", "20"]
+    )
+
+    err = capsys.readouterr().err
+    assert status == 2 and not out.exists()
+    assert f'{faq} line 2: field "question": is 28 characters long' in err
+    assert "--max-text-chars" in err
+    ns = build_parser().parse_args(["index", "build", "--max-line-mb", "3", "--max-file-mb", "7"])
+    assert limits_from_flags(ns) == InputLimits(10_000, 3_000_000, 7_000_000)

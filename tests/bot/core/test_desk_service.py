@@ -15,6 +15,7 @@ from bot.core.records import (
     ConversationStatus,
     EscalationStatus,
     Feedback,
+    Message,
     Outcome,
     Role,
     Route,
@@ -156,6 +157,19 @@ async def test_a_reply_the_channel_refuses_is_kept_and_reported(core: InMemoryCo
     assert (await core.transcript())[-1] == stored
 
 
+async def test_a_reply_to_a_channel_no_connector_pushes_to_is_kept_and_reported(
+    core: InMemoryCore,
+) -> None:
+    # E.g. a conversation Rasa handed over: its customer reads nothing supportbot pushes.
+    handed = await core.service.request_handoff(Message("rasa", "ada", "/human"))
+    sam = core.agent("sam")
+    await core.desk.claim(handed.conversation_id, sam)
+    stored, delivered = await core.desk.reply(handed.conversation_id, sam, "Sam here.")
+    assert not delivered
+    assert (await core.store.transcript(handed.conversation_id))[-1] == stored
+    assert core.deliverer.delivered == []
+
+
 # -- closing ---------------------------------------------------------------------------------
 
 
@@ -246,6 +260,24 @@ async def test_labels_must_fit_the_message_they_describe(core: InMemoryCore) -> 
         await core.desk.label_conversation(answered.conversation_id, sam, "meh")
     await core.desk.label_conversation(answered.conversation_id, sam, "negative")
     assert (await core.desk.view(answered.conversation_id)).sentiment == "negative"
+
+
+@pytest.mark.parametrize(
+    "intent", ["../../evil", "x" * 5000, "Refund Status", "refund\x00status", "", "a"]
+)
+async def test_an_approved_answers_intent_is_a_known_one_or_a_valid_new_name(
+    core: InMemoryCore, intent: str
+) -> None:
+    cid, sam = await escalated(core), core.agent("sam")
+    await core.desk.claim(cid, sam)
+    stored, _ = await core.desk.reply(cid, sam, "Refunds take five days.")
+    with pytest.raises(BadRequestError, match="neither a known intent nor a valid new name"):
+        await core.desk.approve_answer(sam, stored.id, intent=intent)
+    question = next(m for m in await core.transcript() if m.role == Role.CUSTOMER)
+    with pytest.raises(BadRequestError, match="neither a known intent nor a valid new name"):
+        await core.desk.label_message(question.id, sam, intent=intent)
+    assert await core.desk.approve_answer(sam, stored.id, intent="refund_status")
+    assert await core.desk.approve_answer(sam, stored.id, intent="Legacy-Intent")  # the model's
 
 
 # -- the queue, the unclaimed timeout, the dashboard -----------------------------------------

@@ -178,13 +178,20 @@ async def test_turn_locks_serialise_one_conversation_across_replicas(
     assert time.monotonic() - started < 0.6 * 1.5 + 0.4
 
 
+async def locked_by_a(
+    replicas: tuple[RedisBus, RedisBus], key: str, for_ms: int, wait_s: float
+) -> RedisTurnLocks:
+    """Replica b's turn locks, with replica a's lock on `key` left in Redis for `for_ms`."""
+    a, b = replicas
+    await a.client.set(f"{a.prefix}turn:{key}", "replica a", px=for_ms)
+    return RedisTurnLocks(b, KeyedLocks(), ttl_s=5, wait_s=wait_s)
+
+
 async def test_a_lock_left_by_a_dead_replica_expires(
     replicas: tuple[RedisBus, RedisBus],
 ) -> None:
-    a, b = replicas
     # A replica killed mid-turn leaves its lock behind; the TTL frees it.
-    await a.client.set(f"{a.prefix}turn:c9", "dead-replica", px=400)
-    locks = RedisTurnLocks(b, KeyedLocks(), ttl_s=5, wait_s=5)
+    locks = await locked_by_a(replicas, "c9", for_ms=400, wait_s=5)
     started = time.monotonic()
     async with locks.hold("c9"):
         waited = time.monotonic() - started
@@ -194,9 +201,7 @@ async def test_a_lock_left_by_a_dead_replica_expires(
 async def test_a_lock_that_stays_taken_answers_retry_later(
     replicas: tuple[RedisBus, RedisBus],
 ) -> None:
-    a, b = replicas
-    await a.client.set(f"{a.prefix}turn:c8", "busy", px=5000)
-    locks = RedisTurnLocks(b, KeyedLocks(), ttl_s=5, wait_s=0.2)
+    locks = await locked_by_a(replicas, "c8", for_ms=5000, wait_s=0.2)
     with pytest.raises(StoreUnavailableError, match="send it again"):
         async with locks.hold("c8"):
             pass

@@ -333,3 +333,53 @@ def test_merge_pairs_keeps_the_faq_over_an_approved_answer() -> None:
     new = AnswerPair("klarna invoice klarna", "Invoice via Klarna.", None, "s:2", "approved")
     # Same question: the FAQ keeps its place over an approved answer; new questions join.
     assert merge_pairs([faq, other, approved, new]) == [faq, other, new]
+
+
+# -- input limits -------------------------------------------------------------------------
+
+
+def test_texts_over_the_limit_are_located_in_every_kind_of_source(tmp_path: Path) -> None:
+    from bot.core.datafiles import InputLimits
+
+    long = "why" + "y" * 117  # 120 characters
+    chats = write_jsonl(
+        tmp_path / "chats.jsonl",
+        [{"resolved": True, "messages": [customer(long), agent("Because.")]}],
+    )
+    approved = write_jsonl(
+        tmp_path / "approved.jsonl", [{"question": "how do refunds work?", "answer": long}]
+    )
+    faq = write_csv(tmp_path / "faq.csv", ["question", "answer"], [[long, "An answer."]])
+    markdown = tmp_path / "faq.md"
+    markdown.write_text(f"## How long does delivery take?\n\n{long}\n")
+
+    with pytest.raises(AnswerDataError) as excinfo:
+        build_answer_pairs([chats, approved, faq, markdown], limits=InputLimits(100))
+
+    located = [(Path(p.file).name, p.line, p.field) for p in excinfo.value.problems]
+    assert located == [
+        ("chats.jsonl", 1, "messages[0].text"),
+        ("approved.jsonl", 1, "answer"),
+        ("faq.csv", 2, "question"),
+        ("faq.md", 1, "answer"),
+    ]
+    assert all("120 characters" in p.message for p in excinfo.value.problems)
+    assert all("split or shorten it" in p.message for p in excinfo.value.problems)
+
+
+def test_an_oversized_line_or_file_is_refused(tmp_path: Path) -> None:
+    from bot.core.datafiles import InputLimits
+
+    chats = conversations(tmp_path)
+    faq = write_csv(tmp_path / "faq.csv", ["question", "answer"], [["Do you ship abroad?", "Yes."]])
+
+    with pytest.raises(AnswerDataError) as excinfo:
+        build_answer_pairs([chats, faq], limits=InputLimits(max_line_bytes=400))
+    [problem] = excinfo.value.problems  # only line 1 is longer (453 bytes)
+    assert (Path(problem.file).name, problem.line) == ("chats.jsonl", 1)
+    assert "longer than 400 bytes" in problem.message
+
+    with pytest.raises(AnswerDataError) as excinfo:
+        build_answer_pairs([chats, faq], limits=InputLimits(max_file_bytes=50))
+    assert [Path(p.file).name for p in excinfo.value.problems] == ["chats.jsonl"]
+    assert "--max-file-mb" in excinfo.value.problems[0].message

@@ -3,6 +3,7 @@ sessions and their expiry, and the sign-in rate limit."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import AsyncIterator
@@ -199,3 +200,89 @@ async def test_failures_are_counted_per_address_at_four_times_the_name_limit(
     with pytest.raises(RateLimitedError, match="this address"):
         await accounts.sign_in("ana", PASSWORD, "10.9.9.9")
     assert (await accounts.sign_in("ana", PASSWORD, "10.0.0.1")).token
+
+
+# -- the rate limit under concurrency ------------------------------------------------------------
+
+
+def _verdicts(results: list[object]) -> list[str]:
+    """What each sign-in came to: "session", "401" or "429" (anything else fails the test)."""
+    kinds = {UnauthorizedError: "401", RateLimitedError: "429"}
+    verdicts = []
+    for result in results:
+        if isinstance(result, BaseException):
+            assert type(result) in kinds, repr(result)
+            verdicts.append(kinds[type(result)])
+        else:
+            verdicts.append("session")
+    return verdicts
+
+
+async def test_parallel_guesses_get_at_most_the_limit_of_answers(
+    accounts: SqlAccountStore,
+) -> None:
+    # Every attempt is counted before its password is checked, in one transaction with the
+    # check: a burst cannot all pass the check while the slow hashes run.
+    await accounts.add("ana", "agent", PASSWORD)
+    limit = accounts.settings.max_failed_sign_ins
+    guesses = [accounts.sign_in("ana", f"guess {i}", f"10.0.{i}.1") for i in range(40)]
+    verdicts = _verdicts(await asyncio.gather(*guesses, return_exceptions=True))
+    assert verdicts.count("401") == limit and verdicts.count("429") == 40 - limit
+    assert await accounts.failures(name="ana") == limit
+
+    # Spread over names, one address gets four times the limit.
+    guesses = [accounts.sign_in(f"name{i}", "guess", "10.9.9.9") for i in range(40)]
+    verdicts = _verdicts(await asyncio.gather(*guesses, return_exceptions=True))
+    assert verdicts.count("401") == 4 * limit and verdicts.count("429") == 40 - 4 * limit
+
+
+async def test_the_right_password_amid_a_burst_of_guesses_is_refused_once_the_limit_is_hit(
+    accounts: SqlAccountStore,
+) -> None:
+    await accounts.add("ana", "agent", PASSWORD)
+    limit = accounts.settings.max_failed_sign_ins
+    burst = [
+        asyncio.create_task(accounts.sign_in("ana", f"guess {i}", f"10.0.{i}.1"))
+        for i in range(150)
+    ]
+    # The limit is reached as soon as `limit` guesses are being checked, before any of
+    # them has failed.
+    while await accounts.failures(name="ana") < limit:
+        await asyncio.sleep(0.001)
+    with pytest.raises(RateLimitedError):
+        await accounts.sign_in("ana", PASSWORD, "10.1.1.1")
+    verdicts = _verdicts(list(await asyncio.gather(*burst, return_exceptions=True)))
+    assert verdicts.count("401") == limit and verdicts.count("429") == 150 - limit
+
+
+async def test_a_success_forgives_nothing_that_others_counted(
+    accounts: SqlAccountStore, clock: ManualClock
+) -> None:
+    # A success uncounts its own attempt only: the owner signing in between an attacker's
+    # guesses does not give the attacker a fresh set of them.
+    await accounts.add("ana", "agent", PASSWORD)
+    limit = accounts.settings.max_failed_sign_ins
+    for _ in range(limit - 1):
+        with pytest.raises(UnauthorizedError):
+            await accounts.sign_in("ana", "guess-guess", "10.6.6.6")
+    for _ in range(3):
+        assert (await accounts.sign_in("ana", PASSWORD, "10.0.0.1")).token
+    assert await accounts.failures(name="ana") == limit - 1
+    with pytest.raises(UnauthorizedError):
+        await accounts.sign_in("ana", "guess-guess", "10.6.6.6")
+    with pytest.raises(RateLimitedError):
+        await accounts.sign_in("ana", PASSWORD, "10.0.0.1")
+    clock.advance(seconds=61)
+    assert (await accounts.sign_in("ana", PASSWORD, "10.0.0.1")).token
+
+
+async def test_a_long_name_is_counted_under_the_name_it_is_stored_as(
+    accounts: SqlAccountStore,
+) -> None:
+    limit = accounts.settings.max_failed_sign_ins
+    long_name = "n" * 300
+    for i in range(limit):
+        with pytest.raises(UnauthorizedError):
+            await accounts.sign_in(long_name, "guess", f"10.0.{i}.1")
+    with pytest.raises(RateLimitedError):
+        await accounts.sign_in(long_name, "guess", "10.0.99.1")

@@ -540,6 +540,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
     assert [u.split(",")[0] for u in upgrades] == [
         "Running upgrade  -> 0001",
         "Running upgrade 0001 -> 0002",
+        "Running upgrade 0002 -> 0003",
     ], upgrades
     engine = create_store_engine(database_url)
     try:
@@ -550,7 +551,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
             differences = await connection.run_sync(schema_differences)
     finally:
         await engine.dispose()
-    assert version == migration_head() == "0002"
+    assert version == migration_head() == "0003"
     assert differences == []
 
 
