@@ -33,7 +33,7 @@ from bot.core.records import (
     StoredMessage,
 )
 from bot.core.router import Router
-from bot.core.service import reply_of
+from bot.core.service import reply_of, store_feedback
 
 log = logging.getLogger(__name__)
 
@@ -435,9 +435,7 @@ class AgentDesk:
             corrected_sentiment=sentiment,
             author=agent.name,
         )
-        feedback_id = await self.conversations.record_feedback(feedback)
-        self.metrics.feedback.labels(feedback.rating or "label").inc()
-        return feedback_id
+        return await store_feedback(self.conversations, self.metrics, feedback)
 
     async def label_conversation(self, conversation_id: str, agent: Agent, sentiment: str) -> int:
         """Store an agent's overall sentiment of a conversation."""

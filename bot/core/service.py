@@ -93,6 +93,14 @@ def earlier_negativity(recent: Sequence[StoredMessage]) -> list[float]:
     return earlier
 
 
+async def store_feedback(store: ConversationStore, metrics: Metrics, feedback: Feedback) -> int:
+    """Store feedback (a customer's rating or an agent's label) and count it; the one place
+    both the service and the agents' desk record feedback."""
+    feedback_id = await store.record_feedback(feedback)
+    metrics.feedback.labels(feedback.rating or "label").inc()
+    return feedback_id
+
+
 class ConversationService:
     """The core: every customer message of every channel goes through `handle`.
 
@@ -403,9 +411,7 @@ class ConversationService:
 
     async def record_feedback(self, feedback: Feedback) -> int:
         """Store feedback on a reply (NotFoundError for an unknown message id)."""
-        feedback_id = await self._store.record_feedback(feedback)
-        self._metrics.feedback.labels(feedback.rating or "label").inc()
-        return feedback_id
+        return await store_feedback(self._store, self._metrics, feedback)
 
     async def record_customer_feedback(self, channel: str, sender: str, feedback: Feedback) -> int:
         """A customer's rating of a bot reply in their own conversation.
