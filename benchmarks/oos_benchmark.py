@@ -9,7 +9,7 @@ Two intent models are trained with `train_task` and the default recipe (Training
   shop: accounts, orders, refunds) and tweets to US airlines as out-of-scope traffic.
 
 Each method is fitted on the model's training split and thresholded on its validation split
-(`training.ood.OosDetector.fit`: keep `--keep-recall` of the right answers); the
+(`training.ood.fit_detector`: keep `--keep-recall` of the right answers); the
 leave-intents-out draws give the pseudo out-of-scope AUROC and the alternative threshold shown
 beside it. No test message and no out-of-scope example takes part in any choice. The
 in-scope accuracy drop is against the same model answering everything. Reads the data sets
@@ -49,6 +49,7 @@ from training.ood import (
     OosDetector,
     OosMetrics,
     OosOptions,
+    fit_detector,
     msp_score,
     oos_metrics,
     pooled_outputs,
@@ -337,7 +338,7 @@ def evaluate(scenario: Scenario, spec: str, options: OosOptions) -> MethodResult
     options = dataclasses.replace(options, method=method, k=int(k) if k else options.k)
 
     def fit(train: Outputs, validation: Outputs) -> OosDetector:
-        return OosDetector.fit(
+        return fit_detector(
             train.embeddings,
             train.labels,
             validation.embeddings,

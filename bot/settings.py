@@ -7,10 +7,13 @@ receives only its own section. Secrets are `SecretStr` and never printed.
 
 from __future__ import annotations
 
+import difflib
 import socket
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -21,6 +24,8 @@ from pydantic_settings import (
 
 from bot.core.errors import ConfigurationError
 from bot.core.escalation import EscalationSettings
+from bot.core.hours import HandoffSettings
+from bot.core.yamldoc import load_yaml
 
 
 class ServerSettings(BaseModel):
@@ -232,6 +237,7 @@ class Settings(BaseSettings):
     nlu: NluSettings = NluSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     escalation: EscalationSettings = EscalationSettings()
+    handoff: HandoffSettings = HandoffSettings()
     routing: RoutingSettings = RoutingSettings()
     telegram: TelegramSettings = TelegramSettings()
     widget: WidgetSettings = WidgetSettings()
@@ -263,6 +269,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """
     if config_file is not None and not config_file.is_file():
         raise ConfigurationError(f"config file {config_file} does not exist; check --config")
+    if config_file is not None:
+        check_settings_file(config_file)
     cls: type[Settings] = Settings
     if config_file is not None:
         # A subclass carrying the file name keeps the choice out of global state.
@@ -276,3 +284,73 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         )
         where = f" in {config_file} or SUPPORTBOT_* variables" if config_file else ""
         raise ConfigurationError(f"invalid settings{where}: {problems}") from exc
+
+
+def check_settings_file(path: Path, model: type[BaseModel] = Settings) -> None:
+    """Refuse a settings file with bad YAML or a key that is not a setting, at any depth.
+
+    pydantic ignores unknown keys inside a section, so `server: {prot: 1}` would silently
+    leave the port at its default; this names the key and the nearest valid one.
+
+    Raises:
+        ConfigurationError: one line per problem, each with the file and line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path}: cannot read it ({exc})") from exc
+    document = load_yaml(text, str(path))
+    if document is None:
+        return
+    if not isinstance(document, dict):
+        raise ConfigurationError(
+            f"{path}: expected a mapping of sections at the top (e.g. `server:` then "
+            f"`  port: 8080`), found a {type(document).__name__}"
+        )
+    problems = _unknown_keys(yaml.compose(text, Loader=yaml.SafeLoader), model, "", str(path))
+    if len(problems) == 1:
+        raise ConfigurationError(problems[0])
+    if problems:
+        raise ConfigurationError(
+            f"{len(problems)} keys in {path} are not settings:\n  " + "\n  ".join(problems)
+        )
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings section a field holds (also inside `X | None`), or None for a value."""
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _unknown_keys(
+    node: yaml.Node | None, model: type[BaseModel], prefix: str, source: str
+) -> list[str]:
+    if not isinstance(node, yaml.MappingNode) or model.model_config.get("extra") == "allow":
+        return []  # a wrong type is pydantic's to explain
+    fields = model.model_fields
+    names = sorted({*fields, *(f.alias for f in fields.values() if f.alias)})
+    problems: list[str] = []
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+            continue
+        key = str(key_node.value)
+        path = f"{prefix}{key}"
+        if key not in names:
+            guess = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = (
+                f"did you mean {prefix}{guess[0]}?"
+                if guess
+                else f"valid keys {'in ' + prefix.rstrip('.') if prefix else 'at the top'}: "
+                + ", ".join(names)
+            )
+            line = key_node.start_mark.line + 1
+            problems.append(f"{source} line {line}: {path} is not a setting; {hint}")
+            continue
+        field = fields.get(key) or next(f for f in fields.values() if f.alias == key)
+        section = _section_model(field.annotation)
+        if section is not None:
+            problems += _unknown_keys(value_node, section, f"{path}.", source)
+    return problems

@@ -15,6 +15,7 @@ import hmac
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -23,20 +24,37 @@ from yarl import URL
 from bot.core.background import cancel_and_wait
 from bot.core.bus import EventBus, Subscription
 from bot.core.desk import (
+    MAX_CANNED_CHARS,
     MAX_DASHBOARD_DAYS,
+    MAX_NOTE_CHARS,
+    MAX_PER_PAGE,
+    MAX_TITLE_CHARS,
     TOPIC,
     AgentDesk,
+    CannedResponse,
     ConversationView,
+    CustomerHistory,
     Dashboard,
     EscalationNotice,
+    FilledResponse,
     MessageLabels,
+    Note,
     QueueItem,
+    SearchHit,
+    SearchPage,
+    SearchQuery,
 )
-from bot.core.errors import ConfigurationError, ForbiddenError, UnauthorizedError
+from bot.core.errors import (
+    BadRequestError,
+    ConfigurationError,
+    ForbiddenError,
+    UnauthorizedError,
+)
 from bot.core.ports import SessionStore
 from bot.core.records import AgentSession, EscalationRecord, Role, StoredMessage
 from bot.settings import ConsoleSettings
 from connectors.http import (
+    check_text,
     id_field,
     path_id,
     path_text,
@@ -60,12 +78,15 @@ ASSETS = {
     "console.js": JAVASCRIPT,  # the console's entry module; it imports the modules below
     "console/alerts.js": JAVASCRIPT,
     "console/api.js": JAVASCRIPT,
+    "console/canned.js": JAVASCRIPT,
     "console/charts.js": JAVASCRIPT,
     "console/conversation.js": JAVASCRIPT,
     "console/dashboard.js": JAVASCRIPT,
     "console/events.js": JAVASCRIPT,
     "console/format.js": JAVASCRIPT,
     "console/queue.js": JAVASCRIPT,
+    "console/search.js": JAVASCRIPT,
+    "console/shortcuts.js": JAVASCRIPT,
     "console/tabs.js": JAVASCRIPT,
     "lib/backoff.js": JAVASCRIPT,
     "lib/dom.js": JAVASCRIPT,
@@ -77,6 +98,8 @@ MAX_NAME_CHARS = 200
 MAX_PASSWORD_CHARS = 1024
 # Conversation ids are 32 hex digits; anything much longer is no id.
 MAX_CONVERSATION_ID_CHARS = 100
+# The last page of search results one may ask for (far beyond any real result list).
+MAX_PAGE = 100_000
 # The pages load only their own scripts, styles and images and talk only to their own
 # origin ('self' covers the events WebSocket on the same host and port, as CSP Level 3 says);
 # nothing inline runs, nothing may frame them, and forms post only here.
@@ -185,6 +208,45 @@ def render_message(
             "by": labels.by,
         },
         "approved": approved,
+        **render_annotations(message),
+    }
+
+
+# An entity's fields and the JSON types they may hold (`value` may be normalised to a number).
+ENTITY_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "type": str,
+    "value": (str, int, float),
+    "text": str,
+    "start": int,
+    "end": int,
+}
+
+
+def render_annotations(message: StoredMessage) -> dict[str, Any]:
+    """What the runtime noted about a customer message beyond intent and sentiment:
+    `entities` (each `{type, value, text, start, end}`; malformed ones left out, so an older
+    or foreign row never breaks the page) and the out-of-scope verdict with its score (None
+    when the detector did not run)."""
+    if message.role != Role.CUSTOMER:
+        return {"entities": [], "out_of_scope": None, "oos_score": None}
+    details = message.details
+    entities = []
+    for raw in details.get("entities") or ():
+        if not isinstance(raw, dict):
+            continue
+        entity = {key: raw.get(key) for key in ENTITY_FIELDS}
+        if isinstance(entity["type"], str) and isinstance(entity["text"], str):
+            for key, kind in ENTITY_FIELDS.items():
+                if not isinstance(entity[key], kind) or isinstance(entity[key], bool):
+                    entity[key] = None
+            entity["value"] = entity["value"] if entity["value"] is not None else entity["text"]
+            entities.append(entity)
+    out_of_scope = details.get("out_of_scope")
+    score = details.get("oos_score")
+    return {
+        "entities": entities,
+        "out_of_scope": out_of_scope if isinstance(out_of_scope, bool) else None,
+        "oos_score": float(score) if isinstance(score, int | float) else None,
     }
 
 
@@ -209,6 +271,30 @@ def render_view(view: ConversationView) -> dict[str, Any]:
         ],
         "guesses": [[str(label), float(score)] for label, score in guesses],
         "labels": {"sentiment": view.sentiment},
+        "notes": [render_note(note) for note in view.notes],
+    }
+
+
+def render_note(note: Note) -> dict[str, Any]:
+    return {
+        "id": note.id,
+        "author": note.author,
+        "text": note.text,
+        "created_at": note.created_at.isoformat(),
+    }
+
+
+def render_canned(response: CannedResponse, filled: FilledResponse | None = None) -> dict[str, Any]:
+    return {
+        "id": response.id,
+        "shortcut": response.shortcut,
+        "title": response.title,
+        "text": response.text,
+        "filled": response.text if filled is None else filled.text,
+        "missing": [] if filled is None else list(filled.missing),
+        "author": response.author,
+        "created_at": response.created_at.isoformat(),
+        "updated_at": response.updated_at.isoformat(),
     }
 
 
@@ -251,7 +337,99 @@ def render_dashboard(dashboard: Dashboard) -> dict[str, Any]:
         {"intent": f.intent, "messages": f.messages, "mean_confidence": f.mean_confidence}
         for f in dashboard.intents
     ]
-    return {"days": days, "intents": intents, "totals": totals}
+    rated = dashboard.csat
+    csat = {
+        "mean": None if rated.mean is None else round(rated.mean, 2),
+        "count": rated.count,
+        "distribution": {str(score): n for score, n in enumerate(rated.counts, start=1)},
+    }
+    return {"days": days, "intents": intents, "totals": totals, "csat": csat}
+
+
+def render_hit(hit: SearchHit) -> dict[str, Any]:
+    conversation, escalation, snippet = hit.conversation, hit.escalation, hit.snippet
+    return {
+        "conversation_id": conversation.id,
+        "channel": conversation.channel,
+        "customer": conversation.sender_name or conversation.sender,
+        "status": str(conversation.status),
+        "assignee": conversation.assignee,
+        "created_at": conversation.created_at.isoformat(),
+        "last_activity": conversation.updated_at.isoformat(),
+        "messages": hit.messages,
+        "snippet": None
+        if snippet is None
+        else {
+            "message_id": snippet.id,
+            "role": str(snippet.role),
+            "text": snippet.text,
+            "created_at": snippet.created_at.isoformat(),
+        },
+        "escalation": None
+        if escalation is None
+        else {
+            "reason": escalation.reason,
+            "status": escalation.status,
+            "outcome": escalation.outcome,
+            "created_at": escalation.created_at.isoformat(),
+        },
+    }
+
+
+def render_search(page: SearchPage) -> dict[str, Any]:
+    return {
+        "results": [render_hit(hit) for hit in page.hits],
+        "total": page.total,
+        "page": page.page,
+        "per_page": page.per_page,
+        "pages": page.pages,
+    }
+
+
+def render_history(history: CustomerHistory) -> dict[str, Any]:
+    return {
+        "episodes": [render_escalation(e) for e in history.episodes],
+        "others": [render_hit(hit) for hit in history.others],
+    }
+
+
+def parse_search(request: web.Request) -> SearchQuery:
+    """The search's query parameters (`q`, `customer`, `channel`, `status`, `from` and `to` as
+    UTC dates YYYY-MM-DD, `to` included, `page`, `per_page`) as a `SearchQuery`.
+
+    Raises:
+        BadRequestError: a date that is not YYYY-MM-DD, a number out of range, or text that
+            is not valid Unicode or holds a NUL.
+    """
+    texts = {
+        field: check_text(request.query[name], name) if name in request.query else None
+        for field, name in (
+            ("text", "q"),
+            ("customer", "customer"),
+            ("channel", "channel"),
+            ("status", "status"),
+        )
+    }
+    days: dict[str, datetime | None] = {}
+    for name in ("from", "to"):
+        raw = request.query.get(name, "").strip()
+        if not raw:
+            days[name] = None
+            continue
+        try:
+            days[name] = datetime.combine(date.fromisoformat(raw), time(), tzinfo=UTC)
+        except ValueError:
+            raise BadRequestError(
+                f"query parameter {name} must be a date like 2026-12-07; got {raw[:40]!r}"
+            ) from None
+    until = days["to"]
+    return SearchQuery(
+        **texts,
+        since=days["from"],
+        until=None if until is None else until + timedelta(days=1),
+        page=query_int(request, "page", 1, MAX_PAGE, default=1),
+        per_page=query_int(request, "per_page", 1, MAX_PER_PAGE, default=20),
+    )
 
 
 def render_closed(closed: EscalationNotice) -> dict[str, Any]:
@@ -413,17 +591,27 @@ class ConsoleConnector:
         app.router.add_get(f"{api}/queue", self._api(self.queue))
         app.router.add_get(f"{api}/intents", self._api(self.intents))
         app.router.add_get(f"{api}/dashboard", self._api(self.dashboard))
+        app.router.add_get(f"{api}/search", self._api(self.search))
         app.router.add_get(f"{api}/events", self.events)
         conversation = f"{api}/conversations/{{conversation_id}}"
         app.router.add_get(conversation, self._api(self.conversation))
+        app.router.add_get(f"{conversation}/history", self._api(self.history))
         app.router.add_post(f"{conversation}/claim", self._api(self.claim))
         app.router.add_post(f"{conversation}/release", self._api(self.release))
+        app.router.add_post(f"{conversation}/transfer", self._api(self.transfer))
+        app.router.add_get(f"{api}/colleagues", self._api(self.colleagues))
         app.router.add_post(f"{conversation}/reply", self._api(self.reply))
         app.router.add_post(f"{conversation}/handback", self._api(self.hand_back))
         app.router.add_post(f"{conversation}/resolve", self._api(self.resolve))
         app.router.add_post(f"{conversation}/labels", self._api(self.label_conversation))
         app.router.add_post(f"{api}/messages/{{message_id}}/labels", self._api(self.label_message))
         app.router.add_post(f"{api}/approved-answers", self._api(self.approve_answer))
+        app.router.add_post(f"{conversation}/notes", self._api(self.add_note))
+        app.router.add_get(f"{api}/canned-responses", self._api(self.canned_responses))
+        app.router.add_post(f"{api}/canned-responses", self._api(self.create_canned))
+        canned = f"{api}/canned-responses/{{canned_id}}"
+        app.router.add_put(canned, self._api(self.update_canned))
+        app.router.add_delete(canned, self._api(self.delete_canned))
         app.on_shutdown.append(self._close_all)
         app[CONSOLE] = self
 
@@ -538,6 +726,14 @@ class ConsoleConnector:
         view = await self.console.view(conversation_id(request))
         return web.json_response(render_view(view))
 
+    async def search(self, request: web.Request, session: AgentSession) -> web.Response:
+        page = await self.console.search(parse_search(request))
+        return web.json_response(render_search(page))
+
+    async def history(self, request: web.Request, session: AgentSession) -> web.Response:
+        history = await self.console.history(conversation_id(request))
+        return web.json_response(render_history(history))
+
     async def claim(self, request: web.Request, session: AgentSession) -> web.Response:
         cid = conversation_id(request)
         escalation = await self.console.claim(cid, session.agent)
@@ -547,6 +743,16 @@ class ConsoleConnector:
         cid = conversation_id(request)
         escalation = await self.console.release(cid, session.agent)
         return web.json_response({"escalation": render_escalation(escalation)})
+
+    async def transfer(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json_body(request)
+        to = text_field(body, "to", required=True, max_chars=MAX_NAME_CHARS)
+        assert to is not None
+        escalation = await self.console.transfer(conversation_id(request), session.agent, to)
+        return web.json_response({"escalation": render_escalation(escalation)})
+
+    async def colleagues(self, request: web.Request, session: AgentSession) -> web.Response:
+        return web.json_response({"agents": await self.console.colleagues()})
 
     async def hand_back(self, request: web.Request, session: AgentSession) -> web.Response:
         closed = await self.console.hand_back(conversation_id(request), session.agent)
@@ -601,6 +807,59 @@ class ConsoleConnector:
             intent=text_field(body, "intent", required=False, max_chars=64),
         )
         return web.json_response({"id": approved_id}, status=201)
+
+    # -- canned responses and notes ----------------------------------------------------------
+
+    async def canned_responses(self, request: web.Request, session: AgentSession) -> web.Response:
+        cid = request.query.get("conversation_id") or None
+        if cid is not None and len(check_text(cid, "conversation_id")) > MAX_CONVERSATION_ID_CHARS:
+            raise BadRequestError(f"conversation_id {cid[:40]!r}... is no conversation id")
+        filled = await self.console.canned_responses(session.agent, cid)
+        return web.json_response(
+            {"canned_responses": [render_canned(f.response, f) for f in filled]}
+        )
+
+    async def _save_canned(
+        self, request: web.Request, session: AgentSession, canned_id: int | None
+    ) -> CannedResponse:
+        body = await read_json_body(request)
+        fields = {
+            name: text_field(body, name, required=True, max_chars=limit, strip=False)
+            for name, limit in (
+                ("shortcut", 64),
+                ("title", MAX_TITLE_CHARS + 50),
+                ("text", MAX_CANNED_CHARS + 50),
+            )
+        }
+        return await self.console.save_canned(
+            session.agent,
+            fields["shortcut"] or "",
+            fields["title"] or "",
+            fields["text"] or "",
+            canned_id,
+        )
+
+    async def create_canned(self, request: web.Request, session: AgentSession) -> web.Response:
+        saved = await self._save_canned(request, session, None)
+        return web.json_response({"canned_response": render_canned(saved)}, status=201)
+
+    async def update_canned(self, request: web.Request, session: AgentSession) -> web.Response:
+        canned_id = path_id(request, "canned_id", "a canned response")
+        saved = await self._save_canned(request, session, canned_id)
+        return web.json_response({"canned_response": render_canned(saved)})
+
+    async def delete_canned(self, request: web.Request, session: AgentSession) -> web.Response:
+        await self.console.delete_canned(
+            session.agent, path_id(request, "canned_id", "a canned response")
+        )
+        return web.Response(status=204)
+
+    async def add_note(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json_body(request)
+        text = text_field(body, "text", required=True, max_chars=MAX_NOTE_CHARS + 50, strip=False)
+        assert text is not None
+        note = await self.console.add_note(conversation_id(request), session.agent, text)
+        return web.json_response({"note": render_note(note)}, status=201)
 
     async def intents(self, request: web.Request, session: AgentSession) -> web.Response:
         return web.json_response({"intents": await self.console.intents()})

@@ -41,6 +41,14 @@ def _nullable(schema: Schema) -> Schema:
     return out
 
 
+# Who has the conversation: the agent's name while `status` is `claimed`, null otherwise.
+_AGENT: Schema = {
+    "type": "string",
+    "nullable": True,
+    "description": "the agent who claimed the conversation (status claimed), else null",
+}
+
+
 def _text(max_chars: int, description: str | None = None, *, required: bool = True) -> Schema:
     """A text field as `connectors.http.text_field` parses it (no NUL, no lone surrogate)."""
     schema: Schema = {
@@ -196,11 +204,19 @@ def _schemas() -> dict[str, Schema]:
         },
         "Result": {
             "type": "object",
-            "required": ["conversation_id", "message_id", "status", "duplicate", "replies"],
+            "required": [
+                "conversation_id",
+                "message_id",
+                "status",
+                "agent",
+                "duplicate",
+                "replies",
+            ],
             "properties": {
                 "conversation_id": {"type": "string"},
                 "message_id": _id("the stored customer message"),
                 "status": {"type": "string", "enum": statuses},
+                "agent": _AGENT,
                 "duplicate": {
                     "type": "boolean",
                     "description": "true: client_id was seen before; replies are the ones "
@@ -223,6 +239,9 @@ def _schemas() -> dict[str, Schema]:
                 "route",
                 "model_versions",
                 "latency_ms",
+                "entities",
+                "out_of_scope",
+                "oos_score",
             ],
             "properties": {
                 "id": _id("the message"),
@@ -236,15 +255,47 @@ def _schemas() -> dict[str, Schema]:
                 "route": _nullable({"type": "string", "enum": routes}),
                 "model_versions": {"type": "object", "additionalProperties": {"type": "string"}},
                 "latency_ms": _nullable(number),
+                "entities": {
+                    "type": "array",
+                    "description": "details found in a customer message (empty for others)",
+                    "items": _ref("Entity"),
+                },
+                "out_of_scope": {
+                    "type": "boolean",
+                    "description": "a customer message about none of the intents (false for "
+                    "other roles)",
+                },
+                "oos_score": _nullable(
+                    {
+                        "type": "number",
+                        "description": "the out-of-scope detector's score; null without one",
+                    }
+                ),
+            },
+        },
+        "Entity": {
+            "type": "object",
+            "required": ["type", "value", "text", "start", "end"],
+            "properties": {
+                "type": {
+                    "type": "string",
+                    "description": "email, phone, url, money, date, time, card, iban or a "
+                    "configured entity (routing `entities:`), e.g. order_id",
+                },
+                "value": {"type": "string", "description": "canonical, e.g. BC-204719"},
+                "text": {"type": "string", "description": "as written in the message"},
+                "start": {"type": "integer", "minimum": 0},
+                "end": {"type": "integer", "minimum": 0},
             },
         },
         "Transcript": {
             "type": "object",
-            "required": ["conversation_id", "channel", "status", "messages"],
+            "required": ["conversation_id", "channel", "status", "agent", "messages"],
             "properties": {
                 "conversation_id": {"type": "string"},
                 "channel": {"type": "string"},
                 "status": {"type": "string", "enum": statuses},
+                "agent": _AGENT,
                 "messages": {
                     "type": "array",
                     "description": "oldest first",
@@ -280,9 +331,24 @@ def _schemas() -> dict[str, Schema]:
                 "negativity",
                 "sentiment_scores",
                 "model_versions",
+                "out_of_scope",
+                "oos_score",
             ],
             "properties": {
-                "intent": _nullable({"type": "string", "description": "null: abstained"}),
+                "intent": _nullable(
+                    {"type": "string", "description": "null: abstained or out of scope"}
+                ),
+                "out_of_scope": {
+                    "type": "boolean",
+                    "description": "about none of the intents the model knows",
+                },
+                "oos_score": _nullable(
+                    {
+                        "type": "number",
+                        "description": "the out-of-scope detector's score (higher: further "
+                        "from anything trained); null without a detector",
+                    }
+                ),
                 "intent_confidence": {"type": "number"},
                 "top_intents": {
                     "type": "array",

@@ -26,7 +26,16 @@ from aiohttp import hdrs, web
 
 from bot.core.errors import BadRequestError, ForbiddenError, NotFoundError, UnauthorizedError
 from bot.core.ports import ApiKeyStore
-from bot.core.records import Answer, Feedback, Message, Reply, StoredMessage, Understanding
+from bot.core.records import (
+    Answer,
+    ConversationStatus,
+    Feedback,
+    Message,
+    Reply,
+    Role,
+    StoredMessage,
+    Understanding,
+)
 from bot.core.service import ConversationService, HandleResult
 from connectors.http import id_value, read_json, text_field
 
@@ -242,6 +251,7 @@ def render_result(result: HandleResult) -> dict[str, Any]:
         "conversation_id": result.conversation_id,
         "message_id": result.message_id,
         "status": str(result.status),
+        "agent": result.assignee,
         "duplicate": result.duplicate,
         "replies": [render_reply(r) for r in result.replies],
     }
@@ -266,6 +276,8 @@ def render_understanding(understanding: Understanding) -> dict[str, Any]:
         "negativity": understanding.negativity,
         "sentiment_scores": {s.label: s.score for s in understanding.sentiment_scores},
         "model_versions": understanding.model_versions,
+        "out_of_scope": understanding.out_of_scope,
+        "oos_score": understanding.oos_score,
     }
 
 
@@ -282,7 +294,31 @@ def render_stored(message: StoredMessage) -> dict[str, Any]:
         "route": message.route,
         "model_versions": message.model_versions,
         "latency_ms": message.latency_ms,
+        "entities": render_entities(message),
+        "out_of_scope": message.details.get("out_of_scope") is True,
+        "oos_score": _number_or_none(message.details.get("oos_score")),
     }
+
+
+def _number_or_none(value: Any) -> float | None:
+    """A stored number as JSON gives it back (bool and anything else: None)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def render_entities(message: StoredMessage) -> list[dict[str, Any]]:
+    """The details the bot found in a customer message (`{type, value, text, start, end}`,
+    see bot/core/entities.py); malformed stored entries are left out, other roles have none."""
+    if message.role != Role.CUSTOMER:
+        return []
+    entities = []
+    for raw in message.details.get("entities") or ():
+        if (
+            isinstance(raw, dict)
+            and all(isinstance(raw.get(k), str) for k in ("type", "value", "text"))
+            and all(type(raw.get(k)) is int for k in ("start", "end"))
+        ):
+            entities.append({k: raw[k] for k in ("type", "value", "text", "start", "end")})
+    return entities
 
 
 class RestConnector:
@@ -388,6 +424,10 @@ class RestConnector:
                 "conversation_id": conversation.id,
                 "channel": conversation.channel,
                 "status": str(conversation.status),
+                # Who has it, so a client can say "Ana joined", not "connected" while waiting.
+                "agent": conversation.assignee
+                if conversation.status == ConversationStatus.CLAIMED
+                else None,
                 "messages": [render_stored(m) for m in messages],
             }
         )

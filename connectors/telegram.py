@@ -602,8 +602,14 @@ class TelegramConnector:
 
     async def _answer(self, message: Message) -> None:
         chat_id = int(message.sender)
-        async with self._typing(chat_id):
+        if await self.service.handed_off(CHANNEL, message.sender):
+            # The bot will not answer (a person has or will have the chat): "typing…" would
+            # promise a reply that does not come. The customer gets "it's in the queue" or
+            # nothing (an agent is there), see ConversationService.
             result = await self.service.handle(message)
+        else:
+            async with self._typing(chat_id):
+                result = await self.service.handle(message)
         await self._send_result(chat_id, result)
 
     async def _send_result(self, chat_id: int, result: HandleResult) -> None:

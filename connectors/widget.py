@@ -4,8 +4,9 @@ A host page embeds the widget with one tag::
 
     <script src="https://bot.example/widget.js" data-title="Brightcart support" defer></script>
 
-Routes: `GET /` (a demo shop page embedding the widget), `GET /widget.js`, `GET /widget.css`
-and `GET /ws` (the WebSocket).
+Routes: `GET /` (a demo shop page embedding the widget), `GET /widget.js`, `GET /widget.css`,
+`GET /ws` (the WebSocket) and the site's icon, `GET /favicon.svg` and `GET /favicon.ico` (the
+same SVG: browsers ask for /favicon.ico on every page without an icon link, the console's too).
 
 WebSocket protocol. Every frame is one JSON object in a text frame with a `type`.
 
@@ -29,8 +30,10 @@ Server -> browser:
 - `{"type": "ack", "client_id", "message_id", "duplicate"}`: the customer message is stored.
 - `{"type": "reply", "message_id", "role", "text", "route", "rateable", "quick_replies"}`: a
   bot, agent or system message. Agent replies are pushed to every open tab of the session.
-- `{"type": "status", "status"}`: `bot`, `waiting` (handed off, waiting for an agent) or
-  `claimed` (an agent has the conversation); sent after each handled message and agent reply.
+- `{"type": "status", "status", "agent"}`: `bot`, `waiting` (handed off, waiting for an
+  agent: nobody has claimed it yet) or `claimed` (an agent has the conversation; `agent` is
+  their name, null otherwise); sent after each handled message, claim and agent reply. The
+  history frame carries `agent` too.
 - `{"type": "feedback_ok", "message_id"}`: a rating was stored.
 - `{"type": "error", "error", "client_id"?, "retry"?}`: a frame was refused (bad JSON, unknown
   type, text too long, invalid Unicode, nested too deeply, larger than the frame limit,
@@ -221,7 +224,9 @@ def render_reply(reply: Reply) -> dict[str, Any]:
     }
 
 
-def render_history(messages: list[StoredMessage], status: ConversationStatus) -> dict[str, Any]:
+def render_history(
+    messages: list[StoredMessage], status: ConversationStatus, agent: str | None = None
+) -> dict[str, Any]:
     rendered = []
     for message in messages:
         if message.role == Role.CUSTOMER:
@@ -238,11 +243,13 @@ def render_history(messages: list[StoredMessage], status: ConversationStatus) ->
             del item["type"]
         item["client_id"] = message.client_id
         rendered.append(item)
-    return {"type": "history", "status": str(status), "messages": rendered}
+    return {**render_status(status, agent), "type": "history", "messages": rendered}
 
 
-def render_status(status: ConversationStatus) -> dict[str, Any]:
-    return {"type": "status", "status": str(status)}
+def render_status(status: ConversationStatus, agent: str | None = None) -> dict[str, Any]:
+    """Who is in charge: the banner shows "waiting for an agent" or "<agent> joined"."""
+    claimed = status == ConversationStatus.CLAIMED
+    return {"type": "status", "status": str(status), "agent": agent if claimed else None}
 
 
 def render_error(error: str, client_id: str | None = None, retry: bool = False) -> dict[str, Any]:
@@ -335,6 +342,7 @@ class WidgetConnector:
         )
         self._stylesheet = read_static("widget.css")
         self._demo = read_static("demo.html")
+        self._favicon = read_static("favicon.svg")
         dispatcher.register(CHANNEL, self, local_only=True)
 
     def add_routes(self, app: web.Application) -> None:
@@ -342,6 +350,8 @@ class WidgetConnector:
         app.router.add_get("/widget.js", self.script)
         app.router.add_get("/widget.css", self.stylesheet)
         app.router.add_get("/ws", self.websocket)
+        app.router.add_get("/favicon.svg", self.favicon)
+        app.router.add_get("/favicon.ico", self.favicon)
         app.on_shutdown.append(self._close_all)
         app[WIDGET] = self
 
@@ -362,6 +372,14 @@ class WidgetConnector:
             content_type="text/javascript",
             charset="utf-8",
             headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(
+            text=self._favicon,
+            content_type="image/svg+xml",
+            charset="utf-8",
+            headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"},
         )
 
     async def stylesheet(self, request: web.Request) -> web.Response:
@@ -492,7 +510,7 @@ class WidgetConnector:
         )
         for reply in result.replies:
             await ws.send_json(render_reply(reply))
-        await ws.send_json(render_status(result.status))
+        await ws.send_json(render_status(result.status, result.assignee))
         await self._refresh_other_tabs(session, ws)
 
     async def _record_feedback(
@@ -509,7 +527,7 @@ class WidgetConnector:
         conversation, messages = await self.service.history(CHANNEL, session, HISTORY_LIMIT)
         if conversation is None:  # a visitor who has not written yet
             return render_history([], ConversationStatus.BOT)
-        return render_history(messages, conversation.status)
+        return render_history(messages, conversation.status, conversation.assignee)
 
     async def _refresh_other_tabs(self, session: str, sender: web.WebSocketResponse) -> None:
         others = [ws for ws in self._sockets.get(session, ()) if ws is not sender]
@@ -534,7 +552,7 @@ class WidgetConnector:
         for ws in list(self._sockets.get(conversation.sender, ())):
             try:
                 await ws.send_json(render_reply(reply))
-                await ws.send_json(render_status(conversation.status))
+                await ws.send_json(render_status(conversation.status, conversation.assignee))
             except ConnectionResetError:
                 self._forget(conversation.sender, ws)
 

@@ -27,5 +27,6 @@ def test_conversations_and_answer_pairs() -> None:
     assert len(conversations) >= 200
     assert all(any(m["role"] == "agent" for m in c["messages"]) for c in conversations)
     pairs = build_answer_pairs([DATA / "conversations.jsonl", DATA / "faq.csv"])
-    assert len(pairs) >= 200
+    # Curation keeps answers with another customer's details or an agent's actions out.
+    assert len(pairs) >= 120
     assert {p.kind for p in pairs} == {"conversation", "faq"}

@@ -9,6 +9,7 @@ from typing import Any
 
 from bot.core.errors import ConfigurationError
 from bot.nlu.artifacts import DEFAULT_BACKBONE
+from bot.nlu.oos import COMPONENTS as OOS_COMPONENTS
 
 CLASS_WEIGHTING = ("auto", "balanced", "none")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -52,6 +53,17 @@ class TrainingArguments:
         mixed_precision: `auto` uses bf16/fp16 autocast on a GPU and full precision on CPU.
         abstain_precision: the stored abstain threshold is the lowest calibrated confidence
             at which validation predictions above it are at least this precise.
+        oos_method: how an intent model tells out-of-scope messages (about none of its
+            intents) apart: `knn+energy` (the default, see training/ood.py and the README's
+            out-of-scope table), another name in `bot.nlu.oos.COMPONENTS` or two joined by
+            `+`, or `none` for no detector (the model then only abstains below its
+            confidence threshold).
+        oos_keep_recall: the detector's operating point: the share of correctly answered
+            in-scope validation messages it keeps (0.98 costs at most about 2 points of
+            in-scope accuracy; lower declines more out-of-scope messages and more in-scope).
+        oos_label: the label that marks out-of-scope training examples (default: the first
+            of `out_of_scope` and `nlu_fallback` the data has). Its examples are trained on
+            as a label, kept out of the detector's neighbours and used for its threshold.
     """
 
     model: str = DEFAULT_BACKBONE
@@ -80,6 +92,9 @@ class TrainingArguments:
     lora_dropout: float = 0.1
     mixed_precision: str = "auto"
     abstain_precision: float = 0.9
+    oos_method: str = "knn+energy"
+    oos_keep_recall: float = 0.98
+    oos_label: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +145,21 @@ class TrainingArguments:
             f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}",
         )
         need(0 < self.abstain_precision <= 1, "abstain_precision must be in (0, 1]")
+        parts = self.oos_method.split("+")
+        need(
+            self.oos_method == "none"
+            or (1 <= len(parts) <= 2 and all(part in OOS_COMPONENTS for part in parts)),
+            f"oos_method must be none, one of {', '.join(OOS_COMPONENTS)} or two of them "
+            f"joined by '+', got {self.oos_method!r}",
+        )
+        need(
+            0.5 <= self.oos_keep_recall < 1,
+            f"oos_keep_recall must be in [0.5, 1), got {self.oos_keep_recall}",
+        )
+        need(
+            self.oos_label is None or bool(self.oos_label.strip()),
+            "oos_label must be a label name (or unset)",
+        )
         if problems:
             raise ConfigurationError("invalid training arguments: " + "; ".join(problems))
 

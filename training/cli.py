@@ -4,17 +4,102 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bot.core.datafiles import add_limit_flags, limits_from_flags, path_argument
-from bot.core.errors import SupportbotError
+from bot.core.errors import ConfigurationError, SupportbotError
+from bot.settings import load_settings
 from training.arguments import TrainingArguments
-from training.data import TASKS, Columns, load_examples
+from training.data import (
+    CONFLICT_POLICIES,
+    TASKS,
+    Columns,
+    DataValidationError,
+    EvaluationDataError,
+    LoadReport,
+    load_examples,
+)
 from training.registry import FileModelRegistry
 
 DEFAULT_MODELS_DIR = Path("models")
+MODELS_ENV = "SUPPORTBOT_MODELS__DIR"
+CONFIG_HELP = (
+    "YAML settings file, as for `serve`; its models.dir (or SUPPORTBOT_MODELS__DIR) is the "
+    "models directory unless --models is given"
+)
+MODELS_HELP = (
+    "models directory (default: models.dir from --config or SUPPORTBOT_MODELS__DIR, else ./models)"
+)
+
+
+class DeprecatedAlias(argparse.Action):
+    """A flag kept for old scripts (hidden from help): stores like the new one, says so once."""
+
+    def __init__(self, *args: Any, replacement: str, **kwargs: Any) -> None:
+        self.replacement = replacement
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            f"supportbot: {option_string} is deprecated; use {self.replacement} (same meaning)",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, nested: bool = False) -> None:
+    """`--config FILE` and `--models DIR` (with the old `--out` as a hidden alias).
+
+    Args:
+        nested: the flags repeat a parent command's (`models --models D list` and
+            `models list --models D` both work); the child's default must not overwrite
+            what the parent parsed.
+    """
+    unset: Any = argparse.SUPPRESS if nested else None
+    parser.add_argument("--config", type=Path, metavar="FILE", default=unset, help=CONFIG_HELP)
+    parser.add_argument(
+        "--models", type=path_argument, metavar="DIR", default=unset, help=MODELS_HELP
+    )
+    parser.add_argument(
+        "--out",
+        dest="models",
+        type=path_argument,
+        default=argparse.SUPPRESS,
+        action=DeprecatedAlias,
+        replacement="--models",
+        help=argparse.SUPPRESS,
+    )
+
+
+def models_dir(ns: argparse.Namespace) -> tuple[Path, str]:
+    """The models directory the command works on, and where that choice came from.
+
+    The same settings as `serve` (`--config`, then SUPPORTBOT_* variables), so an operator
+    promotes in the directory the bot serves, from any working directory.
+    """
+    overrides: dict[str, Any] = {}
+    if ns.models is not None:
+        overrides["models"] = {"dir": ns.models}
+    settings = load_settings(ns.config, **overrides)
+    if ns.models is not None:
+        origin = "--models"
+    elif os.environ.get(MODELS_ENV):
+        origin = MODELS_ENV
+    elif ns.config is not None and "dir" in settings.models.model_fields_set:
+        origin = f"models.dir in {ns.config}"
+    else:
+        origin = "the default; set --models, --config or " + MODELS_ENV
+    return settings.models.dir, origin
 
 
 def _add_columns(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +121,7 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         description="Fine-tune a classifier from support logs. The last line printed is the "
         "new version's directory.",
     )
-    train.add_argument("task", choices=TASKS)
+    train.add_argument("task", choices=TASKS, help="which classifier: intent or sentiment")
     train.add_argument(
         "--data",
         type=Path,
@@ -46,20 +131,41 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument("--test", type=Path, nargs="+", default=[], help="a separate test set")
     train.add_argument("--model", default="bundled", help="backbone: bundled, HF name or path")
+    add_settings_flags(train)
     train.add_argument(
-        "--out", type=path_argument, default=DEFAULT_MODELS_DIR, help="models directory"
+        "--epochs",
+        type=int,
+        help="most epochs to run; early stopping may end sooner (default: enough for ~800 "
+        "optimizer steps, 2 to 30)",
+    )
+    train.add_argument("--batch-size", type=int, default=32, help="examples per batch (32)")
+    train.add_argument(
+        "--gradient-accumulation-steps",
+        type=int,
+        default=1,
+        help="batches summed per optimizer step (1): a larger effective batch in less memory",
     )
     train.add_argument(
-        "--epochs", type=int, help="default: enough for ~800 optimizer steps (2 to 30)"
+        "--learning-rate", type=float, default=1e-4, help="encoder learning rate (1e-4)"
     )
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    train.add_argument("--learning-rate", type=float, default=1e-4)
-    train.add_argument("--max-length", type=int, default=64)
-    train.add_argument("--seed", type=int, default=42)
+    train.add_argument(
+        "--max-length", type=int, default=64, help="tokens kept per text; longer ones are cut (64)"
+    )
+    train.add_argument("--seed", type=int, default=42, help="random seed, for repeatable runs")
     train.add_argument("--min-examples", type=int, default=5, help="fewest examples per label")
-    train.add_argument("--class-weighting", choices=("auto", "balanced", "none"), default="auto")
-    train.add_argument("--patience", type=int, default=2, help="early-stopping patience (epochs)")
+    train.add_argument(
+        "--class-weighting",
+        choices=("auto", "balanced", "none"),
+        default="auto",
+        help="weigh rare labels up in the loss: auto (when labels are imbalanced), balanced "
+        "or none",
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=2,
+        help="stop early after this many epochs without a validation macro-F1 gain (2)",
+    )
     train.add_argument(
         "--tuned-layers",
         type=tuned_layers,
@@ -75,6 +181,24 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help="abstain below the confidence where validation precision reaches this",
     )
     train.add_argument(
+        "--oos-method",
+        default=TrainingArguments.oos_method,
+        help="intent models: how out-of-scope messages are told apart: knn+energy (default), "
+        "msp, energy, mahalanobis, knn, two joined by '+', or none (README: Out of scope)",
+    )
+    train.add_argument(
+        "--oos-keep-recall",
+        type=float,
+        default=TrainingArguments.oos_keep_recall,
+        help="share of correctly answered in-scope validation messages the out-of-scope "
+        "threshold keeps (default 0.98: at most ~2 points of accuracy; lower declines more)",
+    )
+    train.add_argument(
+        "--oos-label",
+        help="the label of out-of-scope training examples (default: out_of_scope or "
+        "nlu_fallback when the data has one)",
+    )
+    train.add_argument(
         "--promote",
         choices=("auto", "yes", "no"),
         default="auto",
@@ -82,6 +206,7 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_columns(train)
+    _add_on_conflict(train)
     add_limit_flags(train)
     train.set_defaults(handler=run_train)
 
@@ -89,35 +214,50 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         "evaluate", help="print the report of a model on any labelled set"
     )
     evaluate.add_argument("model", help="version directory, task (its live version) or task/vN")
-    evaluate.add_argument("--data", type=Path, nargs="+", required=True)
     evaluate.add_argument(
-        "--out", type=path_argument, default=DEFAULT_MODELS_DIR, help="models directory"
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="labelled texts to evaluate on, in any training format, or directories",
     )
+    add_settings_flags(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--confusion-png", type=Path, help="also save a confusion matrix here")
+    evaluate.add_argument(
+        "--oos-data",
+        type=Path,
+        nargs="+",
+        help="intent models: out-of-scope texts (.txt one per line, or CSV/JSONL with a text "
+        "column; labels ignored): also report out-of-scope recall and precision, accuracy "
+        "with and without declines, AUROC and FPR at 95%% in-scope recall",
+    )
     _add_columns(evaluate)
+    _add_on_conflict(evaluate)
     add_limit_flags(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
-    models = commands.add_parser("models", help="list, show, promote and roll back versions")
-    models.add_argument(
-        "--out", type=path_argument, default=DEFAULT_MODELS_DIR, help="models directory"
+    models = commands.add_parser(
+        "models",
+        help="list, show, promote and roll back versions",
+        description="The model versions in the models directory the bot serves: --models, "
+        "else models.dir from --config or SUPPORTBOT_MODELS__DIR (as for serve), else ./models.",
     )
-    actions = models.add_subparsers(dest="action", required=True)
+    add_settings_flags(models)
+    actions = models.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="versions per task, marking the live one")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print one JSON object")
     show = actions.add_parser("show", help="the report of a version")
     show.add_argument("model", help="version directory, task or task/vN")
     promote = actions.add_parser("promote", help="make a version live")
-    promote.add_argument("task", choices=TASKS)
-    promote.add_argument("version")
+    promote.add_argument("task", choices=TASKS, help="intent or sentiment")
+    promote.add_argument("version", help="the version to make live, e.g. v3")
     rollback = actions.add_parser("rollback", help="make the previous live version live again")
-    rollback.add_argument("task", choices=TASKS)
-    # `--out` is accepted after the action too (`models list --out DIR`), where users type it.
+    rollback.add_argument("task", choices=TASKS, help="intent or sentiment")
+    # The flags are accepted after the action too (`models list --models DIR`), where users
+    # type them.
     for action in (listing, show, promote, rollback):
-        action.add_argument(
-            "--out", type=path_argument, default=argparse.SUPPRESS, help="models directory"
-        )
+        add_settings_flags(action, nested=True)
     models.set_defaults(handler=run_models)
 
     retrain = commands.add_parser(
@@ -130,8 +270,8 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         "(section retrain), like `serve`. Exit status: 0 all candidates live, 1 a candidate "
         "was kept back by the gate, 2 nothing done (no labels, another retrain running).",
     )
-    retrain.add_argument("--config", type=Path, help="YAML settings file (as for serve)")
-    retrain.add_argument("--models", type=Path, help="models directory (default: models.dir)")
+    retrain.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+    retrain.add_argument("--models", type=path_argument, metavar="DIR", help=MODELS_HELP)
     add_limit_flags(retrain)
     retrain.add_argument(
         "--dry-run", action="store_true", help="print the training set and the plan; write nothing"
@@ -149,10 +289,21 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     retrain.add_argument(
         "--learning-rate", type=float, help="encoder learning rate (default: retrain setting)"
     )
-    retrain.add_argument("--seed", type=int, default=42)
+    retrain.add_argument("--seed", type=int, default=42, help="random seed (42)")
     retrain.add_argument("--no-progress", action="store_true", help="no progress bar")
     retrain.add_argument("--json", action="store_true", help="print one JSON object")
     retrain.set_defaults(handler=run_retrain)
+
+
+def _add_on_conflict(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--on-conflict",
+        choices=CONFLICT_POLICIES,
+        default="error",
+        help="a text that carries two different labels: error (stop and list them, the "
+        "default), majority (keep its most frequent label; a tie drops it) or drop (leave "
+        "out every copy); the load report counts what was resolved",
+    )
 
 
 def tuned_layers(value: str) -> int | str:
@@ -194,18 +345,23 @@ def run_train(ns: argparse.Namespace) -> int:
         tuned_layers=layers_to_tune(ns.tuned_layers, ns.lora),
         lora=ns.lora,
         abstain_precision=ns.abstain_precision,
+        oos_method=ns.oos_method,
+        oos_keep_recall=ns.oos_keep_recall,
+        oos_label=ns.oos_label,
     )
     promote = {"auto": None, "yes": True, "no": False}[ns.promote]
+    out, _ = models_dir(ns)
     run = train_task(
         ns.task,
         ns.data,
-        ns.out,
+        out,
         args,
         test=ns.test,
         columns=Columns(ns.text_column, ns.label_column),
         progress=not ns.no_progress,
         promote=promote,
         limits=limits_from_flags(ns),
+        on_conflict=ns.on_conflict,
     )
     for line in run.load_report.lines():
         print(line)
@@ -222,30 +378,103 @@ def run_evaluate(ns: argparse.Namespace) -> int:
     from training.evaluation import plot_confusion, render_report
     from training.pipeline import evaluate_model
 
-    path = FileModelRegistry(ns.out).resolve(ns.model)
+    path = FileModelRegistry(models_dir(ns)[0]).resolve(ns.model)
     classifier = TransformerClassifier(path)
-    examples = load_examples(
-        ns.data,
-        classifier.meta.task,
-        Columns(ns.text_column, ns.label_column),
-        min_examples=0,
-        limits=limits_from_flags(ns),
-    )
+    report = LoadReport()
+    try:
+        examples = load_examples(
+            ns.data,
+            classifier.meta.task,
+            Columns(ns.text_column, ns.label_column),
+            min_examples=0,
+            report=report,
+            limits=limits_from_flags(ns),
+            on_conflict=ns.on_conflict,
+        )
+    except DataValidationError as exc:
+        raise EvaluationDataError(exc.problems) from None
+    if not ns.json:
+        for line in report.lines():
+            print(line)
     metrics = evaluate_model(classifier, examples)
     metrics["model"] = str(path)
     metrics["data"] = [str(p) for p in ns.data]
+    if ns.oos_data:
+        metrics["out_of_scope"] = evaluate_out_of_scope(
+            classifier, path, examples, ns.oos_data, ns, limits_from_flags(ns)
+        )
+        metrics["oos_data"] = [str(p) for p in ns.oos_data]
     if ns.confusion_png:
-        plot_confusion(metrics["confusion_matrix"], classifier.labels, ns.confusion_png)
+        plot_confusion(
+            metrics["confusion_matrix"],
+            classifier.labels,
+            ns.confusion_png,
+            subject=f"{classifier.meta.task} {path.name}",
+        )
     if ns.json:
         json.dump(metrics, sys.stdout)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_report(metrics, f"{path} on {', '.join(metrics['data'])}"))
+        if "out_of_scope" in metrics:
+            from training.ood import render_oos
+
+            sys.stdout.write(render_oos(metrics["out_of_scope"]))
     return 0
 
 
+def evaluate_out_of_scope(
+    classifier: Any,
+    path: Path,
+    examples: Any,
+    oos_paths: list[Path],
+    ns: argparse.Namespace,
+    limits: Any,
+) -> dict[str, Any]:
+    """`evaluate --oos-data`: the model's detector on the in-scope examples and the texts,
+    computed as `supportbot serve` computes them (tuned top layers int8)."""
+    import numpy as np
+
+    from bot.nlu.oos import OosDetector
+    from training.data import load_texts
+    from training.ood import evaluate_detector, pooled_outputs, served_copy
+
+    detector = OosDetector.load_if_present(path)
+    if detector is None:
+        raise ConfigurationError(
+            f"{path} has no out-of-scope detector (a sentiment model, or an intent model "
+            "trained by an older supportbot or with --oos-method none); train the intent "
+            "model again to get one"
+        )
+    texts = load_texts(oos_paths, Columns(ns.text_column, None), limits)
+    args_file = path / "training_args.json"
+    tuned = (
+        TrainingArguments.from_dict(json.loads(args_file.read_text())).tuned_layers
+        if args_file.is_file()
+        else None
+    )
+    served = served_copy(classifier.model, tuned)
+    max_length = classifier.meta.max_length
+    index = {label: i for i, label in enumerate(classifier.labels)}
+    # Examples labelled with the model's out-of-scope label join the out-of-scope side.
+    oos_label = classifier.labels[detector.oos_column] if detector.oos_column is not None else None
+    in_scope = [e for e in examples if e.label != oos_label]
+    texts += [e.text for e in examples if e.label == oos_label]
+    x, logits = pooled_outputs(served, classifier.tokenizer, [e.text for e in in_scope], max_length)
+    truth = np.array([index.get(e.label, -1) for e in in_scope], dtype=int)
+    oos = pooled_outputs(served, classifier.tokenizer, texts, max_length)
+    return evaluate_detector(detector, (x, logits, truth), oos)
+
+
 def run_models(ns: argparse.Namespace) -> int:
-    registry = FileModelRegistry(ns.out)
+    root, origin = models_dir(ns)
+    ns.models_dir = root  # for the composition root's reload notice after promote/rollback
+    if not root.is_dir():
+        raise ConfigurationError(
+            f"models directory {root.absolute()} ({origin}) does not exist; point --models or "
+            "--config at the directory the bot serves (models.dir), or train a model first"
+        )
+    registry = FileModelRegistry(root)
     if ns.action == "list":
         listing = {
             task: [v.summary() for v in registry.versions(task)] for task in registry.tasks()
@@ -254,7 +483,7 @@ def run_models(ns: argparse.Namespace) -> int:
             print(
                 json.dumps(
                     {
-                        "models_dir": str(ns.out),
+                        "models_dir": str(root),
                         "tasks": {
                             task: {"live": registry.live(task), "versions": versions}
                             for task, versions in listing.items()
@@ -264,7 +493,12 @@ def run_models(ns: argparse.Namespace) -> int:
             )
             return 0
         if not listing:
-            print(f"no models in {ns.out}; train one with `supportbot train intent --data data/`")
+            print(
+                f"no models in {root.absolute()} ({origin}); train one with "
+                "`supportbot train intent --data data/`"
+            )
+            return 0
+        print(f"models in {root.absolute()} ({origin}):")
         for task, versions in listing.items():
             print(f"{task}:")
             for v in versions:

@@ -18,7 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -37,6 +37,9 @@ from bot.core.datafiles import (
 from bot.core.errors import SupportbotError
 
 TASKS = ("intent", "sentiment")
+ConflictPolicy = Literal["error", "majority", "drop"]
+#: What to do with a text that carries two different labels (`--on-conflict`).
+CONFLICT_POLICIES: tuple[ConflictPolicy, ...] = ("error", "majority", "drop")
 CONVERSATION_SUFFIXES = {".jsonl", ".json", ".ndjson"}
 FLAT_SUFFIXES = {".csv", ".tsv"}
 RASA_SUFFIXES = {".yml", ".yaml"}
@@ -62,6 +65,12 @@ class DataValidationError(DataProblemsError):
     WHAT = "the training data; nothing was trained"
 
 
+class EvaluationDataError(DataProblemsError):
+    """The evaluation data has problems; nothing was evaluated."""
+
+    WHAT = "the evaluation data; nothing was evaluated"
+
+
 @dataclass(frozen=True, slots=True)
 class Columns:
     """Which fields of a flat file hold the text and the label (None: pick by convention)."""
@@ -78,6 +87,10 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     duplicates_merged: int = 0
     removed_overlapping_test: int = 0
+    #: texts with two labels kept under their most frequent one (`--on-conflict majority`).
+    conflicts_majority: int = 0
+    #: texts with two labels left out (`--on-conflict drop`, or a tie under `majority`).
+    conflicts_dropped: int = 0
 
     def lines(self) -> list[str]:
         out = [f"read {len(self.files)} file(s): {', '.join(self.files)}"]
@@ -85,6 +98,16 @@ class LoadReport:
         if self.duplicates_merged:
             out.append(
                 f"merged {self.duplicates_merged} exact duplicate text(s) with the same label"
+            )
+        if self.conflicts_majority:
+            out.append(
+                f"kept {self.conflicts_majority} text(s) with conflicting labels under their "
+                "most frequent label (--on-conflict majority)"
+            )
+        if self.conflicts_dropped:
+            out.append(
+                f"dropped {self.conflicts_dropped} text(s) with conflicting labels "
+                "(--on-conflict drop, or a tie under majority)"
             )
         if self.removed_overlapping_test:
             out.append(
@@ -398,6 +421,7 @@ def load_examples(
     min_examples: int = 5,
     report: LoadReport | None = None,
     limits: InputLimits = DEFAULT_LIMITS,
+    on_conflict: ConflictPolicy = "error",
 ) -> list[Example]:
     """Load, validate and de-duplicate the labelled examples for one task.
 
@@ -410,6 +434,9 @@ def load_examples(
         report: filled with what was read, skipped and merged.
         limits: the longest text and line and the largest file read (`InputLimits`);
             anything beyond is a problem, read no further than needed to say so.
+        on_conflict: a text carrying two different labels is a problem (`error`), keeps its
+            most frequent label (`majority`; a tie drops it) or is left out (`drop`). Real
+            logs are noisy: a few such texts should not block a public set.
 
     Returns:
         Examples in file order, exact duplicates (same text, same label) merged.
@@ -441,7 +468,7 @@ def load_examples(
                 f'"{task}" or name the label column with --label-column',
             )
         )
-    unique = _merge_duplicates(examples, problems, report)
+    unique = _merge_duplicates(examples, problems, report, on_conflict)
     if min_examples > 0:
         counts = Counter(e.label for e in unique)
         first: dict[str, Example] = {}
@@ -466,8 +493,16 @@ def load_examples(
 
 
 def _merge_duplicates(
-    examples: list[Example], problems: list[Problem], report: LoadReport
+    examples: list[Example],
+    problems: list[Problem],
+    report: LoadReport,
+    on_conflict: ConflictPolicy = "error",
 ) -> list[Example]:
+    if on_conflict not in CONFLICT_POLICIES:
+        raise SupportbotError(
+            f"unknown conflict policy {on_conflict!r}; expected one of "
+            + ", ".join(CONFLICT_POLICIES)
+        )
     by_key: dict[str, list[Example]] = defaultdict(list)
     for e in examples:
         by_key[normalize(e.text)].append(e)
@@ -475,6 +510,14 @@ def _merge_duplicates(
     for group in by_key.values():
         labels = sorted({e.label for e in group})
         if len(labels) > 1:
+            kept = _resolve_conflict(group, on_conflict)
+            if kept is not None:
+                report.conflicts_majority += 1
+                unique.append(kept)
+                continue
+            if on_conflict != "error":
+                report.conflicts_dropped += 1
+                continue
             places = "; ".join(f"{e.source} line {e.line} says {e.label!r}" for e in group)
             first = group[0]
             problems.append(
@@ -482,7 +525,9 @@ def _merge_duplicates(
                     first.source,
                     first.line,
                     "text",
-                    f"{first.text!r} has conflicting labels ({places}); keep one label",
+                    f"{first.text!r} has conflicting labels ({places}); keep one label, or "
+                    "pass --on-conflict majority (keep the most frequent) or --on-conflict "
+                    "drop (leave it out)",
                 )
             )
             continue
@@ -492,9 +537,96 @@ def _merge_duplicates(
     return unique
 
 
+def _resolve_conflict(group: list[Example], on_conflict: ConflictPolicy) -> Example | None:
+    """The copy to keep of a text with several labels under `majority`, else None (drop or
+    report): the first copy carrying the strictly most frequent label."""
+    if on_conflict != "majority":
+        return None
+    ranked = Counter(e.label for e in group).most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return None  # a tie: no label is more believable than another
+    return next(e for e in group if e.label == ranked[0][0])
+
+
 def drop_overlap(train: list[Example], test: list[Example], report: LoadReport) -> list[Example]:
     """Remove training examples whose text also appears in the test set (no leakage)."""
     test_keys = {normalize(e.text) for e in test}
     kept = [e for e in train if normalize(e.text) not in test_keys]
     report.removed_overlapping_test += len(train) - len(kept)
     return kept
+
+
+TEXT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
+
+
+def load_texts(
+    paths: Sequence[Path], columns: Columns = Columns(), limits: InputLimits = DEFAULT_LIMITS
+) -> list[str]:
+    """Unlabelled texts (e.g. out-of-scope queries for `supportbot evaluate --oos-data`).
+
+    `.txt`: one text per non-blank line; CSV/TSV and JSONL: the text column (`columns.text`,
+    else text/utterance/message/query); any label column is ignored. Texts repeated (case and
+    spacing aside) are kept once.
+
+    Raises:
+        EvaluationDataError: a file cannot be read, has no text column, or a text is too long.
+    """
+    problems: list[Problem] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: Path, line: int, field: str | None, value: Any) -> None:
+        text = "" if value is None else str(value).strip()
+        if not text:
+            return
+        issue = limits.text_problem(text)
+        if issue:
+            problems.append(Problem(str(path), line, field, issue))
+        elif normalize(text) not in seen:
+            seen.add(normalize(text))
+            texts.append(text)
+
+    for path, _ in expand_paths(paths, TEXT_SUFFIXES, problems, "a .txt, .csv or .jsonl file"):
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            for number, line in enumerate(decoded_lines(path, problems, limits), start=1):
+                add(path, number, None, line)
+        elif suffix == ".jsonl":
+            for number, record in json_records(path, problems, limits):
+                name = _text_field(columns, record)
+                if name is None or name not in record:
+                    problems.append(
+                        Problem(
+                            str(path),
+                            number,
+                            name,
+                            "has no text field "
+                            f"({'/'.join(TEXT_COLUMN_CANDIDATES)}); name it with --text-column",
+                        )
+                    )
+                    continue
+                add(path, number, name, record[name])
+        else:
+            table = read_csv(path, problems, limits)
+            if table is None:
+                continue
+            name = _text_field(columns, table.header)
+            if name is None or name not in table.header:
+                problems.append(
+                    Problem(
+                        str(path),
+                        1,
+                        name,
+                        f"unknown column: the header has no text column (columns: "
+                        f"{', '.join(table.header)}); name it with --text-column",
+                    )
+                )
+                continue
+            index = table.header.index(name)
+            for number, row in table.rows:
+                add(path, number, name, row[index])
+    if not texts and not problems:
+        problems.append(Problem(", ".join(map(str, paths)), None, None, "holds no texts"))
+    if problems:
+        raise EvaluationDataError(problems)
+    return texts

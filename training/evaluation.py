@@ -133,8 +133,33 @@ def render_report(metrics: dict[str, Any], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path) -> None:
-    """Save a row-normalised confusion-matrix heat map as a PNG."""
+PLOT_DPI = 110
+#: smallest number/label size in points: 7 pt at 110 dpi is about 10.7 px, readable on screen.
+MIN_FONT_PT = 7.0
+
+
+def confusion_font_pt(label_count: int) -> float:
+    """The size of the numbers and labels: larger for a few labels, never below MIN_FONT_PT."""
+    return max(MIN_FONT_PT, min(12.0, 13.0 - 0.1 * label_count))
+
+
+def confusion_title(matrix: Sequence[Sequence[int]], subject: str = "") -> str:
+    """`subject: n=..., accuracy ...` from the matrix itself, so it cannot disagree with it."""
+    counts = np.asarray(matrix, dtype=float)
+    n = int(counts.sum()) if counts.size else 0
+    accuracy = float(np.trace(counts)) / n if n else 0.0
+    head = f"{subject}: " if subject else ""
+    return f"{head}n={n}, accuracy {accuracy:.1%}\nshare of each true class; numbers are counts"
+
+
+def plot_confusion(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], path: Path, subject: str = ""
+) -> None:
+    """Save a row-normalised confusion-matrix heat map as a PNG.
+
+    Cells grow with the font, so counts stay readable (at least MIN_FONT_PT) for any number
+    of labels; the title names `subject` (e.g. "intent v3"), n and accuracy.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,29 +170,33 @@ def plot_confusion(matrix: Sequence[Sequence[int]], labels: Sequence[str], path:
         counts = np.zeros((len(labels), len(labels)))
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
-    size = max(5.0, 0.28 * len(labels) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    font = confusion_font_pt(len(labels))
+    # A cell holds a four-digit count at `font`; the margin holds the longest label.
+    cell = max(0.3, 2.6 * font / 72)
+    margin = 0.6 * font / 72 * max([len(str(label)) for label in labels] + [5]) + 1.2
+    side = max(5.0, cell * len(labels) + margin)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side + 0.6))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (share of each true class)")
-    if len(labels) <= 30:
-        for i in range(len(labels)):
-            for j in range(len(labels)):
-                if counts[i, j]:
-                    colour = "white" if share[i, j] > 0.5 else "black"
-                    ax.text(
-                        j,
-                        i,
-                        str(int(counts[i, j])),
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color=colour,
-                    )
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(labels)), labels, fontsize=font)
+    ax.set_xlabel("predicted", fontsize=font + 1)
+    ax.set_ylabel("true", fontsize=font + 1)
+    ax.set_title(confusion_title(counts.astype(int).tolist(), subject), fontsize=font + 2)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if counts[i, j]:
+                colour = "white" if share[i, j] > 0.5 else "black"
+                ax.text(
+                    j,
+                    i,
+                    str(int(counts[i, j])),
+                    ha="center",
+                    va="center",
+                    fontsize=font,
+                    color=colour,
+                )
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.ax.tick_params(labelsize=font)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=PLOT_DPI)
     plt.close(fig)

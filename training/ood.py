@@ -40,74 +40,39 @@ than it loses out-of-scope signal.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bot.core.errors import ConfigurationError
+from bot.nlu.oos import (  # noqa: F401  (the runtime half, re-exported for fitting code)
+    ARRAYS_FILE,
+    COMPONENTS,
+    DETECTOR_FILE,
+    FIELDS,
+    LoioEstimate,
+    OosDetector,
+    empty_rows,
+    energy_score,
+    knn_score,
+    logsumexp,
+    mahalanobis_score,
+    msp_score,
+    unit_rows,
+)
 
 if TYPE_CHECKING:
     from bot.nlu.classifier import MeanPoolingClassifier
 
-COMPONENTS = ("msp", "energy", "mahalanobis", "knn")
 THRESHOLD_SOURCES = ("validation", "draws")
 # Label names that mean "none of the intents" in the conventions supportbot reads.
 OOS_LABEL_CONVENTIONS = ("out_of_scope", "nlu_fallback")
-DETECTOR_FILE = "oos_detector.json"
-ARRAYS_FILE = "oos_detector.npz"
-_CHUNK = 2048  # rows per block when comparing with the neighbour bank (bounded memory)
 
 
 # --- pure scores -------------------------------------------------------------------------
-
-
-def _columns(logits: np.ndarray, columns: Sequence[int] | None) -> np.ndarray:
-    return logits if columns is None else logits[:, list(columns)]
-
-
-def logsumexp(values: np.ndarray) -> np.ndarray:
-    """Row-wise log(sum(exp(values))), without overflow."""
-    top = values.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(values - top).sum(axis=1, keepdims=True)))[:, 0]
-
-
-def msp_score(
-    logits: np.ndarray,
-    temperature: float,
-    columns: Sequence[int] | None = None,
-    softmax_columns: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Minus the calibrated max-softmax: the bot's confidence turned into an OOS score.
-
-    Args:
-        logits: raw head logits, shape (n, labels).
-        temperature: the calibration temperature (`classifier.json`).
-        columns: the in-scope labels whose probability counts (default: all).
-        softmax_columns: the labels the softmax runs over (default: `columns`). A model with
-            an out-of-scope label keeps it here, so the mass it takes lowers the confidence.
-    """
-    scaled = logits / temperature
-    over = columns if softmax_columns is None else softmax_columns
-    log_norm = logsumexp(_columns(scaled, over))
-    return -np.exp(_columns(scaled, columns).max(axis=1) - log_norm)
-
-
-def energy_score(
-    logits: np.ndarray, temperature: float, columns: Sequence[int] | None = None
-) -> np.ndarray:
-    """The free energy -T * logsumexp(logits / T) over the in-scope labels."""
-    return -temperature * logsumexp(_columns(logits, columns) / temperature)
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def class_means(embeddings: np.ndarray, labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
@@ -132,29 +97,6 @@ def tied_whitening(embeddings: np.ndarray, labels: np.ndarray, means: np.ndarray
     centred = embeddings - means[labels]
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
     return np.linalg.cholesky(precision).astype(np.float32)
-
-
-def mahalanobis_score(
-    embeddings: np.ndarray, means: np.ndarray, whitening: np.ndarray
-) -> np.ndarray:
-    """Squared Mahalanobis distance to the nearest class mean (shared covariance)."""
-    z = embeddings.astype(np.float32) @ whitening
-    m = means @ whitening
-    distances = (z * z).sum(1)[:, None] - 2.0 * z @ m.T + (m * m).sum(1)[None, :]
-    return np.maximum(distances.min(axis=1), 0.0)
-
-
-def knn_score(embeddings: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
-    """Cosine distance to the k-th nearest row of `bank` (unit rows, see `unit_rows`)."""
-    if len(bank) == 0:
-        return np.ones(len(embeddings), dtype=np.float32)
-    k = min(k, len(bank))
-    queries = unit_rows(embeddings)
-    out = np.empty(len(queries), dtype=np.float32)
-    for start in range(0, len(queries), _CHUNK):
-        sims = queries[start : start + _CHUNK] @ bank.T
-        out[start : start + _CHUNK] = 1.0 - np.partition(sims, -k, axis=1)[:, -k]
-    return out
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -362,257 +304,72 @@ class OosOptions:
         return tuple(part.strip() for part in self.method.split("+"))
 
 
-@dataclass(frozen=True, slots=True)
-class LoioEstimate:
-    """What fitting found on validation data: thresholds, and pseudo out-of-scope figures.
+def fit_detector(
+    train_embeddings: np.ndarray,
+    train_labels: np.ndarray,
+    validation_embeddings: np.ndarray,
+    validation_logits: np.ndarray,
+    validation_labels: np.ndarray,
+    temperature: float,
+    options: OosOptions = OosOptions(),
+    oos_label: int | None = None,
+) -> OosDetector:
+    """Fit on the training embeddings, normalise and threshold on validation data.
 
-    Attributes:
-        thresholds: the threshold of each leave-intents-out draw.
-        validation_threshold: the operating point on all validation messages, as the fitted
-            detector scores them (see `OosOptions.threshold_from`).
-        auroc / fpr_at_95 / oos_recall: on the held-out intents' validation messages (and the
-            real out-of-scope ones, if any), averaged over draws.
-        in_scope_recall: share of the kept intents' validation messages passed.
-        accuracy_drop: share of them answered right without the detector and declined by it.
-        real_oos: how many real out-of-scope validation examples took part.
+    Args:
+        train_embeddings / train_labels: pooled embeddings of the training examples and
+            their label index (the head's column).
+        validation_embeddings / validation_logits / validation_labels: the same for the
+            validation split, with the raw logits.
+        temperature: the calibration temperature.
+        options: method, operating point and leave-intents-out settings.
+        oos_label: the head column of an out-of-scope label, if the data has one: its
+            training examples are no class, its validation examples are real
+            out-of-scope messages for the threshold.
+
+    Raises:
+        ConfigurationError: fewer than two in-scope labels with validation examples
+            (leave-intents-out needs one to hold out and one to keep).
     """
-
-    thresholds: tuple[float, ...]
-    auroc: float
-    fpr_at_95: float
-    oos_recall: float
-    in_scope_recall: float
-    accuracy_drop: float
-    real_oos: int = 0
-    validation_threshold: float = math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__slots__} | {
-            "thresholds": list(self.thresholds)
-        }
-
-
-def _empty(dim: int, rows: int = 0) -> np.ndarray:
-    return np.zeros((rows, dim), dtype=np.float32)
-
-
-@dataclass(frozen=True, eq=False)
-class OosDetector:
-    """A fitted out-of-scope detector: the arrays one method needs, its normaliser, threshold.
-
-    `score(embeddings, logits)` works on the pooled embeddings and raw logits of one forward;
-    higher is more out of scope, above `threshold` is out of scope.
-
-    Attributes:
-        method: see `OosOptions.method`.
-        temperature: the classifier's calibration temperature.
-        columns: the in-scope columns of the logits (all but an out-of-scope label).
-        softmax_columns: the columns the softmax runs over (the in-scope ones plus an
-            out-of-scope label, whose mass then lowers the confidence).
-        means / whitening: class means and the whitening matrix (`mahalanobis` only).
-        bank: unit-length training embeddings (`knn` only).
-        k: see `OosOptions.k`.
-        center / scale: per component, mean and spread on in-scope validation messages.
-        threshold: in normalised units; see `choose_threshold`.
-        keep_recall: the operating point the threshold was chosen for.
-        estimate: what leave-intents-out found (None for a detector fitted without it).
-    """
-
-    method: str
-    temperature: float
-    columns: tuple[int, ...]
-    softmax_columns: tuple[int, ...]
-    means: np.ndarray
-    whitening: np.ndarray
-    bank: np.ndarray
-    k: int
-    center: np.ndarray
-    scale: np.ndarray
-    threshold: float = math.inf
-    keep_recall: float = 0.98
-    estimate: LoioEstimate | None = field(default=None, compare=False)
-
-    @property
-    def components(self) -> tuple[str, ...]:
-        return tuple(self.method.split("+"))
-
-    def raw_scores(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Each component's score, un-normalised, shape (n, components)."""
-        out = []
-        for component in self.components:
-            if component == "msp":
-                out.append(msp_score(logits, self.temperature, self.columns, self.softmax_columns))
-            elif component == "energy":
-                out.append(energy_score(logits, self.temperature, self.columns))
-            elif component == "mahalanobis":
-                out.append(mahalanobis_score(embeddings, self.means, self.whitening))
-            else:
-                out.append(knn_score(embeddings, self.bank, self.k))
-        return np.stack(out, axis=1).astype(np.float64)
-
-    def score(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Out-of-scope score per message (higher: more out of scope)."""
-        return ((self.raw_scores(embeddings, logits) - self.center) / self.scale).mean(axis=1)
-
-    def is_out_of_scope(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """True where the score is above the threshold."""
-        return self.score(embeddings, logits) > self.threshold
-
-    @classmethod
-    def fit(
-        cls,
-        train_embeddings: np.ndarray,
-        train_labels: np.ndarray,
-        validation_embeddings: np.ndarray,
-        validation_logits: np.ndarray,
-        validation_labels: np.ndarray,
-        temperature: float,
-        options: OosOptions = OosOptions(),
-        oos_label: int | None = None,
-    ) -> OosDetector:
-        """Fit on the training embeddings, normalise and threshold on validation data.
-
-        Args:
-            train_embeddings / train_labels: pooled embeddings of the training examples and
-                their label index (the head's column).
-            validation_embeddings / validation_logits / validation_labels: the same for the
-                validation split, with the raw logits.
-            temperature: the calibration temperature.
-            options: method, operating point and leave-intents-out settings.
-            oos_label: the head column of an out-of-scope label, if the data has one: its
-                training examples are no class, its validation examples are real
-                out-of-scope messages for the threshold.
-
-        Raises:
-            ConfigurationError: fewer than two in-scope labels with validation examples
-                (leave-intents-out needs one to hold out and one to keep).
-        """
-        train_labels = np.asarray(train_labels)
-        validation_labels = np.asarray(validation_labels)
-        n_labels = validation_logits.shape[1]
-        classes = [c for c in range(n_labels) if c != oos_label]
-        estimate = leave_intents_out(
-            train_embeddings,
-            train_labels,
-            validation_embeddings,
-            validation_logits,
-            validation_labels,
-            temperature,
-            options,
-            oos_label,
-        )
-        detector = _fit_parts(
-            options, train_embeddings, train_labels, classes, temperature, n_labels, oos_label
-        )
-        in_scope = np.isin(validation_labels, classes)
-        x, logits = validation_embeddings[in_scope], validation_logits[in_scope]
-        detector = detector.normalised(x, logits)
-        correct = (
-            np.array(classes)[logits[:, classes].argmax(axis=1)] == validation_labels[in_scope]
-        )
-        real = validation_labels == oos_label
-        validation_threshold = choose_threshold(
-            detector.score(x, logits),
-            correct,
-            options.keep_recall,
-            detector.score(validation_embeddings[real], validation_logits[real])
-            if real.any()
-            else None,
-        )
-        estimate = dataclasses.replace(estimate, validation_threshold=validation_threshold)
-        return cls(
-            **{name: getattr(detector, name) for name in _FIELDS},
-            threshold=validation_threshold
-            if options.threshold_from == "validation"
-            else float(np.mean(estimate.thresholds)),
-            keep_recall=options.keep_recall,
-            estimate=estimate,
-        )
-
-    def normalised(self, embeddings: np.ndarray, logits: np.ndarray) -> OosDetector:
-        """A copy whose normaliser is the mean and spread of these in-scope messages."""
-        raw = self.raw_scores(embeddings, logits)
-        center = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
-        scale = raw.std(axis=0) if len(raw) > 1 else np.ones(raw.shape[1])
-        return OosDetector(
-            **{name: getattr(self, name) for name in _FIELDS if name not in ("center", "scale")},
-            center=center,
-            scale=np.where(scale > 1e-12, scale, 1.0),
-            keep_recall=self.keep_recall,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON part (everything but the arrays)."""
-        return {
-            "method": self.method,
-            "temperature": self.temperature,
-            "columns": list(self.columns),
-            "softmax_columns": list(self.softmax_columns),
-            "k": self.k,
-            "center": [float(v) for v in self.center],
-            "scale": [float(v) for v in self.scale],
-            "threshold": self.threshold,
-            "keep_recall": self.keep_recall,
-            "estimate": None if self.estimate is None else self.estimate.to_dict(),
-        }
-
-    def save(self, directory: Path) -> list[Path]:
-        """Write `oos_detector.json` and `oos_detector.npz` into a model directory.
-
-        The neighbour bank is stored as float16 (half the bytes; cosine similarities move
-        by ~1e-3, far below the gaps the threshold works on). Returns the files written.
-        """
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        if "mahalanobis" in self.components:
-            arrays["means"], arrays["whitening"] = self.means, self.whitening
-        if "knn" in self.components:
-            arrays["bank"] = self.bank.astype(np.float16)
-        json_path, arrays_path = directory / DETECTOR_FILE, directory / ARRAYS_FILE
-        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        with arrays_path.open("wb") as handle:
-            np.savez(handle, allow_pickle=False, **arrays)
-        return [json_path, arrays_path]
-
-    @classmethod
-    def load(cls, directory: Path) -> OosDetector:
-        """Read a detector saved by `save`."""
-        data = json.loads((directory / DETECTOR_FILE).read_text())
-        with np.load(directory / ARRAYS_FILE, allow_pickle=False) as arrays:
-            stored = {name: arrays[name] for name in arrays.files}
-        dim = next((a.shape[1] for a in stored.values()), 0)
-        estimate = data.get("estimate")
-        return cls(
-            method=str(data["method"]),
-            temperature=float(data["temperature"]),
-            columns=tuple(int(c) for c in data["columns"]),
-            softmax_columns=tuple(int(c) for c in data["softmax_columns"]),
-            means=stored.get("means", _empty(dim)).astype(np.float32),
-            whitening=stored.get("whitening", _empty(dim)).astype(np.float32),
-            bank=stored.get("bank", _empty(dim)).astype(np.float32),
-            k=int(data["k"]),
-            center=np.asarray(data["center"], dtype=np.float64),
-            scale=np.asarray(data["scale"], dtype=np.float64),
-            threshold=float(data["threshold"]),
-            keep_recall=float(data["keep_recall"]),
-            estimate=None
-            if estimate is None
-            else LoioEstimate(**estimate | {"thresholds": tuple(estimate["thresholds"])}),
-        )
-
-
-_FIELDS = (
-    "method",
-    "temperature",
-    "columns",
-    "softmax_columns",
-    "means",
-    "whitening",
-    "bank",
-    "k",
-    "center",
-    "scale",
-)
+    train_labels = np.asarray(train_labels)
+    validation_labels = np.asarray(validation_labels)
+    n_labels = validation_logits.shape[1]
+    classes = [c for c in range(n_labels) if c != oos_label]
+    estimate = leave_intents_out(
+        train_embeddings,
+        train_labels,
+        validation_embeddings,
+        validation_logits,
+        validation_labels,
+        temperature,
+        options,
+        oos_label,
+    )
+    detector = _fit_parts(
+        options, train_embeddings, train_labels, classes, temperature, n_labels, oos_label
+    )
+    in_scope = np.isin(validation_labels, classes)
+    x, logits = validation_embeddings[in_scope], validation_logits[in_scope]
+    detector = detector.normalised(x, logits)
+    correct = np.array(classes)[logits[:, classes].argmax(axis=1)] == validation_labels[in_scope]
+    real = validation_labels == oos_label
+    validation_threshold = choose_threshold(
+        detector.score(x, logits),
+        correct,
+        options.keep_recall,
+        detector.score(validation_embeddings[real], validation_logits[real])
+        if real.any()
+        else None,
+    )
+    estimate = dataclasses.replace(estimate, validation_threshold=validation_threshold)
+    return OosDetector(
+        **{name: getattr(detector, name) for name in FIELDS},
+        threshold=validation_threshold
+        if options.threshold_from == "validation"
+        else float(np.mean(estimate.thresholds)),
+        keep_recall=options.keep_recall,
+        estimate=estimate,
+    )
 
 
 def _fit_parts(
@@ -629,7 +386,7 @@ def _fit_parts(
     components = options.components
     known = np.isin(labels, list(classes))
     x, y = embeddings[known].astype(np.float32), labels[known]
-    means, whitening, bank = _empty(dim), _empty(dim), _empty(dim)
+    means, whitening, bank = empty_rows(dim), empty_rows(dim), empty_rows(dim)
     if "mahalanobis" in components:
         present = [c for c in classes if (y == c).any()]
         means = class_means(x, y, present)
@@ -766,3 +523,220 @@ def pooled_outputs(
             logits[chunk] = model.head(pooled).float().numpy()
     model.train(was_training)
     return embeddings, logits
+
+
+def served_copy(model: MeanPoolingClassifier, tuned_layers: int | None) -> MeanPoolingClassifier:
+    """A copy of `model` computing what `supportbot serve` computes by default
+    (`models.quantize`): its own tuned top layers int8, the layers it shares float32.
+
+    The detector is fitted and thresholded on these outputs, not the float32 ones: int8 moves
+    embeddings and logits a little, and a threshold set on one and applied to the other gives
+    up about half a point more in-scope accuracy (benchmarks/oos_benchmark.py).
+    """
+    import copy
+    import warnings
+
+    import torch
+    from torch import nn
+    from torch.ao.quantization import quantize_dynamic
+
+    from bot.nlu.shared_encoder import transformer_layers
+
+    served = copy.deepcopy(model).eval()
+    layers = transformer_layers(served.encoder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if layers is None:
+            return quantize_dynamic(served, {nn.Linear}, dtype=torch.qint8)
+        own = len(layers) if tuned_layers is None else min(tuned_layers, len(layers))
+        for i in range(len(layers) - own, len(layers)):
+            layers[i] = quantize_dynamic(layers[i], {nn.Linear}, dtype=torch.qint8)
+    return served
+
+
+@dataclass(frozen=True, slots=True)
+class FittedDetector:
+    """A detector fitted for a trained model, or why there is none.
+
+    Attributes:
+        detector: the fitted detector, or None.
+        note: one line for the training report (what was fitted, or why nothing was).
+        oos_label: the out-of-scope label of the data, if it had one.
+    """
+
+    detector: OosDetector | None
+    note: str
+    oos_label: str | None = None
+    served: Any = field(default=None, repr=False)
+
+    def test_figures(
+        self,
+        tokenizer: Any,
+        labels: Sequence[str],
+        examples: Sequence[tuple[str, str]],
+        max_length: int,
+    ) -> dict[str, Any] | None:
+        """What the detector does to in-scope test messages: declined share and accuracy.
+
+        Out-of-scope-labelled examples count as out-of-scope traffic (recall on them).
+        """
+        if self.detector is None or self.served is None or not examples:
+            return None
+        x, logits = pooled_outputs(self.served, tokenizer, [t for t, _ in examples], max_length)
+        scores, flags = self.detector.decide(x, logits)
+        columns = list(self.detector.columns)
+        predicted = np.array(columns)[logits[:, columns].argmax(axis=1)]
+        index = {label: i for i, label in enumerate(labels)}
+        truth = np.array([index.get(label, -1) for _, label in examples])
+        real = np.array([label == self.oos_label for _, label in examples], dtype=bool)
+        in_scope = ~real
+        metrics = oos_metrics(
+            scores[in_scope], scores[real], self.detector.threshold, (predicted == truth)[in_scope]
+        )
+        out = {
+            "n_in_scope": metrics.n_in_scope,
+            "in_scope_declined": float(flags[in_scope].mean()) if in_scope.any() else None,
+            "accuracy": metrics.accuracy,
+            "accuracy_with_declines": float(((predicted == truth) & ~flags)[in_scope].mean())
+            if in_scope.any()
+            else None,
+        }
+        if real.any():
+            out |= {"n_oos": int(real.sum()), "oos_recall": float(flags[real].mean())}
+        return out
+
+
+def fit_for_model(
+    model: MeanPoolingClassifier,
+    tokenizer: Any,
+    labels: Sequence[str],
+    train: Sequence[tuple[str, str]],
+    validation: Sequence[tuple[str, str]],
+    temperature: float,
+    max_length: int,
+    options: OosOptions,
+    tuned_layers: int | None,
+    oos_label: str | None = None,
+) -> FittedDetector:
+    """Fit `options.method` for a trained intent model on its own train/validation split.
+
+    Args:
+        model / tokenizer / labels: the trained model (head columns in `labels` order).
+        train / validation: (text, label) pairs it was trained and calibrated on.
+        temperature: its calibration temperature.
+        max_length: tokens per text, as the model was trained.
+        options: method and operating point.
+        tuned_layers: the training's `tuned_layers` (see `served_copy`).
+        oos_label: the configured out-of-scope label name (default: the conventions).
+
+    Returns:
+        The detector, or None with the reason when the data cannot support one (fewer than
+        two intents with validation examples).
+    """
+    column = oos_label_index(labels, oos_label)
+    name = labels[column] if column is not None else None
+    if oos_label and column is None:
+        raise ConfigurationError(
+            f"--oos-label {oos_label!r} is not a label of the training data; labels: "
+            f"{', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''}"
+        )
+    index = {label: i for i, label in enumerate(labels)}
+    served = served_copy(model, tuned_layers)
+    train_x, _ = pooled_outputs(served, tokenizer, [t for t, _ in train], max_length)
+    val_x, val_logits = pooled_outputs(served, tokenizer, [t for t, _ in validation], max_length)
+    try:
+        detector = fit_detector(
+            train_x,
+            np.array([index[label] for _, label in train], dtype=int),
+            val_x,
+            val_logits,
+            np.array([index[label] for _, label in validation], dtype=int),
+            temperature,
+            options,
+            column,
+        )
+    except ConfigurationError as exc:
+        return FittedDetector(None, f"out of scope: no detector ({exc})", name)
+    return FittedDetector(detector, detector_note(detector, name), name, served)
+
+
+def detector_note(detector: OosDetector, oos_label: str | None = None) -> str:
+    """The training report's line about a detector."""
+    line = (
+        f"out of scope: {detector.method}, keeping {detector.keep_recall:.0%} of right in-scope "
+        f"answers (threshold {detector.threshold:.2f})"
+    )
+    estimate = detector.estimate
+    if estimate is not None:
+        line += (
+            f"; leaving intents out ({len(estimate.thresholds)} draws): AUROC "
+            f"{estimate.auroc:.3f}, pseudo out-of-scope recall {estimate.oos_recall:.1%}, "
+            f"in-scope kept {estimate.in_scope_recall:.1%}, accuracy cost "
+            f"{100 * estimate.accuracy_drop:.1f} points"
+        )
+    if oos_label is not None:
+        line += f"; label {oos_label!r} trained as out of scope"
+        if estimate is not None and estimate.real_oos:
+            line += f" ({estimate.real_oos} validation examples set the threshold too)"
+    return line
+
+
+def evaluate_detector(
+    detector: OosDetector,
+    in_scope: tuple[np.ndarray, np.ndarray, np.ndarray],
+    oos: tuple[np.ndarray, np.ndarray],
+) -> dict[str, Any]:
+    """`supportbot evaluate --oos-data`: how a model's detector does on labelled in-scope
+    messages and unlabelled out-of-scope ones, as the runtime decides (`OosDetector.decide`).
+
+    Args:
+        detector: the model's detector.
+        in_scope: embeddings, logits and the right label's column (-1: a label the model
+            does not know, which counts as wrong) of the in-scope messages.
+        oos: embeddings and logits of the out-of-scope messages.
+
+    Returns:
+        oos_recall / oos_precision (of the declined messages, the share out of scope, for
+        this mix), in-scope accuracy without and with declines (a declined in-scope message
+        counts as a miss), the share of in-scope messages declined, AUROC and the share of
+        out-of-scope messages accepted at 95 % in-scope recall (both threshold-free).
+    """
+    x, logits, truth = in_scope
+    in_scores, in_flags = detector.decide(x, logits)
+    oos_scores, oos_flags = detector.decide(*oos)
+    columns = list(detector.columns)
+    predicted = np.array(columns)[logits[:, columns].argmax(axis=1)] if len(logits) else truth
+    correct = predicted == truth
+    declined = int(oos_flags.sum()) + int(in_flags.sum())
+    n_in = max(1, len(truth))
+    return {
+        "method": detector.method,
+        "threshold": detector.threshold,
+        "keep_recall": detector.keep_recall,
+        "n_in_scope": len(truth),
+        "n_oos": len(oos_flags),
+        "oos_recall": float(oos_flags.mean()) if len(oos_flags) else math.nan,
+        "oos_precision": int(oos_flags.sum()) / declined if declined else math.nan,
+        "in_scope_declined": float(in_flags.mean()) if len(in_flags) else math.nan,
+        "accuracy": float(correct.sum()) / n_in,
+        "accuracy_with_declines": float((correct & ~in_flags).sum()) / n_in,
+        "auroc": auroc(in_scores, oos_scores),
+        "fpr_at_95": fpr_at_recall(in_scores, oos_scores, 0.95),
+    }
+
+
+def render_oos(figures: dict[str, Any]) -> str:
+    """The out-of-scope part of `supportbot evaluate`'s report."""
+    return (
+        f"\nout of scope ({figures['method']}, threshold {figures['threshold']:.2f}, chosen to "
+        f"keep {figures['keep_recall']:.0%} of right in-scope answers)\n"
+        f"out-of-scope messages   {figures['n_oos']}\n"
+        f"  declined (recall)     {figures['oos_recall']:.1%}\n"
+        f"  precision of declines {figures['oos_precision']:.1%}\n"
+        f"in-scope messages       {figures['n_in_scope']}\n"
+        f"  declined              {figures['in_scope_declined']:.1%}\n"
+        f"  accuracy              {figures['accuracy']:.1%} answering all, "
+        f"{figures['accuracy_with_declines']:.1%} with declines\n"
+        f"AUROC                   {figures['auroc']:.3f}\n"
+        f"FPR at 95% in-scope     {figures['fpr_at_95']:.1%} of out-of-scope messages accepted\n"
+    )

@@ -21,8 +21,16 @@ from bot.core.errors import ModelNotFoundError
 from bot.nlu.classifier import ClassifierMeta, TransformerClassifier, save_classifier
 from training.arguments import TrainingArguments
 from training.calibration import calibrate, weighting_correction
-from training.data import Columns, Example, LoadReport, drop_overlap, load_examples
+from training.data import (
+    Columns,
+    ConflictPolicy,
+    Example,
+    LoadReport,
+    drop_overlap,
+    load_examples,
+)
 from training.evaluation import compute_metrics, plot_confusion, render_report
+from training.ood import FittedDetector, OosOptions, fit_for_model
 from training.registry import FileModelRegistry, ModelVersion
 from training.split import stratified_split
 from training.trainer import FineTuneResult, encode, fine_tune, predict_logits
@@ -117,6 +125,7 @@ class FittedClassifier:
     threshold: float
     calibration: dict[str, Any]
     validation_metrics: dict[str, Any]
+    oos: FittedDetector | None = None
 
     def evaluate(self, examples: Sequence[Example]) -> dict[str, Any]:
         """Metrics on labelled examples (labels it does not know count as wrong)."""
@@ -165,6 +174,20 @@ def fit_classifier(
     val_metrics = evaluate_examples(
         val_logits, validation, labels, calibration.temperature, calibration.threshold
     )
+    oos = None
+    if task == "intent" and args.oos_method != "none":
+        oos = fit_for_model(
+            result.model,
+            result.tokenizer,
+            labels,
+            [(e.text, e.label) for e in train],
+            [(e.text, e.label) for e in validation],
+            calibration.temperature,
+            args.max_length,
+            OosOptions(method=args.oos_method, keep_recall=args.oos_keep_recall, seed=args.seed),
+            args.tuned_layers,
+            args.oos_label,
+        )
     return FittedClassifier(
         task=task,
         labels=labels,
@@ -182,7 +205,28 @@ def fit_classifier(
             "class_weighting_taken_back": correction,
         },
         validation_metrics=val_metrics,
+        oos=oos,
     )
+
+
+def oos_summary(
+    oos: FittedDetector | None, test_figures: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The `out_of_scope` entry of metrics.json (None for a model without a detector)."""
+    if oos is None:
+        return None
+    detector = oos.detector
+    return {
+        "note": oos.note,
+        "label": oos.oos_label,
+        "method": detector.method if detector else None,
+        "keep_recall": detector.keep_recall if detector else None,
+        "threshold": detector.threshold if detector else None,
+        "leave_intents_out": detector.estimate.to_dict()
+        if detector and detector.estimate
+        else None,
+        "test": test_figures,
+    }
 
 
 def write_examples(path: Path, examples: Sequence[Example]) -> None:
@@ -268,6 +312,12 @@ def register_version(
             backbone=args.model,
         )
         save_classifier(result.model, result.tokenizer, meta, staging)
+        oos_figures = None
+        if fitted.oos is not None and fitted.oos.detector is not None:
+            fitted.oos.detector.save(staging)
+            oos_figures = fitted.oos.test_figures(
+                result.tokenizer, labels, [(e.text, e.label) for e in data.test], args.max_length
+            )
         (staging / "label_map.json").write_text(
             json.dumps({"id2label": dict(enumerate(labels))}, indent=2) + "\n"
         )
@@ -299,6 +349,7 @@ def register_version(
             "test": test_metrics,
             "validation": fitted.validation_metrics,
             "calibration": fitted.calibration,
+            "out_of_scope": oos_summary(fitted.oos, oos_figures),
             "training": {
                 "epochs_run": len(result.history),
                 "best_epoch": result.best_epoch,
@@ -331,8 +382,31 @@ def register_version(
             f"{len(data.test)} test examples, {len(result.history)} epoch(s), best epoch "
             f"{result.best_epoch}, {seconds} s\n"
         )
+        if fitted.oos is not None:
+            report += fitted.oos.note + "\n"
+            if oos_figures is not None and oos_figures["in_scope_declined"] is not None:
+                report += (
+                    f"out of scope on the {data.test_source}: "
+                    f"{oos_figures['in_scope_declined']:.1%} of in-scope messages declined, "
+                    f"accuracy {oos_figures['accuracy']:.1%} -> "
+                    f"{oos_figures['accuracy_with_declines']:.1%} with declines"
+                    + (
+                        f"; {oos_figures['oos_recall']:.1%} of {oos_figures['n_oos']} "
+                        "out-of-scope examples declined"
+                        if "oos_recall" in oos_figures
+                        else ""
+                    )
+                    + "\n"
+                )
         (staging / REPORT_FILE).write_text(report)
-        plot_confusion(test_metrics["confusion_matrix"], labels, staging / CONFUSION_FILE)
+        # The version commit will give it (the title's only; a concurrent run may take it).
+        upcoming = 1 + max((int(v.version[1:]) for v in registry.versions(task)), default=0)
+        plot_confusion(
+            test_metrics["confusion_matrix"],
+            labels,
+            staging / CONFUSION_FILE,
+            subject=f"{task} v{upcoming}",
+        )
         if extra_files is not None:
             extra_files(staging)
         version = registry.commit(task, staging, promote=promote)
@@ -354,6 +428,7 @@ def train_task(
     init_from: Path | None = None,
     extra_examples: Sequence[Example] = (),
     limits: InputLimits = DEFAULT_LIMITS,
+    on_conflict: ConflictPolicy = "error",
 ) -> TrainingRun:
     """Validate data, fine-tune, calibrate, evaluate and register a new version.
 
@@ -369,6 +444,7 @@ def train_task(
         init_from: continue from this model directory (retraining).
         extra_examples: examples from elsewhere (e.g. the store) added to `data`.
         limits: the longest text and line and the largest file read from `data` and `test`.
+        on_conflict: texts with two labels in `data` or `test` (`load_examples`).
 
     Raises:
         DataValidationError: the data has problems; nothing was written.
@@ -376,13 +452,15 @@ def train_task(
     started = time.perf_counter()
     load_report = LoadReport()
     examples = list(
-        load_examples(data, task, columns, args.min_examples_per_label, load_report, limits)
+        load_examples(
+            data, task, columns, args.min_examples_per_label, load_report, limits, on_conflict
+        )
     )
     examples += extra_examples
     test_examples: list[Example] = []
     if test:
         test_report = LoadReport()
-        test_examples = load_examples(test, task, columns, 0, test_report, limits)
+        test_examples = load_examples(test, task, columns, 0, test_report, limits, on_conflict)
         examples = drop_overlap(examples, test_examples, load_report)
     split = stratified_split(
         examples,

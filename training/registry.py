@@ -146,7 +146,7 @@ class FileModelRegistry:
         if version is None:
             raise ModelNotFoundError(
                 f"no live {task} model in {self.root}; train one with "
-                f"`supportbot train {task} --data PATH --out {self.root}`"
+                f"`supportbot train {task} --data PATH --models {self.root}`"
             )
         return self.root / task / version
 
@@ -186,7 +186,7 @@ class FileModelRegistry:
         raise ModelNotFoundError(
             f"no model {abbreviate(spec)!r}: give a version directory (e.g. "
             f"{self.root}/intent/v1), a task name for its live version (intent, sentiment) or "
-            f"task/version; `supportbot models list --out {self.root}` shows what exists"
+            f"task/version; `supportbot models list --models {self.root}` shows what exists"
         )
 
     @staticmethod

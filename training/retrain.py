@@ -366,7 +366,7 @@ def plan_task(
     if path is None:
         plan.skip = (
             f"no live {task} model in {registry.root}; train one first with "
-            f"`supportbot train {task} --data data/ --out {registry.root}`"
+            f"`supportbot train {task} --data data/ --models {registry.root}`"
         )
         return plan
     plan.live_labels = read_meta(path).labels
@@ -739,8 +739,12 @@ def plan_index(
         model = current.model
         old = current.fingerprint
     else:
+        from bot.core.router import RoutingConfig  # its entities: the same curation as serve
+
         base = build_answer_pairs(
-            [*settings.retrieval.data, *settings.retrieval.faq], limits=limits
+            [*settings.retrieval.data, *settings.retrieval.faq],
+            limits=limits,
+            entities=RoutingConfig.load(settings.routing.config).entities,
         )
         model, old = "bundled", ""
     pairs = merge_pairs([*base, *feedback.approved])

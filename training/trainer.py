@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -57,6 +58,16 @@ class FineTuneResult:
     class_weights: list[float] | None = None
     # New labels whose head rows `align_new_rows` rescaled: label -> [norm before, after].
     aligned: dict[str, list[float]] = field(default_factory=dict)
+
+
+def early_stop_note(result: FineTuneResult, budget: int, patience: int) -> str:
+    """The line that says training ended before its epoch budget, and why."""
+    stopped_at = result.history[-1].epoch if result.history else 0
+    gains = "epoch" if patience == 1 else "epochs"
+    return (
+        f"stopped early at epoch {stopped_at} of at most {budget} (no validation gain for "
+        f"{patience} {gains}); keeping epoch {result.best_epoch}, the best on validation"
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -419,9 +430,11 @@ def fine_tune(
     best_f1 = -1.0
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_gain = 0
+    # The epoch count is a budget: early stopping may end sooner, so the bar says "at most"
+    # and, when it does stop, says so and why instead of ending silently part-way.
     bar = tqdm(
         total=micro_per_epoch * epochs,
-        desc=f"fine-tuning ({len(train)} examples, {epochs} epochs)",
+        desc=f"fine-tuning ({len(train)} examples, at most {epochs} epochs)",
         unit="batch",
         disable=not progress,
         dynamic_ncols=True,
@@ -463,13 +476,15 @@ def fine_tune(
             running += loss.item() * len(indices)
             seen += len(indices)
             bar.update(1)
-            bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}")
+            bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{running / seen:.4f}")
         val_f1 = val_acc = None
         if len(validation):
             predicted = predict_logits(model, val_ids, pad_id, device=device).argmax(-1).numpy()
             val_f1 = float(f1_score(val_y, predicted, average="macro", zero_division=0))
             val_acc = float((predicted == val_y).mean())
-            bar.set_postfix(epoch=epoch, loss=f"{running / seen:.4f}", val_f1=f"{val_f1:.4f}")
+            bar.set_postfix(
+                epoch=f"{epoch}/{epochs}", loss=f"{running / seen:.4f}", val_f1=f"{val_f1:.4f}"
+            )
         result.history.append(
             EpochLog(
                 epoch, running / max(1, seen), val_f1, val_acc, time.perf_counter() - epoch_start
@@ -485,6 +500,14 @@ def fine_tune(
             epochs_without_gain += 1
             if epochs_without_gain >= args.early_stopping_patience and epoch < epochs:
                 result.stopped_early = True
+                # Full bar, no time left: the remaining epochs are not coming.
+                bar.total = bar.n
+                bar.refresh()
+                if progress:
+                    bar.write(
+                        early_stop_note(result, epochs, args.early_stopping_patience),
+                        file=sys.stderr,
+                    )
                 break
     bar.close()
     if best_state is not None:

@@ -60,11 +60,11 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     listing.set_defaults(handler=run_list)
 
     disable = action("disable", "disable an account and end its sessions")
-    disable.add_argument("name")
+    disable.add_argument("name", help="the account's sign-in name")
     disable.set_defaults(handler=run_disable)
 
     password = action("password", "reset an account's password (ends its sessions)")
-    password.add_argument("name")
+    password.add_argument("name", help="the account's sign-in name")
     password.add_argument("--password", help="the new password; default: read from standard input")
     password.set_defaults(handler=run_password)
 

@@ -69,7 +69,7 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     listing.set_defaults(handler=run_list)
 
     revoke = action("revoke", "revoke a key: requests with it are refused from then on")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the key's name, as `supportbot api-keys list` shows it")
     revoke.set_defaults(handler=run_revoke)
 
 

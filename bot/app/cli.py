@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 from bot.core.errors import ConfigurationError, SupportbotError
@@ -26,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="supportbot",
         description="A customer-service bot that learns from your support team's chat logs.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, including the database migrations' progress",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_serve_parsers(commands)
     add_training_parsers(commands)
@@ -37,7 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def announce_models(models_dir: Path) -> None:
+def package_version() -> str:
+    """The installed supportbot's version (from the package metadata)."""
+    try:
+        return metadata.version("supportbot")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        return "unknown (not installed; pip install -e .)"
+
+
+def announce_models(models_dir: Path, config: Path | None = None) -> None:
     """Tell running replicas that the live models changed, when a bus (Redis) is configured.
 
     Replicas also poll the registry, so this only makes the switch immediate; a missing or
@@ -47,7 +62,7 @@ def announce_models(models_dir: Path) -> None:
     from bot.settings import load_settings
 
     try:
-        bus = load_settings().bus
+        bus = load_settings(config).bus
     except ConfigurationError as exc:
         print(f"replicas not notified (settings: {exc}); they pick the change up by polling")
         return
@@ -71,10 +86,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     quiet_http_clients()  # httpx logs every request URL at INFO
+    if not ns.verbose:
+        # Alembic logs "Context impl SQLiteImpl" and every step at INFO on each migration
+        # check, which every `agents` and `api-keys` command runs.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         status = int(ns.handler(ns))
         if status == 0 and ns.command == "models" and ns.action in ("promote", "rollback"):
-            announce_models(ns.out)
+            announce_models(ns.models_dir, ns.config)
         return status
     except SupportbotError as exc:
         print(f"supportbot {ns.command}: error: {exc}", file=sys.stderr)

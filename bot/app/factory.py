@@ -214,6 +214,8 @@ def build_runtime(settings: Settings) -> Runtime:
         # Per process by default: no cost on the embedded default. Across replicas a Redis
         # lock per turn (see RedisTurnLocks for why not a PostgreSQL advisory lock).
         RedisTurnLocks(remote, locks) if remote is not None else locks,
+        hours=settings.handoff.business_hours(),
+        ack_interval_s=settings.handoff.ack_interval_s,
     )
     return Runtime(
         settings,
@@ -363,6 +365,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         runtime.metrics,
         runtime.understander.intent_labels,
         settings.escalation.unclaimed_timeout_s,
+        hours=settings.handoff.business_hours(),
     )
     ConsoleConnector(
         desk,

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bot.core.datafiles import add_limit_flags, limits_from_flags, path_argument
 from bot.core.errors import ConfigurationError
 from bot.nlu.artifacts import DEFAULT_BACKBONE
+from training.cli import DeprecatedAlias
 
 DEFAULT_INDEX_DIR = Path("models") / "answers"
 
@@ -54,21 +56,62 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     build.add_argument("--model", default=DEFAULT_BACKBONE, help="bundled, HF name or path")
     build.add_argument(
-        "--out", type=path_argument, default=DEFAULT_INDEX_DIR, help="index directory"
+        "--routing",
+        type=Path,
+        default=None,
+        help="routing YAML whose `entities:` turn past answers into templates (e.g. "
+        "{order_id}); default: routing.config from --config (the file the bot serves with), "
+        "else the packaged sample shop's",
+    )
+    _add_index_flags(build, path_argument)
+    build.add_argument(
+        "--out",
+        dest="index",
+        type=path_argument,
+        default=argparse.SUPPRESS,
+        action=DeprecatedAlias,
+        replacement="--index",
+        help=argparse.SUPPRESS,
     )
     add_limit_flags(build)
     build.set_defaults(handler=run_build)
 
     search = actions.add_parser("search", help="print the best answers for a question")
     search.add_argument("text", help="the question, as a customer would write it")
-    search.add_argument("--index", type=Path, default=DEFAULT_INDEX_DIR, help="index directory")
+    _add_index_flags(search, Path)
     search.add_argument("-k", type=_positive_int, default=3, help="number of answers")
     search.add_argument("--intent", help="search only pairs of this intent (when there are any)")
     search.add_argument("--json", action="store_true", help="print one JSON object")
     search.set_defaults(handler=run_search)
 
 
+def _add_index_flags(parser: argparse.ArgumentParser, kind: Callable[[str], Path]) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="YAML settings file, as for `serve`; its retrieval.index_dir (or "
+        "SUPPORTBOT_RETRIEVAL__INDEX_DIR) is the index directory unless --index is given",
+    )
+    parser.add_argument(
+        "--index",
+        type=kind,
+        metavar="DIR",
+        help="index directory (default: retrieval.index_dir from --config or "
+        f"SUPPORTBOT_RETRIEVAL__INDEX_DIR, else ./{DEFAULT_INDEX_DIR})",
+    )
+
+
+def index_dir(ns: argparse.Namespace) -> Path:
+    """--index, else the index the bot serves (the same settings as `serve`)."""
+    from bot.settings import load_settings
+
+    settings = load_settings(ns.config)
+    return Path(ns.index) if ns.index is not None else settings.retrieval.index_dir
+
+
 def run_build(ns: argparse.Namespace) -> int:
+    from bot.core.router import RoutingConfig
     from bot.retrieval.index import EmbeddingAnswerIndex
     from bot.retrieval.sources import PairReport, build_answer_pairs
 
@@ -77,10 +120,15 @@ def run_build(ns: argparse.Namespace) -> int:
             "nothing to index; give --data with conversation logs and/or --faq with FAQ files"
         )
     report = PairReport()
-    pairs = build_answer_pairs([*ns.data, *ns.faq], report, limits_from_flags(ns))
+    from bot.settings import load_settings
+
+    routing = ns.routing if ns.routing is not None else load_settings(ns.config).routing.config
+    entities = RoutingConfig.load(routing).entities
+    pairs = build_answer_pairs([*ns.data, *ns.faq], report, limits_from_flags(ns), entities)
     started = time.perf_counter()
+    out = index_dir(ns)
     index = EmbeddingAnswerIndex.build(pairs, model=ns.model)
-    index.save(ns.out)
+    index.save(out)
     elapsed = time.perf_counter() - started
     for line in report.lines():
         print(line)
@@ -88,21 +136,22 @@ def run_build(ns: argparse.Namespace) -> int:
         f"indexed {len(index)} pairs with {ns.model} ({index.dimension} dimensions) "
         f"in {elapsed:.1f} s"
     )
-    print(ns.out)
+    print(out)
     return 0
 
 
 def run_search(ns: argparse.Namespace) -> int:
     from bot.retrieval.index import EmbeddingAnswerIndex
 
-    index = EmbeddingAnswerIndex.load(ns.index)
+    where = index_dir(ns)
+    index = EmbeddingAnswerIndex.load(where)
     answers = asyncio.run(index.search(ns.text, k=ns.k, intent=ns.intent))
     if ns.json:
         hits = [
             {"score": a.score, "source": a.source, "question": a.question, "answer": a.text}
             for a in answers
         ]
-        print(json.dumps({"index": str(ns.index), "query": ns.text, "answers": hits}))
+        print(json.dumps({"index": str(where), "query": ns.text, "answers": hits}))
         return 0
     if not answers:
         print("no answers")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import socket
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from bot.core.errors import ConfigurationError
 from bot.core.logs import configure_logging
+from bot.core.router import RoutingConfig
 from bot.nlu.artifacts import TASKS, read_live_versions
 from bot.settings import Settings, load_settings
 
@@ -66,7 +70,10 @@ def prepare(settings: Settings) -> None:
             f"{', '.join(map(str, [*index.data, *index.faq]))}",
             flush=True,
         )
-        pairs = build_answer_pairs([*index.data, *index.faq])
+        from bot.core.router import RoutingConfig
+
+        entities = RoutingConfig.load(settings.routing.config).entities
+        pairs = build_answer_pairs([*index.data, *index.faq], entities=entities)
         EmbeddingAnswerIndex.build(pairs).save(index.index_dir)
     url = settings.store.url
     for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
@@ -92,6 +99,11 @@ def run_serve(ns: argparse.Namespace) -> int:
     configure_logging(
         settings.server.log_format, settings.server.replica, logging.getLogger().level
     )
+    # Cheap checks first: a typo in the routing file or a busy port should not cost the
+    # minutes of loading (or training) models before it is reported.
+    RoutingConfig.load(settings.routing.config)
+    if not ns.prepare_only:
+        check_port_free(settings.server.host, settings.server.port)
     prepare(settings)
     if ns.prepare_only:
         asyncio.run(migrate(settings))
@@ -110,5 +122,48 @@ def run_serve(ns: argparse.Namespace) -> int:
         print(f"  REST API     {base}/api/v1/messages  (OpenAPI: {base}/api/v1/openapi.json)")
         print(f"  health       {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
 
-    web.run_app(app, host=host, port=port, print=announce, access_log=None)
+    try:
+        web.run_app(app, host=host, port=port, print=announce, access_log=None)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        # Taken between the check and now (another process started meanwhile).
+        raise ConfigurationError(_busy(host, port)) from None
     return 0
+
+
+def _busy(host: str, port: int) -> str:
+    return (
+        f"cannot listen on {host}:{port}: the port is in use (another supportbot?); stop "
+        "that process or choose another port with --port or server.port (0 picks a free one)"
+    )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse early when `host:port` cannot be listened on.
+
+    Binds (with SO_REUSEADDR, as aiohttp does) and closes again at once.
+
+    Raises:
+        ConfigurationError: the port is taken, or the address is not this machine's.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; check --host or server.host"
+        ) from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ConfigurationError(_busy(host, port)) from None
+                raise ConfigurationError(
+                    f"cannot listen on {host}:{port}: {exc.strerror}; check --host or "
+                    "server.host (an address of this machine) and --port or server.port"
+                ) from None

@@ -13,14 +13,17 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
+from bot.core import csat
 from bot.core.background import cancel_and_wait
 from bot.core.bus import EventBus
 from bot.core.clock import Clock, utcnow
+from bot.core.csat import CsatFigures
 from bot.core.delivery import DeliveryError, Dispatcher
 from bot.core.errors import BadRequestError, ForbiddenError, StoreUnavailableError
+from bot.core.hours import BusinessHours
 from bot.core.metrics import Metrics
 from bot.core.ports import ConversationStore, DeskStore
 from bot.core.records import (
@@ -41,6 +44,9 @@ INTENT_NAME = re.compile(r"[a-z][a-z0-9_]{1,63}")
 RATINGS = {"good": "up", "bad": "down"}
 TOPIC = "console"
 SENTIMENTS = ("negative", "neutral", "positive")
+# The intent agents give a message the bot should not try to answer (the out-of-scope
+# detector's label): always offered, so agents can teach it before any model knows it.
+OUT_OF_SCOPE = "out_of_scope"
 # Customer messages the bot answered itself: the automation rate's numerator.
 AUTOMATED_ROUTES = (Route.RESPONSE.value, Route.ANSWER.value, Route.HANDLER.value)
 MAX_DASHBOARD_DAYS = 366
@@ -100,6 +106,7 @@ class ConversationView:
     labels: dict[int, MessageLabels]
     approved: frozenset[int]
     sentiment: str | None
+    notes: tuple[Note, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +152,256 @@ class Dashboard:
     intents: tuple[IntentFigures, ...]
     open_escalations: int
     outcomes: dict[str, int]
+    csat: CsatFigures = CsatFigures()
+
+
+# What the search's `status` filter takes: a conversation's status, or `resolved` (with the
+# bot again after an agent closed an escalation of it).
+RESOLVED = "resolved"
+SEARCH_STATUSES = ("bot", "waiting", "claimed", RESOLVED)
+MAX_SEARCH_CHARS = 200
+MAX_PER_PAGE = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """What an agent looks for among all conversations, resolved ones included. Every filter
+    is optional and all given ones must hold.
+
+    Attributes:
+        text: a message of the conversation contains it (case ignored).
+        customer: the customer's name or sender id contains it (case ignored).
+        channel: the conversation's channel, exactly.
+        status: one of `SEARCH_STATUSES`.
+        since, until: a message of the conversation (the one containing `text`, when given)
+            was written in [since, until).
+        page, per_page: which page of the results, most recently active first.
+    """
+
+    text: str | None = None
+    customer: str | None = None
+    channel: str | None = None
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    page: int = 1
+    per_page: int = 20
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.per_page
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A conversation found: its latest escalation (if any), how many messages it has, and
+    the message to show (the newest one that matched, else the newest one)."""
+
+    conversation: Conversation
+    escalation: EscalationRecord | None
+    snippet: StoredMessage | None
+    messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of search results and how many there are in all."""
+
+    hits: tuple[SearchHit, ...]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerHistory:
+    """What came before, for the agent beside an open conversation.
+
+    Attributes:
+        episodes: the conversation's own earlier hand-offs (the same channel and sender), the
+            closed ones, newest first.
+        others: the customer's other conversations (same name, another channel or sender
+            id), most recently active first; empty when the name is unknown.
+    """
+
+    episodes: tuple[EscalationRecord, ...]
+    others: tuple[SearchHit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """An agent's private note on a conversation: agents see it beside the transcript; it is
+    no message, so it never reaches the customer."""
+
+    id: int
+    conversation_id: str
+    author: str
+    text: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CannedResponse:
+    """A reply agents keep at hand, inserted by its shortcut; `{name}`, `{agent}` and any
+    entity type (`{order_id}`) are filled in for the open conversation."""
+
+    id: int
+    shortcut: str
+    title: str
+    text: str
+    author: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FilledResponse:
+    """A canned response with its variables filled for one conversation, and the variables
+    it could not fill (left as `{variable}` for the agent to complete)."""
+
+    response: CannedResponse
+    text: str
+    missing: tuple[str, ...]
+
+
+SHORTCUT = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+MAX_TITLE_CHARS = 100
+MAX_CANNED_CHARS = 4000
+MAX_NOTE_CHARS = 4000
+# A variable in a canned response: `{name}`, `{agent}`, `{order_id}`.
+VARIABLE = re.compile(r"\{([a-z][a-z0-9_]{0,39})\}")
+
+
+def fill_variables(template: str, values: dict[str, str]) -> tuple[str, tuple[str, ...]]:
+    """`template` with each `{variable}` that `values` knows replaced; the others are kept as
+    written and returned (each once, in order), so the agent sees what to complete."""
+    missing: list[str] = []
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in values:
+            return values[name]
+        if name not in missing:
+            missing.append(name)
+        return match.group(0)
+
+    return VARIABLE.sub(value, template), tuple(missing)
+
+
+def conversation_variables(
+    conversation: Conversation, agent: Agent, messages: Iterable[StoredMessage]
+) -> dict[str, str]:
+    """What a canned response can say about a conversation: `name` and `first_name` (when
+    the channel gave a name), `agent`, and the latest value of each entity type found in the
+    customer's messages (`details["entities"]`: `{order_id}`, `{email}`, ...)."""
+    values: dict[str, str] = {"agent": agent.name}
+    if conversation.sender_name and conversation.sender_name.strip():
+        values["name"] = conversation.sender_name.strip()
+        values["first_name"] = values["name"].split()[0]
+    for message in messages:
+        if message.role != Role.CUSTOMER:
+            continue
+        for entity in message.details.get("entities") or ():
+            if not isinstance(entity, dict) or not isinstance(entity.get("type"), str):
+                continue
+            found = entity.get("value", entity.get("text"))
+            usable = isinstance(found, str | int | float) and not isinstance(found, bool)
+            if usable and VARIABLE.fullmatch(f"{{{entity['type']}}}"):
+                values[entity["type"]] = str(found)  # a later message's value wins
+    return values
 
 
 # -- the desk stores' input rules (the SQL store and the in-memory fake both call these) --
+
+
+def check_canned(shortcut: str, title: str, text: str) -> tuple[str, str, str]:
+    """The canned response's fields, trimmed, or BadRequestError saying what to fix."""
+    shortcut, title, text = shortcut.strip().lower(), title.strip(), text.strip()
+    if not SHORTCUT.fullmatch(shortcut):
+        raise BadRequestError(
+            f'field "shortcut" must be 1-32 lower-case letters, digits, - or _, starting with '
+            f"a letter or digit; got {shortcut[:40]!r}"
+        )
+    if not title or len(title) > MAX_TITLE_CHARS:
+        raise BadRequestError(f'field "title" must be 1-{MAX_TITLE_CHARS} characters')
+    if not text or len(text) > MAX_CANNED_CHARS:
+        raise BadRequestError(f'field "text" must be 1-{MAX_CANNED_CHARS} characters')
+    return shortcut, title, text
+
+
+def check_note(text: str) -> str:
+    """The note's text, trimmed, or BadRequestError when it is empty or too long."""
+    text = text.strip()
+    if not text:
+        raise BadRequestError('field "text" is empty; write the note')
+    if len(text) > MAX_NOTE_CHARS:
+        raise BadRequestError(
+            f'field "text" is {len(text)} characters; a note holds at most {MAX_NOTE_CHARS}'
+        )
+    return text
+
+
+def check_search(query: SearchQuery) -> SearchQuery:
+    """`query` with blank filters as None, or BadRequestError saying which field is wrong."""
+    if query.page < 1:
+        raise BadRequestError(f"page must be 1 or more; got {query.page}")
+    if not 1 <= query.per_page <= MAX_PER_PAGE:
+        raise BadRequestError(f"per_page must be from 1 to {MAX_PER_PAGE}; got {query.per_page}")
+    cleaned: dict[str, str | None] = {}
+    for name in ("text", "customer", "channel", "status"):
+        value = getattr(query, name)
+        value = value.strip() if value else None
+        if value is not None and len(value) > MAX_SEARCH_CHARS:
+            raise BadRequestError(
+                f"{name} is {len(value)} characters; search for at most {MAX_SEARCH_CHARS}"
+            )
+        cleaned[name] = value or None
+    if cleaned["status"] is not None and cleaned["status"] not in SEARCH_STATUSES:
+        raise BadRequestError(
+            f"status must be one of {', '.join(SEARCH_STATUSES)}; got {cleaned['status']!r}"
+        )
+    if query.since is not None and query.until is not None and query.since >= query.until:
+        raise BadRequestError(
+            f"the date range is empty: from {query.since.isoformat()} is not before to "
+            f"{query.until.isoformat()}"
+        )
+    return replace(
+        query,
+        text=cleaned["text"],
+        customer=cleaned["customer"],
+        channel=cleaned["channel"],
+        status=cleaned["status"],
+    )
+
+
+def message_matches(message: StoredMessage, query: SearchQuery) -> bool:
+    """Whether a message is one the search looks for (text and date range); the in-memory
+    store's rule, which the SQL store's query spells out."""
+    if query.since is not None and message.created_at < query.since:
+        return False
+    if query.until is not None and message.created_at >= query.until:
+        return False
+    return query.text is None or query.text.casefold() in message.text.casefold()
+
+
+def customer_matches(conversation: Conversation, customer: str | None) -> bool:
+    """Whether the customer filter finds the conversation's name or sender id."""
+    if customer is None:
+        return True
+    wanted = customer.casefold()
+    return wanted in (conversation.sender_name or "").casefold() or (
+        wanted in conversation.sender.casefold()
+    )
+
+
+def most_recent_first(conversations: Iterable[Conversation]) -> list[Conversation]:
+    """The search's order: the most recently active conversation first, then by id."""
+    ordered = sorted(conversations, key=lambda c: c.id)
+    return sorted(ordered, key=lambda c: c.updated_at, reverse=True)
 
 
 def check_sentiment(sentiment: str) -> None:
@@ -230,8 +484,8 @@ def approved_question(
 
 
 def known_intents(model_labels: Sequence[str], corrected: Sequence[str]) -> list[str]:
-    """The live model's intents and the ones agents named, each once, sorted."""
-    return sorted(set(model_labels) | set(corrected))
+    """The live model's intents, the ones agents named and `OUT_OF_SCOPE`, each once, sorted."""
+    return sorted(set(model_labels) | set(corrected) | {OUT_OF_SCOPE})
 
 
 class AgentDesk:
@@ -246,8 +500,10 @@ class AgentDesk:
         metrics: counters to update.
         intent_labels: the live intent model's labels (they change on a model reload).
         unclaimed_timeout_s: how long an escalation may wait unclaimed before the customer
-            is told (routing message `unclaimed`).
+            is told (routing message `unclaimed`); only business hours count (`hours`):
+            outside them the hand-off message already said when someone will answer.
         clock: the current time (injected so tests control it).
+        hours: when agents answer (default: always).
     """
 
     def __init__(
@@ -261,6 +517,7 @@ class AgentDesk:
         intent_labels: Callable[[], Sequence[str]],
         unclaimed_timeout_s: float,
         clock: Clock = utcnow,
+        hours: BusinessHours | None = None,
     ) -> None:
         self.conversations = conversations
         self.desk = desk
@@ -271,6 +528,7 @@ class AgentDesk:
         self.intent_labels = intent_labels
         self.unclaimed_timeout_s = unclaimed_timeout_s
         self.clock = clock
+        self.hours = hours
         self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -293,6 +551,15 @@ class AgentDesk:
         """A conversation with its escalation, messages and labels."""
         return await self.desk.view(conversation_id)
 
+    async def search(self, query: SearchQuery) -> SearchPage:
+        """Conversations with their history, resolved ones included, most recently active
+        first (BadRequestError for a malformed query)."""
+        return await self.desk.search(check_search(query))
+
+    async def history(self, conversation_id: str) -> CustomerHistory:
+        """The conversation's earlier hand-offs and the customer's other conversations."""
+        return await self.desk.history(conversation_id)
+
     async def intents(self) -> list[str]:
         """The live model's intents plus those agents named in corrections, sorted."""
         return known_intents(self.intent_labels(), await self.desk.corrected_intents())
@@ -312,15 +579,65 @@ class AgentDesk:
     # -- changing hands ----------------------------------------------------------------------
 
     async def claim(self, conversation_id: str, agent: Agent) -> EscalationRecord:
-        """Take the conversation's escalation (ConflictError if a colleague has it)."""
+        """Take the conversation's escalation (ConflictError if a colleague has it).
+
+        The customer is told who joined (routing message `claimed`, `{agent}`), on their
+        channel: until then they were told they wait, never that someone is there.
+        """
+        before = await self.conversations.get_conversation(conversation_id)
         escalation = await self.conversations.claim(conversation_id, agent.name)
         await self._publish("escalation.claimed", escalation, agent=agent.name)
+        if before.assignee != agent.name:  # claiming one's own claim again says nothing
+            text = self.router.message("claimed", before.sender_name)
+            notice = await self.conversations.add_message(
+                conversation_id,
+                Role.SYSTEM,
+                text.replace("{agent}", agent.name),
+                details={"event": "claimed", "agent": agent.name},
+            )
+            conversation = await self.conversations.get_conversation(conversation_id)
+            await self._deliver(conversation, notice)
         return escalation
 
     async def release(self, conversation_id: str, agent: Agent) -> EscalationRecord:
         """Put a claimed conversation back in the queue (its assignee or an operator)."""
         escalation = await self.desk.release(conversation_id, agent.name, agent.is_operator)
         await self._publish("escalation.released", escalation, agent=agent.name)
+        return escalation
+
+    async def colleagues(self) -> list[str]:
+        """Who a conversation can be given to: the accounts that can sign in, sorted."""
+        return await self.desk.colleagues()
+
+    async def transfer(self, conversation_id: str, agent: Agent, to: str) -> EscalationRecord:
+        """Assign the conversation (from the queue) or transfer a claim to colleague `to`;
+        `to` holds it from now on, and the customer is told who joined (routing message
+        `claimed`), as on a claim.
+
+        Raises:
+            BadRequestError: `to` is no account that can sign in.
+            NotFoundError: nothing unresolved to transfer.
+            ConflictError: a colleague has claimed it and `agent` is not an operator.
+        """
+        colleagues = await self.desk.colleagues()
+        if to not in colleagues:
+            raise BadRequestError(
+                f"no agent can take it under the name {to[:80]!r}; pick one of "
+                f"{', '.join(colleagues) or 'the agents (none yet)'}"
+            )
+        before = await self.conversations.get_conversation(conversation_id)
+        escalation = await self.desk.transfer(conversation_id, agent.name, agent.is_operator, to)
+        await self._publish("escalation.transferred", escalation, agent=agent.name, to=to)
+        if before.assignee != to:
+            text = self.router.message("claimed", before.sender_name)
+            notice = await self.conversations.add_message(
+                conversation_id,
+                Role.SYSTEM,
+                text.replace("{agent}", to),
+                details={"event": "transferred", "agent": to, "by": agent.name},
+            )
+            conversation = await self.conversations.get_conversation(conversation_id)
+            await self._deliver(conversation, notice)
         return escalation
 
     async def resolve(self, conversation_id: str, agent: Agent) -> EscalationNotice:
@@ -338,10 +655,23 @@ class AgentDesk:
             conversation_id, agent.name, agent.is_operator, outcome, notice
         )
         await self._deliver(closed.conversation, closed.notice)
+        if outcome == "resolved":
+            await self._ask_for_rating(closed, agent)
         await self._publish(
             "escalation.resolved", closed.escalation, agent=agent.name, outcome=outcome
         )
         return closed
+
+    async def _ask_for_rating(self, closed: EscalationNotice, agent: Agent) -> None:
+        """Ask the customer to rate the help 1-5 (`bot/core/csat.py`), with score buttons;
+        their answer is taken by `ConversationService` before the bot sees it."""
+        question = await self.conversations.add_message(
+            closed.conversation.id,
+            Role.SYSTEM,
+            csat.QUESTION,
+            details=csat.request_details(closed.escalation, agent.name),
+        )
+        await self._deliver(closed.conversation, question)
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -462,6 +792,59 @@ class AgentDesk:
             answer_message_id, agent.name, question_message_id, question, intent
         )
 
+    # -- canned responses and notes ----------------------------------------------------------
+
+    async def canned_responses(
+        self, agent: Agent, conversation_id: str | None = None
+    ) -> list[FilledResponse]:
+        """Every canned response, by shortcut, with its variables filled for the conversation
+        (when one is given; otherwise only `{agent}`)."""
+        responses = await self.desk.canned_responses()
+        if conversation_id is None:
+            values = {"agent": agent.name}
+        else:
+            view = await self.desk.view(conversation_id)
+            values = conversation_variables(view.conversation, agent, view.messages)
+        filled = []
+        for response in responses:
+            text, missing = fill_variables(response.text, values)
+            filled.append(FilledResponse(response, text, missing))
+        return filled
+
+    async def save_canned(
+        self, agent: Agent, shortcut: str, title: str, text: str, canned_id: int | None = None
+    ) -> CannedResponse:
+        """Create a canned response, or change the one `canned_id` names (any agent: it is
+        the team's library; the last author is kept).
+
+        Raises:
+            BadRequestError: a field is empty, too long, or the shortcut is malformed.
+            ConflictError: another canned response has this shortcut.
+            NotFoundError: `canned_id` names none.
+        """
+        shortcut, title, text = check_canned(shortcut, title, text)
+        return await self.desk.save_canned(canned_id, shortcut, title, text, agent.name)
+
+    async def delete_canned(self, agent: Agent, canned_id: int) -> None:
+        """Delete a canned response (NotFoundError when there is none)."""
+        await self.desk.delete_canned(canned_id)
+        log.info("canned response %s deleted by %s", canned_id, agent.name)
+
+    async def add_note(self, conversation_id: str, agent: Agent, text: str) -> Note:
+        """Keep a private note on a conversation, for agents only (never sent), and tell the
+        open consoles (event `note`)."""
+        note = await self.desk.add_note(conversation_id, agent.name, check_note(text))
+        await self.bus.publish(
+            TOPIC,
+            {
+                "type": "note",
+                "conversation_id": conversation_id,
+                "note_id": note.id,
+                "agent": agent.name,
+            },
+        )
+        return note
+
     # -- the unclaimed timeout ---------------------------------------------------------------
 
     async def time_out_unclaimed(self) -> list[EscalationNotice]:
@@ -470,7 +853,12 @@ class AgentDesk:
         Returns:
             The escalations this process timed out (another replica may have taken some).
         """
-        cutoff = self.clock() - timedelta(seconds=self.unclaimed_timeout_s)
+        now = self.clock()
+        cutoff = now - timedelta(seconds=self.unclaimed_timeout_s)
+        if self.hours is not None and not (self.hours.is_open(now) and self.hours.is_open(cutoff)):
+            # Closed, or opened less than a timeout ago: nobody has had the time to claim
+            # yet ("all our agents are busy" at night, or at 8:00 sharp, would be untrue).
+            return []
         done = []
         for escalation, conversation in await self.desk.unclaimed_since(cutoff):
             notice = self.router.message("unclaimed", conversation.sender_name)

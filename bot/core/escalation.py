@@ -12,6 +12,7 @@ NEGATIVE_MESSAGE = "negative_message"
 NEGATIVE_TREND = "negative_trend"
 ASKED_FOR_HUMAN = "asked_for_human"
 REPEATED_FALLBACK = "repeated_fallback"
+LATER_MESSAGE = "later_message"
 
 
 class EscalationSettings(BaseModel):
@@ -94,6 +95,27 @@ class EscalationPolicy:
                     scores=scores,
                 )
         return None
+
+    def urgency(
+        self, understanding: Understanding, earlier_negativity: Sequence[float]
+    ) -> Escalation:
+        """How urgent a message written while the conversation waits for an agent makes it.
+
+        The same signals as `assess` (a furious message, a negative trend, asking for a
+        person); a message that would not escalate on its own still counts with its
+        negativity, like a repeated fallback. The store raises the queued escalation's
+        priority to this when it is higher (`handoff.raises_priority`).
+        """
+        escalation = self.assess(understanding, earlier_negativity)
+        if escalation is not None:
+            return escalation
+        negativity = understanding.negativity
+        return Escalation(
+            LATER_MESSAGE,
+            priority=round(1.0 + max(0.0, negativity), 4),
+            explanation=f"A message while waiting (negativity {negativity:.2f}).",
+            scores={"negativity": round(negativity, 4)},
+        )
 
     def after_fallbacks(self, failed_turns: int, understanding: Understanding) -> Escalation | None:
         """Escalate once the bot has failed `max_failed_turns` turns in a row."""

@@ -59,6 +59,24 @@ def needs_escalation(current: Handoff) -> bool:
     return current.escalation not in UNRESOLVED
 
 
+def raises_priority(current_priority: float, offered: float) -> bool:
+    """Whether a later message's urgency changes an unresolved escalation's priority.
+
+    Priority only goes up while the customer waits: a calmer message does not send an angry
+    customer back down the queue, a furious one moves a patient customer up.
+    """
+    return offered > current_priority
+
+
+RAISED = " Raised while waiting: "
+
+
+def raised_explanation(current: str, later: str) -> str:
+    """The explanation of an escalation whose priority a later message raised: why it was
+    opened, then why it was raised last (earlier raises are dropped, so it stays short)."""
+    return f"{current.split(RAISED)[0]}{RAISED}{later}"
+
+
 def claim(current: Handoff, conversation_id: str, agent: str) -> Handoff:
     """An agent takes the unresolved escalation; claiming one's own claim again is a no-op.
 
@@ -123,6 +141,32 @@ def close(
     if not operator:
         check_claimed_by(current, conversation_id, agent)
     return BOT, closed_as
+
+
+def transfer(
+    current: Handoff, conversation_id: str, agent: str, operator: bool, to: str
+) -> Handoff:
+    """Give the unresolved escalation to colleague `to` (assign it, or transfer a claim): it
+    is then claimed by `to`. Anyone may assign one still in the queue; a claimed one only its
+    assignee or an operator. Giving it to who has it already is a no-op.
+
+    Raises:
+        BadRequestError: `to` is empty.
+        NotFoundError: there is no unresolved escalation.
+        ConflictError: another agent has claimed it and `operator` is False.
+    """
+    if not to:
+        raise BadRequestError("a transfer needs the colleague's name; got an empty one")
+    _unresolved(current, conversation_id, "transfer")
+    held = current.escalation == EscalationStatus.CLAIMED
+    if held and current.assignee == to:
+        return current
+    if held and current.assignee != agent and not operator:
+        raise ConflictError(
+            f"conversation {conversation_id} is claimed by {current.assignee}; only they "
+            "or an operator can transfer it"
+        )
+    return Handoff(ConversationStatus.CLAIMED, EscalationStatus.CLAIMED, to)
 
 
 def check_claimed_by(current: Handoff, conversation_id: str, agent: str) -> None:

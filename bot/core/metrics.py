@@ -34,6 +34,12 @@ class Metrics:
             "Turns where the bot asked the customer to rephrase.",
             registry=self.registry,
         )
+        self.out_of_scope = Counter(
+            "supportbot_out_of_scope",
+            "Customer messages the intent model's detector found out of scope, by channel.",
+            ["channel"],
+            registry=self.registry,
+        )
         self.feedback = Counter(
             "supportbot_feedback",
             "Feedback received, by rating.",

@@ -3,7 +3,7 @@ implementations."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +25,17 @@ from bot.core.records import (
 )
 
 if TYPE_CHECKING:
-    from bot.core.desk import ConversationView, Dashboard, EscalationNotice, QueueItem
+    from bot.core.desk import (
+        CannedResponse,
+        ConversationView,
+        CustomerHistory,
+        Dashboard,
+        EscalationNotice,
+        Note,
+        QueueItem,
+        SearchPage,
+        SearchQuery,
+    )
 
 
 class ConversationStore(Protocol):
@@ -142,12 +152,20 @@ class AnswerIndex(Protocol):
     """Past questions and the answers that resolved them."""
 
     async def search(
-        self, text: str, k: int = 3, intent: str | None = None, embedding: Any = None
+        self,
+        text: str,
+        k: int = 3,
+        intent: str | None = None,
+        embedding: Any = None,
+        slots: Mapping[str, str] | None = None,
     ) -> Sequence[Answer]:
         """The best answers for `text`, best first, each with its similarity score.
 
         `embedding`: `text` already embedded with the index's encoder (then it is not
-        embedded again), e.g. `Understanding.query_embedding`."""
+        embedded again), e.g. `Understanding.query_embedding`.
+        `slots`: what the conversation told the bot (`order_id` -> `BC-204719`); an answer
+        template needing a slot that is not here (`{order_id}`) is left out, the others come
+        back filled in (bot/core/entities.py `fill`)."""
 
 
 class TurnLocks(Protocol):
@@ -187,6 +205,14 @@ class DeskStore(Protocol):
     async def check_claimed_by(self, conversation_id: str, agent: str) -> EscalationRecord:
         """The escalation `agent` has claimed (ConflictError otherwise)."""
 
+    async def transfer(
+        self, conversation_id: str, agent: str, operator: bool, to: str
+    ) -> EscalationRecord:
+        """Give the unresolved escalation to colleague `to` (`handoff.transfer`)."""
+
+    async def colleagues(self) -> list[str]:
+        """The names of the console accounts that can sign in, sorted."""
+
     async def unclaimed_since(
         self, cutoff: datetime
     ) -> list[tuple[EscalationRecord, Conversation]]:
@@ -211,6 +237,29 @@ class DeskStore(Protocol):
 
     async def corrected_intents(self) -> list[str]:
         """Intents agents have named in corrections, sorted."""
+
+    async def canned_responses(self) -> list[CannedResponse]:
+        """Every canned response, by shortcut."""
+
+    async def save_canned(
+        self, canned_id: int | None, shortcut: str, title: str, text: str, author: str
+    ) -> CannedResponse:
+        """Create (`canned_id` None) or change a canned response (checked by
+        `desk.check_canned`); ConflictError for a shortcut taken, NotFoundError for no such
+        id."""
+
+    async def delete_canned(self, canned_id: int) -> None:
+        """Delete a canned response (NotFoundError when there is none)."""
+
+    async def add_note(self, conversation_id: str, author: str, text: str) -> Note:
+        """Store a private note (NotFoundError for an unknown conversation)."""
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        """One page of the conversations `query` finds (checked by `desk.check_search`)."""
+
+    async def history(self, conversation_id: str) -> CustomerHistory:
+        """The conversation's closed escalations and the customer's other conversations
+        (NotFoundError for an unknown conversation)."""
 
     async def dashboard(self, days: int) -> Dashboard:
         """Per-day figures for the last `days` UTC days (today included)."""

@@ -109,6 +109,11 @@ class Understanding:
         query_embedding: the message embedded with the answer index's encoder, when the
             models share their forward with it (bot/nlu/shared_encoder.py); else None and the
             index embeds the message itself.
+        out_of_scope: the message is about none of the intents the model knows (its
+            out-of-scope score is above the detector's threshold, or it predicted the
+            out-of-scope label it was trained with); `intent` is then None.
+        oos_score: the detector's score (higher: further from anything trained; the
+            threshold is in the intent model's `oos_detector.json`); None without a detector.
     """
 
     intent: str | None
@@ -119,6 +124,8 @@ class Understanding:
     sentiment_scores: tuple[Scored, ...]
     model_versions: dict[str, str]
     query_embedding: Any = field(default=None, compare=False, repr=False)
+    out_of_scope: bool = False
+    oos_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

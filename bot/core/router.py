@@ -11,8 +11,10 @@ from typing import Any
 
 import yaml
 
+from bot.core.entities import EntityConfig
 from bot.core.errors import ConfigurationError
 from bot.core.records import Message, Understanding
+from bot.core.yamldoc import describe_yaml_error
 
 ROUTE_KINDS = ("response", "answer", "handoff", "handler")
 MESSAGE_KEYS = ("rephrase", "handoff", "waiting", "error")
@@ -24,6 +26,15 @@ DEFAULT_MESSAGES: dict[str, tuple[str, ...]] = {
     ),
     "resolved": ("Our agent has marked this conversation as resolved. Thanks for your patience!",),
     "handed_back": ("You're back with the assistant. Ask me anything, or ask for a person again.",),
+    # Hand-off states (bot/core/hours.py, service.py, desk.py): {opens} is the next opening
+    # ("tomorrow at 8:00 CET"), {agent} the agent who claimed the conversation.
+    "handoff_closed": (
+        "I'm handing this conversation to our support team. Nobody is in right now: someone "
+        "will answer here {opens}. Your messages stay in the queue.",
+    ),
+    "queued": ("Got it, it's in the queue: an agent will see it.",),
+    "queued_closed": ("Got it, it's in the queue: an agent will see it {opens}.",),
+    "claimed": ("{agent} joined the conversation.",),
 }
 
 
@@ -57,6 +68,14 @@ class RoutingConfig:
     intents: Mapping[str, IntentRoute]
     messages: Mapping[str, tuple[str, ...]]
     source: str = "<default>"
+    # Built-in entities and the `entities:` section (bot/core/entities.py).
+    entities: EntityConfig = field(default_factory=EntityConfig)
+    # What the bot does with a message about none of the intents (`out_of_scope:`): a
+    # route like an intent's, or `rephrase` (the fallback ladder, the default).
+    out_of_scope: IntentRoute = IntentRoute("rephrase")
+    # Quick replies offered with the rephrase prompt and the out-of-scope response: what the
+    # bot can help with (`suggestions:`).
+    suggestions: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, path: Path | None = None) -> RoutingConfig:
@@ -77,7 +96,7 @@ class RoutingConfig:
         try:
             document = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigurationError(f"routing config {source}: invalid YAML ({exc})") from exc
+            raise ConfigurationError("routing config " + describe_yaml_error(exc, source)) from None
         return cls.parse(document, source)
 
     @classmethod
@@ -104,7 +123,44 @@ class RoutingConfig:
                 messages[key] = tuple(value) if isinstance(value, list) else (str(value),)
         if problems:
             raise ConfigurationError(f"routing config {source}: " + "; ".join(problems))
-        return cls(default, intents, messages, source)
+        entities = EntityConfig.parse(document.get("entities"), source)
+        suggestions = _parse_suggestions(document.get("suggestions"), problems)
+        out_of_scope = _parse_out_of_scope(document.get("out_of_scope", "rephrase"), problems)
+        if out_of_scope.kind == "response" and not out_of_scope.quick_replies:
+            out_of_scope = IntentRoute("response", out_of_scope.responses, None, suggestions)
+        if problems:
+            raise ConfigurationError(f"routing config {source}: " + "; ".join(problems))
+        return cls(
+            default,
+            intents,
+            messages,
+            source,
+            entities,
+            out_of_scope=out_of_scope,
+            suggestions=suggestions,
+        )
+
+
+def _parse_suggestions(value: Any, problems: list[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        problems.append("suggestions: expected a list of texts (quick replies)")
+        return ()
+    return tuple(v.strip() for v in value)
+
+
+def _parse_out_of_scope(spec: Any, problems: list[str]) -> IntentRoute:
+    """`out_of_scope:` is `rephrase`, `answer`, `handoff`, or a mapping like an intent's."""
+    if spec == "rephrase":
+        return IntentRoute("rephrase")
+    if isinstance(spec, str) and spec not in ("answer", "handoff"):
+        problems.append(
+            f"out_of_scope: {spec!r} is not a route; use rephrase, answer, handoff or a "
+            "mapping with response/handler (and quick_replies)"
+        )
+        return IntentRoute("rephrase")
+    return _parse_route(spec, "out_of_scope", problems)
 
 
 def _parse_route(spec: Any, where: str, problems: list[str]) -> IntentRoute:
@@ -149,7 +205,12 @@ class Router:
     def check(self) -> None:
         """Raise ConfigurationError if the config names a handler nobody registered."""
         missing = sorted(
-            {r.handler for r in self.config.intents.values() if r.handler} - set(self.handlers)
+            {
+                r.handler
+                for r in (*self.config.intents.values(), self.config.out_of_scope)
+                if r.handler
+            }
+            - set(self.handlers)
         )
         if missing:
             raise ConfigurationError(

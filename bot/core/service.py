@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.core import logs
+from bot.core import csat, logs
 from bot.core.bus import EventBus, LocalBus
+from bot.core.clock import Clock, utcnow
 from bot.core.delivery import Dispatcher
+from bot.core.entities import EntityExtractor, slot_values
 from bot.core.errors import BadRequestError, NotFoundError, StoreUnavailableError
 from bot.core.escalation import ASKED_FOR_HUMAN, EscalationPolicy
+from bot.core.hours import BusinessHours, describe_opening
 from bot.core.locks import KeyedLocks
 from bot.core.metrics import Metrics
 from bot.core.ports import AnswerIndex, ConversationStore, TurnLocks, Understander
@@ -44,6 +47,8 @@ class HandleResult:
     replies: tuple[Reply, ...]
     status: ConversationStatus
     duplicate: bool = False
+    # Who has the conversation when `status` is `claimed` (channels say "<agent> joined").
+    assignee: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +72,9 @@ def reply_of(message: StoredMessage) -> Reply:
         text=message.text,
         route=route,
         quick_replies=tuple(message.details.get("quick_replies", ())),
-        rateable=message.role == Role.BOT
-        and route in (Route.ANSWER, Route.RESPONSE, Route.HANDLER),
+        # Thumbs under what answers a question (a found answer, a handler's result), not under
+        # configured small talk (greetings, thanks), rephrase prompts or notices.
+        rateable=message.role == Role.BOT and route in (Route.ANSWER, Route.HANDLER),
     )
 
 
@@ -91,6 +97,19 @@ def earlier_negativity(recent: Sequence[StoredMessage]) -> list[float]:
         elif m.role == Role.CUSTOMER and m.negativity is not None:
             earlier.append(m.negativity)
     return earlier
+
+
+def _annotation(understanding: Understanding, details: dict[str, Any]) -> dict[str, Any]:
+    """What is stored on a customer message besides the route: the runner-up guesses and
+    scores are what an agent or a retraining run wants to see next to it."""
+    return {
+        **details,
+        "top_intents": [[s.label, round(s.score, 4)] for s in understanding.top_intents],
+        "sentiment_scores": {s.label: round(s.score, 4) for s in understanding.sentiment_scores},
+        "abstained": understanding.intent is None,
+        "out_of_scope": understanding.out_of_scope,
+        "oos_score": understanding.oos_score,
+    }
 
 
 async def store_feedback(store: ConversationStore, metrics: Metrics, feedback: Feedback) -> int:
@@ -117,6 +136,12 @@ class ConversationService:
             "console", see `bot/core/bus.py`).
         locks: serialise the turns of one conversation; default: per process (enough for
             one replica), `RedisTurnLocks` across replicas.
+        hours: when agents answer hand-offs (default: always); outside them the hand-off
+            message says when someone will (routing messages `handoff_closed`,
+            `queued_closed`).
+        ack_interval_s: messages written while waiting for an agent get "it's in the queue"
+            (routing message `queued`) at most once per this many seconds.
+        clock: the current time (injected so tests control it).
     """
 
     def __init__(
@@ -131,17 +156,24 @@ class ConversationService:
         dispatcher: Dispatcher | None = None,
         bus: EventBus | None = None,
         locks: TurnLocks | None = None,
+        hours: BusinessHours | None = None,
+        ack_interval_s: float = 60.0,
+        clock: Clock = utcnow,
     ) -> None:
         self._store = store
         self._understander = understander
         self._answers = answers
         self._router = router
+        self._entities = EntityExtractor(router.config.entities)
         self._policy = policy
         self._metrics = metrics
         self._min_answer_score = min_answer_score
         self._dispatcher = dispatcher or Dispatcher()
         self._bus: EventBus = bus or LocalBus()
         self._locks: TurnLocks = locks or KeyedLocks()
+        self._hours = hours
+        self._ack_interval_s = ack_interval_s
+        self._clock = clock
 
     async def handle(self, message: Message) -> HandleResult:
         """Persist the message, then answer it (or stay silent while an agent has it).
@@ -202,7 +234,8 @@ class ConversationService:
             # Everything that is not a model call is database work (routing is negligible).
             self._metrics.stage_seconds.labels("store").observe(total - sum(model_seconds.values()))
             await self._announce(conversation, stored.id, conversation.status, status)
-            return HandleResult(conversation.id, stored.id, replies, status)
+            assignee = conversation.assignee if status == ConversationStatus.CLAIMED else None
+            return HandleResult(conversation.id, stored.id, replies, status, assignee=assignee)
 
     async def _announce(
         self,
@@ -235,15 +268,32 @@ class ConversationService:
         understanding = await self._understander.understand(message.text)
         model_seconds["nlu"] = time.perf_counter() - stage
         self._metrics.stage_seconds.labels("nlu").observe(model_seconds["nlu"])
+        if understanding.out_of_scope:
+            self._metrics.out_of_scope.labels(message.channel).inc()
+
+        if conversation.status == ConversationStatus.BOT:
+            # The answer to "rate the help 1-5" after an agent resolved it (bot/core/csat.py).
+            latency_ms = (time.perf_counter() - started) * 1000
+            thanks = await csat.take_rating(
+                self._store, conversation, stored, understanding, recent, latency_ms
+            )
+            if thanks is not None:
+                return (reply_of(thanks),), conversation.status
 
         if conversation.status != ConversationStatus.BOT:
-            # An agent has this conversation: the bot stays silent, the agent sees the message.
-            await self._record(conversation, stored, understanding, Route.AGENT, {}, started)
+            replies = await self._while_handed_off(
+                conversation, stored, message, understanding, started, recent
+            )
             self._metrics.messages.labels(message.channel, Route.AGENT).inc()
-            return (), conversation.status
+            return replies, conversation.status
 
         decision = await self._decide(
-            conversation, message, understanding, model_seconds, earlier_negativity(recent)
+            conversation,
+            message,
+            understanding,
+            model_seconds,
+            earlier_negativity(recent),
+            self._slots(message, recent),
         )
         reply = await self._record(
             conversation,
@@ -263,6 +313,90 @@ class ConversationService:
             status = ConversationStatus.WAITING
         return ((reply_of(reply),) if reply else ()), status
 
+    async def _while_handed_off(
+        self,
+        conversation: Conversation,
+        stored: StoredMessage,
+        message: Message,
+        understanding: Understanding,
+        started: float,
+        recent: tuple[StoredMessage, ...],
+    ) -> tuple[Reply, ...]:
+        """A message to a conversation a person has or will have: the bot does not answer it.
+
+        The agent sees it; a later, angrier message raises the queued escalation's priority
+        (`EscalationPolicy.urgency`, `handoff.raises_priority`), so the queue reorders; and
+        while nobody has claimed it the customer hears that it is queued, at most once per
+        `ack_interval_s` (the hand-off message itself counts), not after every message.
+        """
+        urgency = self._policy.urgency(understanding, earlier_negativity(recent))
+        waiting = conversation.status == ConversationStatus.WAITING
+        await self._store.record_turn(
+            conversation.id,
+            Turn(
+                message_id=stored.id,
+                understanding=understanding,
+                route=Route.AGENT,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                details={
+                    **_annotation(understanding, {}),
+                    "entities": self._entity_dicts(stored.text),
+                },
+                escalation=urgency if waiting else None,
+            ),
+        )
+        if not waiting or self._acknowledged_lately(recent):
+            return ()
+        text = self._closed_text("queued", message.sender_name) or self._router.message(
+            "queued", message.sender_name
+        )
+        ack = await self._store.add_message(
+            conversation.id,
+            Role.SYSTEM,
+            text,
+            reply_to=stored.id,
+            route=Route.AGENT,
+            details={"event": "queued"},
+        )
+        return (reply_of(ack),)
+
+    def _acknowledged_lately(self, recent: Sequence[StoredMessage]) -> bool:
+        """Whether the customer was told "handed off" or "queued" within `ack_interval_s`."""
+        if self._ack_interval_s <= 0:
+            return False
+        now = self._clock()
+        for m in reversed(recent):
+            told = m.route == Route.HANDOFF or m.details.get("event") == "queued"
+            if m.role != Role.CUSTOMER and told:
+                return (now - m.created_at).total_seconds() < self._ack_interval_s
+        return False
+
+    def _closed_text(self, key: str, name: str | None) -> str | None:
+        """The `<key>_closed` message with `{opens}` filled in when nobody answers now
+        (business hours); None while agents are in."""
+        if self._hours is None:
+            return None
+        now = self._clock()
+        if self._hours.is_open(now):
+            return None
+        opening = self._hours.next_opening(now)
+        opens = describe_opening(opening, now) if opening is not None else "as soon as we can"
+        return self._router.message(f"{key}_closed", name).replace("{opens}", opens)
+
+    def _entity_dicts(self, text: str) -> list[dict[str, Any]]:
+        """The entities of a customer message as stored with it (`details["entities"]`)."""
+        return [entity.to_dict() for entity in self._entities.extract(text)]
+
+    def _slots(self, message: Message, recent: Sequence[StoredMessage]) -> dict[str, str]:
+        """What the conversation has told the bot: the entities of its recent customer
+        messages (the newest value of a type wins) and the customer's name; a past answer
+        that needs a slot (`{order_id}`) is served only when it is here."""
+        texts = [m.text for m in recent[:-1] if m.role == Role.CUSTOMER] + [message.text]
+        values = slot_values(e for text in texts for e in self._entities.extract(text))
+        if message.sender_name:
+            values.setdefault("name", message.sender_name)
+        return values
+
     async def _record(
         self,
         conversation: Conversation,
@@ -276,14 +410,8 @@ class ConversationService:
         """Store the whole turn (annotation, reply, failed turns, escalation) in one go."""
         # The runner-up guesses are what an agent or a retraining run wants to see next to
         # the message, so they are kept with it.
-        message_details = {
-            **details,
-            "top_intents": [[s.label, round(s.score, 4)] for s in understanding.top_intents],
-            "sentiment_scores": {
-                s.label: round(s.score, 4) for s in understanding.sentiment_scores
-            },
-            "abstained": understanding.intent is None,
-        }
+        message_details = _annotation(understanding, details)
+        message_details["entities"] = self._entity_dicts(stored.text)
         reply_details = dict(details)
         if decision is not None and decision.quick_replies:
             reply_details["quick_replies"] = list(decision.quick_replies)
@@ -310,17 +438,27 @@ class ConversationService:
         understanding: Understanding,
         model_seconds: dict[str, float],
         earlier: list[float],
+        slots: Mapping[str, str] | None = None,
     ) -> _Decision:
         escalation = self._policy.assess(understanding, earlier)
         if escalation is not None:
             return self._handoff(escalation, message)
         route = self._router.route_for(understanding.intent)
+        if understanding.out_of_scope:
+            # About none of the intents: the routing file's `out_of_scope` entry decides
+            # (a response saying what the bot can help with, today's rephrase ladder, a
+            # search of all answers, a hand-off or a handler).
+            route = self._router.config.out_of_scope
+            if route.kind == "rephrase":
+                return self._rephrase(conversation, message, understanding, None)
         if route.kind == "handoff":
             return self._handoff(
                 Escalation(
                     ASKED_FOR_HUMAN,
                     priority=round(1.5 + max(0.0, understanding.negativity), 4),
-                    explanation=f"Routing sends intent {understanding.intent} to a person.",
+                    explanation="Routing sends out-of-scope messages to a person."
+                    if understanding.out_of_scope
+                    else f"Routing sends intent {understanding.intent} to a person.",
                     scores={"negativity": round(understanding.negativity, 4)},
                 ),
                 message,
@@ -336,7 +474,11 @@ class ConversationService:
             )
         stage = time.perf_counter()
         hits = await self._answers.search(
-            message.text, k=3, intent=understanding.intent, embedding=understanding.query_embedding
+            message.text,
+            k=3,
+            intent=understanding.intent,
+            embedding=understanding.query_embedding,
+            slots=slots,
         )
         model_seconds["retrieval"] = time.perf_counter() - stage
         self._metrics.stage_seconds.labels("retrieval").observe(model_seconds["retrieval"])
@@ -348,19 +490,36 @@ class ConversationService:
                 "question": best.question,
             }
             return _Decision(Route.ANSWER, best.text, details, quick_replies=route.quick_replies)
-        # Fallback ladder: not sure -> retrieval found nothing good -> ask to rephrase ->
-        # after max_failed_turns in a row, a person takes over.
+        return self._rephrase(conversation, message, understanding, hits[0] if hits else None)
+
+    def _rephrase(
+        self,
+        conversation: Conversation,
+        message: Message,
+        understanding: Understanding,
+        best: Answer | None,
+    ) -> _Decision:
+        """The fallback ladder: not sure -> ask to rephrase, offering the routing file's
+        `suggestions` -> after max_failed_turns in a row, a person takes over."""
         failed = conversation.failed_turns + 1
         escalation = self._policy.after_fallbacks(failed, understanding)
         if escalation is not None:
             return self._handoff(escalation, message)
-        details = {"best_score": round(hits[0].score, 4) if hits else None}
+        details = {"best_score": round(best.score, 4) if best else None}
         text = self._router.message("rephrase", message.sender_name)
-        return _Decision(Route.REPHRASE, text, details, failed_turns=failed)
+        return _Decision(
+            Route.REPHRASE,
+            text,
+            details,
+            failed_turns=failed,
+            quick_replies=self._router.config.suggestions,
+        )
 
     def _handoff(self, escalation: Escalation, message: Message) -> _Decision:
         details = {"reason": escalation.reason, "explanation": escalation.explanation}
-        text = self._router.message("handoff", message.sender_name)
+        text = self._closed_text("handoff", message.sender_name) or self._router.message(
+            "handoff", message.sender_name
+        )
         return _Decision(Route.HANDOFF, text, details, escalation=escalation)
 
     async def request_handoff(self, message: Message) -> HandleResult:
@@ -387,9 +546,16 @@ class ConversationService:
                         conversation.id, stored.id, replies, conversation.status, duplicate=True
                     )
                 log.warning("hand-off request %s was stored but never answered", stored.id)
-            if conversation.status != ConversationStatus.BOT:
+            details: dict[str, Any] | None = None
+            if conversation.status == ConversationStatus.CLAIMED:
                 text = self._router.message("waiting", message.sender_name)
                 route = Route.AGENT
+            elif conversation.status == ConversationStatus.WAITING:
+                # Nobody has claimed it yet: "an agent has your conversation" would be untrue.
+                text = self._closed_text("queued", message.sender_name) or self._router.message(
+                    "queued", message.sender_name
+                )
+                route, details = Route.AGENT, {"event": "queued"}
             else:
                 escalation = Escalation(
                     ASKED_FOR_HUMAN,
@@ -399,15 +565,23 @@ class ConversationService:
                 )
                 await self._store.escalate(conversation.id, escalation)
                 self._metrics.escalations.labels(escalation.reason).inc()
-                text = self._router.message("handoff", message.sender_name)
+                text = self._closed_text("handoff", message.sender_name) or (
+                    self._router.message("handoff", message.sender_name)
+                )
                 route = Route.HANDOFF
             reply = await self._store.add_message(
-                conversation.id, Role.BOT, text, reply_to=stored.id, route=route
+                conversation.id, Role.BOT, text, reply_to=stored.id, route=route, details=details
             )
             self._metrics.messages.labels(message.channel, route).inc()
             current = await self._store.get_conversation(conversation.id)
             await self._announce(conversation, stored.id, conversation.status, current.status)
-            return HandleResult(conversation.id, stored.id, (reply_of(reply),), current.status)
+            return HandleResult(
+                conversation.id,
+                stored.id,
+                (reply_of(reply),),
+                current.status,
+                assignee=current.assignee,
+            )
 
     async def record_feedback(self, feedback: Feedback) -> int:
         """Store feedback on a reply (NotFoundError for an unknown message id)."""
@@ -450,6 +624,12 @@ class ConversationService:
         """A conversation and its messages, oldest first (NotFoundError when unknown)."""
         conversation = await self._store.get_conversation(conversation_id)
         return conversation, await self._store.transcript(conversation_id)
+
+    async def handed_off(self, channel: str, sender: str) -> bool:
+        """Whether the sender's conversation is with the agents (waiting or claimed), so the
+        bot will not answer their next message (a channel then shows no "typing…")."""
+        conversation = await self._store.find_conversation(channel, sender)
+        return conversation is not None and conversation.status != ConversationStatus.BOT
 
     async def history(
         self, channel: str, sender: str, limit: int | None = None

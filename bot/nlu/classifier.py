@@ -222,6 +222,19 @@ class TransformerClassifier:
                 out[chunk] = self.model(input_ids, mask).float()
         return out
 
+    def pooled_and_logits(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean-pooled encoder states and raw logits from one forward, in input order."""
+        hidden = int(self.model.head.in_features)
+        pooled = torch.empty(len(texts), hidden)
+        if not texts:
+            return pooled, torch.empty(0, len(self.labels))
+        with torch.inference_mode():
+            for chunk, input_ids, mask in length_chunks(
+                self.tokenizer, texts, self.meta.max_length, self.batch_size
+            ):
+                pooled[chunk] = self.model.embed(input_ids, mask).float()
+        return pooled, self.head_logits(pooled)
+
     def head_logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Logits from mean-pooled encoder states computed elsewhere (a shared forward)."""
         with torch.inference_mode():

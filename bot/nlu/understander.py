@@ -24,6 +24,7 @@ from bot.core.records import Scored, Understanding
 from bot.infra.batching import MicroBatcher
 from bot.nlu.artifacts import TASKS, read_live_versions
 from bot.nlu.classifier import TransformerClassifier
+from bot.nlu.oos import OosDetector
 from bot.nlu.shared_encoder import (
     PROBE_TEXTS,
     Branch,
@@ -68,6 +69,7 @@ class ModelSet:
     sentiment: TransformerClassifier
     versions: dict[str, str]
     shared: SharedEncoder | None = None
+    oos: OosDetector | None = None
 
     @classmethod
     def load(
@@ -78,9 +80,17 @@ class ModelSet:
         if missing:
             raise ModelNotFoundError(
                 f"no live {' or '.join(missing)} model in {models_dir}; train with "
-                f"`supportbot train {missing[0]} --data data/ --out {models_dir}`"
+                f"`supportbot train {missing[0]} --data data/ --models {models_dir}`"
             )
         intent = TransformerClassifier(models_dir / "intent" / live["intent"])
+        oos = OosDetector.load_if_present(intent.directory)
+        if oos is None:
+            log.warning(
+                "intent %s has no out-of-scope detector (trained by an older supportbot or "
+                "with --oos-method none): it only abstains below its confidence threshold; "
+                "train it again to decline out-of-scope messages",
+                live["intent"],
+            )
         sentiment = TransformerClassifier(models_dir / "sentiment" / live["sentiment"])
         versions = {task: live[task] for task in TASKS}
         shared = share_forward(intent, sentiment, query_encoder)
@@ -95,16 +105,22 @@ class ModelSet:
             for name, model in (("intent", intent), ("sentiment", sentiment)):
                 if name in on_own:
                     quantize(model)
-        return cls(intent, sentiment, versions, shared)
+        return cls(intent, sentiment, versions, shared, oos)
 
     def classify(self, texts: Sequence[str]) -> list[Understanding]:
         """Intent and sentiment for a batch of texts (blocking; runs in the worker thread)."""
         pooled = self.shared.pooled(texts) if self.shared is not None else {}
         if "intent" in pooled:
-            intent_probs = self.intent.calibrated(self.intent.head_logits(pooled["intent"]))
+            intent_pooled = pooled["intent"]
+            intent_logits = self.intent.head_logits(intent_pooled)
         else:
-            intent_probs = self.intent.predict_proba(texts)
-        intents = self.intent.predictions(intent_probs, top_k=3)
+            intent_pooled, intent_logits = self.intent.pooled_and_logits(texts)
+        intents = self.intent.predictions(self.intent.calibrated(intent_logits), top_k=3)
+        oos_scores: Sequence[float | None] = [None] * len(texts)
+        oos_flags: Sequence[bool] = [False] * len(texts)
+        if self.oos is not None:
+            raw, flags = self.oos.decide(intent_pooled.numpy(), intent_logits.numpy())
+            oos_scores, oos_flags = [round(float(v), 4) for v in raw], flags.tolist()
         if "sentiment" in pooled:
             sentiment_probs = self.sentiment.calibrated(
                 self.sentiment.head_logits(pooled["sentiment"])
@@ -119,6 +135,7 @@ class ModelSet:
         pos = labels.index("positive") if "positive" in labels else None
         out = []
         for row, (prediction, probs) in enumerate(zip(intents, sentiment_probs, strict=True)):
+            out_of_scope = bool(oos_flags[row])
             scores = tuple(
                 sorted(
                     (Scored(label, float(p)) for label, p in zip(labels, probs, strict=True)),
@@ -130,7 +147,8 @@ class ModelSet:
             )
             out.append(
                 Understanding(
-                    intent=None if prediction.abstained else prediction.label,
+                    # An out-of-scope message has no intent: nothing acts on a guess.
+                    intent=None if prediction.abstained or out_of_scope else prediction.label,
                     intent_confidence=prediction.confidence,
                     top_intents=tuple(Scored(label, score) for label, score in prediction.top),
                     sentiment=scores[0].label,
@@ -138,6 +156,8 @@ class ModelSet:
                     sentiment_scores=scores,
                     model_versions=dict(self.versions),
                     query_embedding=None if query is None else query[row].numpy(),
+                    out_of_scope=out_of_scope,
+                    oos_score=oos_scores[row],
                 )
             )
         return out

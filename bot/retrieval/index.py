@@ -14,7 +14,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from bot.core.background import cancel_and_wait
 from bot.core.datafiles import normalize
+from bot.core.entities import OPTIONAL_SLOTS, fill
 from bot.core.errors import (
     BadRequestError,
     ConfigurationError,
@@ -72,7 +73,7 @@ def index_model(directory: Path) -> str:
     if not meta_path.is_file():
         raise ModelNotFoundError(
             f"{directory} is not an answer index: {INDEX_FILE} is missing; build one with "
-            "`supportbot index build --data data/ --out DIR`"
+            "`supportbot index build --data data/ --index DIR`"
         )
     return str(json.loads(meta_path.read_text())["model"])
 
@@ -133,7 +134,17 @@ class EmbeddingAnswerIndex:
                 by_intent.setdefault(pair.intent, []).append(row)
             groups.append(answer_ids.setdefault(normalize(pair.answer), len(answer_ids)))
         self._rows_by_intent = {k: np.asarray(v, dtype=np.int64) for k, v in by_intent.items()}
+        self._rows_without_intent = np.asarray(
+            [row for row, pair in enumerate(self.pairs) if pair.intent is None], dtype=np.int64
+        )
         self._answer_group = np.asarray(groups, dtype=np.int64)
+        # Templates by the slots they need: a query lacking one of them skips those rows.
+        needs: dict[frozenset[str], list[int]] = {}
+        for row, pair in enumerate(self.pairs):
+            required = frozenset(pair.slots) - OPTIONAL_SLOTS
+            if required:
+                needs.setdefault(required, []).append(row)
+        self._rows_needing = {k: np.asarray(v, dtype=np.int64) for k, v in needs.items()}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -197,7 +208,7 @@ class EmbeddingAnswerIndex:
         ):
             raise ConfigurationError(
                 f"{directory} exists and is not an answer index (no {INDEX_FILE}); choose "
-                "another --out or remove it"
+                "another --index or remove it"
             )
         directory.parent.mkdir(parents=True, exist_ok=True)
         staging = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -245,10 +256,10 @@ class EmbeddingAnswerIndex:
         if not meta_path.is_file():
             raise ModelNotFoundError(
                 f"{directory} is not an answer index: {INDEX_FILE} is missing; build one with "
-                "`supportbot index build --data data/ --out DIR`"
+                "`supportbot index build --data data/ --index DIR`"
             )
         meta = json.loads(meta_path.read_text())
-        fix = f"; rebuild it with `supportbot index build --out {directory}`"
+        fix = f"; rebuild it with `supportbot index build --index {directory}`"
         try:
             embeddings = np.load(directory / EMBEDDINGS_FILE, allow_pickle=False)
             lines = (directory / PAIRS_FILE).read_text(encoding="utf-8").splitlines()
@@ -282,6 +293,7 @@ class EmbeddingAnswerIndex:
         k: int = 3,
         intent: str | None = None,
         embedding: Vectors | None = None,
+        slots: Mapping[str, str] | None = None,
     ) -> list[Answer]:
         """The best answers for `text`, best first, each with its cosine similarity.
 
@@ -291,10 +303,14 @@ class EmbeddingAnswerIndex:
         Args:
             text: the customer's message; blank text finds nothing.
             k: at most this many answers.
-            intent: prefer pairs of this intent: only they are searched when any exist.
+            intent: the question's intent, when the classifier is confident: only pairs of
+                this intent and pairs without one (an unlabelled FAQ entry) are searched, so an
+                answer written for another intent is never returned.
             embedding: `text` already embedded with this index's encoder (the runtime's
                 shared forward makes it together with intent and sentiment); then it is not
                 embedded again.
+            slots: what the conversation told the bot (`order_id` -> `BC-204719`, `name`);
+                answers needing a slot not given are not returned, the others are filled in.
 
         Raises:
             BadRequestError: `k` is below 1.
@@ -303,24 +319,32 @@ class EmbeddingAnswerIndex:
         if not text.strip():
             return []
         if embedding is not None:
-            return self.search_embedding(embedding, k, intent)
+            return self.search_embedding(embedding, k, intent, slots)
         if self._embed_async is not None:
             vector = await self._embed_async(text)
-            return self.search_embedding(vector, k, intent)
-        return await asyncio.to_thread(self._embed_and_search, text, k, intent)
+            return self.search_embedding(vector, k, intent, slots)
+        return await asyncio.to_thread(self._embed_and_search, text, k, intent, slots)
 
-    def _embed_and_search(self, text: str, k: int, intent: str | None) -> list[Answer]:
-        return self.search_embedding(self._embed([text])[0], k, intent)
+    def _embed_and_search(
+        self, text: str, k: int, intent: str | None, slots: Mapping[str, str] | None
+    ) -> list[Answer]:
+        return self.search_embedding(self._embed([text])[0], k, intent, slots)
 
     def search_embedding(
-        self, vector: npt.NDArray[Any], k: int = 3, intent: str | None = None
+        self,
+        vector: npt.NDArray[Any],
+        k: int = 3,
+        intent: str | None = None,
+        slots: Mapping[str, str] | None = None,
     ) -> list[Answer]:
         """Exact cosine search for an already embedded query (normalized here).
 
         Args:
             vector: shape (dimension,) or (1, dimension).
             k: at most this many answers, distinct answer texts.
-            intent: restrict to pairs of this intent when any exist, else search all.
+            intent: search only pairs of this intent and pairs without an intent; None:
+                search all.
+            slots: see `search`; None or empty: no template that needs a slot is returned.
 
         Raises:
             BadRequestError: `k` is below 1.
@@ -338,15 +362,40 @@ class EmbeddingAnswerIndex:
         if norm == 0.0 or not self.pairs:
             return []
         scores = self._embeddings @ (query / norm)
-        rows = self._rows_by_intent.get(intent) if intent is not None else None
+        rows = self._rows_for(intent)
+        rows = self._fillable(rows, slots or {})
         candidates = scores if rows is None else scores[rows]
         answers = []
         for position in self._best(candidates, rows, k):
             row = int(position if rows is None else rows[position])
             pair = self.pairs[row]
             score = float(np.clip(scores[row], -1.0, 1.0))
-            answers.append(Answer(pair.answer, score, pair.source, pair.question))
+            text = fill(pair.answer, slots or {}) if pair.slots else pair.answer
+            if text is not None:
+                answers.append(Answer(text, score, pair.source, pair.question))
         return answers
+
+    def _rows_for(self, intent: str | None) -> npt.NDArray[np.int64] | None:
+        """The rows an answer for `intent` may come from (None: all)."""
+        if intent is None:
+            return None
+        own = self._rows_by_intent.get(intent)
+        if own is None:
+            return self._rows_without_intent
+        return np.sort(np.concatenate([own, self._rows_without_intent]))
+
+    def _fillable(
+        self, rows: npt.NDArray[np.int64] | None, slots: Mapping[str, str]
+    ) -> npt.NDArray[np.int64] | None:
+        """`rows` (None: all) without the templates needing a slot that `slots` lacks."""
+        blocked = [r for need, r in self._rows_needing.items() if not need <= slots.keys()]
+        if not blocked:
+            return rows
+        keep = np.ones(len(self.pairs), dtype=bool)
+        keep[np.concatenate(blocked)] = False
+        if rows is not None:
+            return rows[keep[rows]]
+        return np.flatnonzero(keep).astype(np.int64)
 
     def _best(
         self, scores: npt.NDArray[np.float32], rows: npt.NDArray[np.int64] | None, k: int
@@ -424,9 +473,10 @@ class ReloadingAnswerIndex:
         k: int = 3,
         intent: str | None = None,
         embedding: Vectors | None = None,
+        slots: Mapping[str, str] | None = None,
     ) -> list[Answer]:
         """See `EmbeddingAnswerIndex.search`."""
-        return await self.current.search(text, k, intent, embedding)
+        return await self.current.search(text, k, intent, embedding, slots)
 
     async def reload_if_changed(self) -> bool:
         """Load the directory's index if it is not the one served; True when swapped."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -25,6 +25,8 @@ from bot.core.datafiles import (
     normalize,
     read_csv,
 )
+from bot.core.entities import EntityConfig
+from bot.retrieval.curation import AnswerCurator, Candidate, CurationReport
 
 PairKind = Literal["conversation", "faq", "approved"]
 
@@ -54,6 +56,9 @@ class AnswerPair:
         intent: the question's intent label, when the input had one.
         source: where it was read, `file:line`.
         kind: `conversation`, `faq` or `approved`.
+        slots: the placeholders `answer` needs filled from the customer's conversation
+            (`{order_id}`), set by the curation (bot/retrieval/curation.py); the answer is
+            served only when the conversation has told the bot each of them.
     """
 
     question: str
@@ -61,15 +66,19 @@ class AnswerPair:
     intent: str | None
     source: str
     kind: PairKind
+    slots: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "question": self.question,
             "answer": self.answer,
             "intent": self.intent,
             "source": self.source,
             "kind": self.kind,
         }
+        if self.slots:  # absent otherwise, so older indexes keep their fingerprint
+            data["slots"] = list(self.slots)
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnswerPair:
@@ -83,6 +92,7 @@ class AnswerPair:
             intent=None if intent is None else str(intent),
             source=str(data["source"]),
             kind=cast(PairKind, kind),
+            slots=tuple(str(s) for s in data.get("slots") or ()),
         )
 
 
@@ -103,6 +113,7 @@ class PairReport:
     without_pair: int = 0
     read: Counter[str] = field(default_factory=Counter)
     duplicates_dropped: int = 0
+    curation: CurationReport = field(default_factory=CurationReport)
 
     def lines(self) -> list[str]:
         out = [f"read {len(self.files)} file(s): {', '.join(self.files)}"]
@@ -116,6 +127,7 @@ class PairReport:
             f"pairs: {self.read['conversation']} from conversations, {self.read['faq']} from FAQ, "
             f"{self.read['approved']} approved"
         )
+        out += self.curation.lines()
         out.append(f"duplicates dropped: {self.duplicates_dropped} (same question, one kept)")
         return out
 
@@ -125,6 +137,7 @@ class _Candidate:
     pair: AnswerPair
     when: datetime | None
     order: int
+    customer_texts: tuple[str, ...] = ()  # the conversation's, for the curation
 
 
 def _optional_label(
@@ -252,7 +265,8 @@ def _conversation_pairs(
         if candidate is None:
             report.without_pair += 1
             continue
-        found.append(_Candidate(candidate, when, 0))
+        said = tuple(text for role, text, _ in turns if role == "customer")
+        found.append(_Candidate(candidate, when, 0, said))
     return found
 
 
@@ -527,8 +541,9 @@ def build_answer_pairs(
     paths: Sequence[Path],
     report: PairReport | None = None,
     limits: InputLimits = DEFAULT_LIMITS,
+    entities: EntityConfig | None = None,
 ) -> list[AnswerPair]:
-    """Read, validate and de-duplicate question/answer pairs.
+    """Read, validate, curate and de-duplicate question/answer pairs.
 
     Three kinds of input are read:
 
@@ -549,9 +564,14 @@ def build_answer_pairs(
             are skipped and listed in `report.skipped`; named explicitly, they are an error.
         report: filled with the files read and skipped and the counts per kind.
         limits: the longest text and line and the largest file read (`InputLimits`).
+        entities: the routing file's entities (`RoutingConfig.entities`); its slot entities
+            turn answers into templates. None: built-in entities only. Every answer from a
+            conversation is curated (bot/retrieval/curation.py): another customer's details
+            become placeholders or keep the answer out; `report.curation` counts why.
 
     Returns:
-        One pair per distinct question, in file order (duplicate rule: `merge_pairs`).
+        One pair per distinct question among the kept ones, in file order (duplicate rule:
+        `merge_pairs`).
 
     Raises:
         AnswerDataError: anything wrong, all problems at once.
@@ -582,7 +602,7 @@ def build_answer_pairs(
         report.files.append(str(path))
         for candidate in found:
             report.read[candidate.pair.kind] += 1
-            candidates.append(_Candidate(candidate.pair, candidate.when, len(candidates)))
+            candidates.append(replace(candidate, order=len(candidates)))
     if not candidates and not problems:
         problems.append(
             Problem(
@@ -595,7 +615,11 @@ def build_answer_pairs(
         )
     if problems:
         raise AnswerDataError(problems)
-    return _deduplicate(candidates, report)
+    curated = AnswerCurator(entities).curate_all(
+        [Candidate(c.pair, c.customer_texts) for c in candidates], report.curation
+    )
+    kept = [replace(c, pair=pair) for c, pair in zip(candidates, curated, strict=True) if pair]
+    return _deduplicate(kept, report)
 
 
 def merge_pairs(pairs: Sequence[AnswerPair]) -> list[AnswerPair]:

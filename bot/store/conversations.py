@@ -836,9 +836,14 @@ def _escalate(
     priority: float,
     now: datetime,
 ) -> EscalationRow:
-    """The conversation's unresolved escalation after `handoff.escalate`: the one it has,
-    unchanged, or a new one, opened now, that sends the (locked) conversation to the queue."""
+    """The conversation's unresolved escalation after `handoff.escalate`: the one it has
+    (its priority raised when `escalation` is more urgent, `handoff.raises_priority`), or a
+    new one, opened now, that sends the (locked) conversation to the queue."""
     row = rows.escalation
+    unresolved = row is not None and not handoff.needs_escalation(rows.state)
+    if unresolved and row is not None and handoff.raises_priority(row.priority, priority):
+        row.priority = priority
+        row.explanation = handoff.raised_explanation(row.explanation, escalation.explanation)
     if handoff.needs_escalation(rows.state):
         row = EscalationRow(
             conversation_id=rows.conversation.id,

@@ -9,22 +9,43 @@ PostgreSQL; per-day figures are grouped by the UTC date in SQL.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Date, and_, case, cast, func, literal_column, select, update
+from sqlalchemy import (
+    Date,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 
-from bot.core import handoff
+from bot.core import csat, handoff
 from bot.core.desk import (
     AUTOMATED_ROUTES,
+    RESOLVED,
+    CannedResponse,
     ConversationView,
+    CustomerHistory,
     Dashboard,
     DayFigures,
     EscalationNotice,
     IntentFigures,
+    Note,
     QueueItem,
+    SearchHit,
+    SearchPage,
+    SearchQuery,
     approved_question,
     check_approvable,
     check_question,
@@ -34,9 +55,10 @@ from bot.core.desk import (
     most_asked_first,
     most_urgent_first,
 )
-from bot.core.errors import NotFoundError
+from bot.core.errors import ConflictError, NotFoundError
 from bot.core.records import (
     Conversation,
+    ConversationStatus,
     EscalationRecord,
     EscalationStatus,
     Role,
@@ -56,7 +78,9 @@ from bot.store.mapping import (
 from bot.store.schema import (
     AgentRow,
     ApprovedAnswerRow,
+    CannedResponseRow,
     ConversationLabelRow,
+    ConversationNoteRow,
     ConversationRow,
     EscalationRow,
     FeedbackRow,
@@ -65,6 +89,8 @@ from bot.store.schema import (
 
 # What `escalations.status` holds while the unclaimed timeout may still tell the customer.
 TIMEOUT_VALUES = tuple(status.value for status in EscalationStatus if handoff.can_time_out(status))
+# How many of a customer's other conversations the history shows.
+MAX_OTHER_CONVERSATIONS = 20
 
 
 class SqlDeskStore:
@@ -182,6 +208,13 @@ class SqlDeskStore:
                 .order_by(ConversationLabelRow.id.desc())
                 .limit(1)
             )
+            notes = (
+                await session.scalars(
+                    select(ConversationNoteRow)
+                    .where(ConversationNoteRow.conversation_id == conversation_id)
+                    .order_by(ConversationNoteRow.id)
+                )
+            ).all()
         return ConversationView(
             conversation=to_conversation(conversation),
             escalation=None if escalation is None else to_escalation(escalation),
@@ -189,6 +222,7 @@ class SqlDeskStore:
             labels=latest_labels(to_feedback(row) for row in feedback),
             approved=frozenset(a for a in approved if a is not None),
             sentiment=sentiment,
+            notes=tuple(_to_note(n) for n in notes),
         )
 
     async def message(self, message_id: int) -> StoredMessage:
@@ -266,6 +300,31 @@ class SqlDeskStore:
         handoff.check_claimed_by(current, conversation_id, agent)
         assert row is not None  # claimed, so it has an unresolved escalation
         return to_escalation(row)
+
+    async def transfer(
+        self, conversation_id: str, agent: str, operator: bool, to: str
+    ) -> EscalationRecord:
+        """Give the unresolved escalation to colleague `to` (`handoff.transfer`): claimed by
+        them from now on.
+
+        Raises:
+            NotFoundError: the conversation does not exist or has no unresolved escalation.
+            ConflictError: a colleague has claimed it and `operator` is False.
+        """
+        now = self.store.clock()
+        async with self.store.writing("transfer an escalation") as session:
+            conversation, row, current = await session.run_sync(load_handoff, conversation_id)
+            state = handoff.transfer(current, conversation_id, agent, operator, to)
+            transferred = apply_handoff(conversation, row, state, now)
+        return to_escalation(transferred)
+
+    async def colleagues(self) -> list[str]:
+        """The names of the accounts that can sign in (not disabled), sorted."""
+        async with self.store.reading("read the agents") as session:
+            names = await session.scalars(
+                select(AgentRow.name).where(AgentRow.disabled_at.is_(None)).order_by(AgentRow.name)
+            )
+            return list(names.all())
 
     # -- the unclaimed timeout ---------------------------------------------------------------
 
@@ -433,6 +492,158 @@ class SqlDeskStore:
         async with self.store.reading("read corrected intents") as session:
             return sorted(str(i) for i in (await session.scalars(query)).all())
 
+    # -- canned responses and notes ----------------------------------------------------------
+
+    async def canned_responses(self) -> list[CannedResponse]:
+        """Every canned response, by shortcut."""
+        async with self.store.reading("read canned responses") as session:
+            rows = (
+                await session.scalars(
+                    select(CannedResponseRow).order_by(CannedResponseRow.shortcut)
+                )
+            ).all()
+        return [_to_canned(row) for row in rows]
+
+    async def save_canned(
+        self, canned_id: int | None, shortcut: str, title: str, text: str, author: str
+    ) -> CannedResponse:
+        """Create or change a canned response (fields checked by `desk.check_canned`).
+
+        Raises:
+            ConflictError: another canned response has this shortcut.
+            NotFoundError: `canned_id` names none.
+        """
+        now = self.store.clock()
+        try:
+            async with self.store.writing("save a canned response") as session:
+                taken = await session.scalar(
+                    select(CannedResponseRow.id).where(CannedResponseRow.shortcut == shortcut)
+                )
+                if taken is not None and taken != canned_id:
+                    raise _shortcut_taken(shortcut)
+                if canned_id is None:
+                    row = CannedResponseRow(shortcut=shortcut, created_at=now)
+                    session.add(row)
+                else:
+                    found = await session.get(CannedResponseRow, canned_id)
+                    if found is None:
+                        raise _no_canned(canned_id)
+                    row = found
+                row.title, row.text, row.author, row.updated_at = title, text, author, now
+                row.shortcut = shortcut
+                await session.flush()
+                return _to_canned(row)
+        except IntegrityError as exc:  # a colleague took the shortcut a moment ago
+            raise _shortcut_taken(shortcut) from exc
+
+    async def delete_canned(self, canned_id: int) -> None:
+        """Delete a canned response (NotFoundError when there is none)."""
+        async with self.store.writing("delete a canned response") as session:
+            result = await session.execute(
+                delete(CannedResponseRow).where(CannedResponseRow.id == canned_id)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise _no_canned(canned_id)
+
+    async def add_note(self, conversation_id: str, author: str, text: str) -> Note:
+        """Store a private note on a conversation (NotFoundError for an unknown one)."""
+        async with self.store.writing("add a note") as session:
+            if await session.get(ConversationRow, conversation_id) is None:
+                raise NotFoundError(f"conversation {conversation_id!r} does not exist")
+            row = ConversationNoteRow(
+                conversation_id=conversation_id,
+                author=author,
+                text=text,
+                created_at=self.store.clock(),
+            )
+            session.add(row)
+            await session.flush()
+            return _to_note(row)
+
+    # -- search and history ------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        """One page of the conversations `query` finds, most recently active first (the rules
+        of `desk.message_matches` / `desk.customer_matches`, in SQL)."""
+        matching = _message_filters(query)
+        where: list[ColumnElement[bool]] = []
+        if matching:
+            where.append(
+                select(MessageRow.id)
+                .where(MessageRow.conversation_id == ConversationRow.id, *matching)
+                .exists()
+            )
+        if query.customer is not None:
+            where.append(
+                or_(
+                    ConversationRow.sender_name.icontains(query.customer, autoescape=True),
+                    ConversationRow.sender.icontains(query.customer, autoescape=True),
+                )
+            )
+        if query.channel is not None:
+            where.append(ConversationRow.channel == query.channel)
+        if query.status == RESOLVED:
+            where.append(ConversationRow.status == ConversationStatus.BOT.value)
+            where.append(
+                select(EscalationRow.id)
+                .where(
+                    EscalationRow.conversation_id == ConversationRow.id,
+                    EscalationRow.status == EscalationStatus.RESOLVED.value,
+                )
+                .exists()
+            )
+        elif query.status is not None:
+            where.append(ConversationRow.status == query.status)
+        async with self.store.reading("search conversations") as session:
+            total = await session.scalar(
+                select(func.count()).select_from(ConversationRow).where(*where)
+            )
+            rows = (
+                await session.scalars(
+                    select(ConversationRow)
+                    .where(*where)
+                    .order_by(ConversationRow.updated_at.desc(), ConversationRow.id)
+                    .offset(query.offset)
+                    .limit(query.per_page)
+                )
+            ).all()
+            hits = await _hits(session, rows, matching)
+        return SearchPage(tuple(hits), int(total or 0), query.page, query.per_page)
+
+    async def history(self, conversation_id: str) -> CustomerHistory:
+        """The conversation's closed escalations, newest first, and up to 20 other
+        conversations of a customer of the same name (case ignored)."""
+        async with self.store.reading("read a customer's history") as session:
+            conversation = await session.get(ConversationRow, conversation_id)
+            if conversation is None:
+                raise NotFoundError(f"conversation {conversation_id!r} does not exist")
+            episodes = (
+                await session.scalars(
+                    select(EscalationRow)
+                    .where(
+                        EscalationRow.conversation_id == conversation_id,
+                        EscalationRow.status == EscalationStatus.RESOLVED.value,
+                    )
+                    .order_by(EscalationRow.id.desc())
+                )
+            ).all()
+            others: list[SearchHit] = []
+            if conversation.sender_name:
+                rows = (
+                    await session.scalars(
+                        select(ConversationRow)
+                        .where(
+                            func.lower(ConversationRow.sender_name)
+                            == conversation.sender_name.lower(),
+                            ConversationRow.id != conversation_id,
+                        )
+                        .order_by(ConversationRow.updated_at.desc(), ConversationRow.id)
+                        .limit(MAX_OTHER_CONVERSATIONS)
+                    )
+                ).all()
+                others = await _hits(session, rows, [])
+        return CustomerHistory(tuple(to_escalation(e) for e in episodes), tuple(others))
+
     # -- the dashboard -----------------------------------------------------------------------
 
     async def dashboard(self, days: int) -> Dashboard:
@@ -494,6 +705,11 @@ class SqlDeskStore:
         open_count = select(func.count(EscalationRow.id)).where(
             EscalationRow.status.in_(UNRESOLVED_VALUES)
         )
+        ratings = select(MessageRow.details).where(
+            MessageRow.created_at >= start,
+            MessageRow.role == Role.CUSTOMER.value,
+            MessageRow.route == csat.ROUTE,
+        )
         async with self.store.reading("read the dashboard") as session:
             message_rows = (await session.execute(per_day)).all()
             escalation_rows = (await session.execute(escalations)).all()
@@ -501,6 +717,7 @@ class SqlDeskStore:
             intent_rows = (await session.execute(intents)).all()
             outcome_rows = (await session.execute(outcomes)).all()
             open_escalations = int(await session.scalar(open_count) or 0)
+            rated = (await session.scalars(ratings)).all()
 
         figures: dict[date, dict[str, Any]] = {
             d: {"escalations": {}, "feedback": {"up": 0, "down": 0}} for d in dates
@@ -527,7 +744,90 @@ class SqlDeskStore:
             ),
             open_escalations=open_escalations,
             outcomes={str(outcome): int(count) for outcome, count in outcome_rows},
+            csat=csat.CsatFigures.of((details or {}).get("csat") for details in rated),
         )
+
+
+def _to_canned(row: CannedResponseRow) -> CannedResponse:
+    return CannedResponse(
+        row.id, row.shortcut, row.title, row.text, row.author, row.created_at, row.updated_at
+    )
+
+
+def _to_note(row: ConversationNoteRow) -> Note:
+    return Note(row.id, row.conversation_id, row.author, row.text, row.created_at)
+
+
+def _shortcut_taken(shortcut: str) -> ConflictError:
+    return ConflictError(
+        f"the shortcut {shortcut!r} is taken by another canned response; pick another one "
+        "or edit that response"
+    )
+
+
+def _no_canned(canned_id: int) -> NotFoundError:
+    return NotFoundError(f"canned response {canned_id} does not exist (deleted?); reload")
+
+
+def _message_filters(query: SearchQuery) -> list[ColumnElement[bool]]:
+    """The conditions on a message that `desk.message_matches` checks."""
+    conditions: list[ColumnElement[bool]] = []
+    if query.text is not None:
+        conditions.append(MessageRow.text.icontains(query.text, autoescape=True))
+    if query.since is not None:
+        conditions.append(MessageRow.created_at >= query.since)
+    if query.until is not None:
+        conditions.append(MessageRow.created_at < query.until)
+    return conditions
+
+
+async def _hits(
+    session: AsyncSession,
+    rows: Sequence[ConversationRow],
+    matching: Sequence[ColumnElement[bool]],
+) -> list[SearchHit]:
+    """Search hits of `rows`, in their order: each one's latest escalation, message count and
+    newest message satisfying `matching` (the newest message when there are no conditions)."""
+    ids = [row.id for row in rows]
+    if not ids:
+        return []
+    in_page = MessageRow.conversation_id.in_(ids)
+    newest = (
+        await session.execute(
+            select(MessageRow.conversation_id, func.max(MessageRow.id))
+            .where(in_page, *matching)
+            .group_by(MessageRow.conversation_id)
+        )
+    ).all()
+    snippets = {
+        m.conversation_id: to_message(m)
+        for m in (
+            await session.scalars(
+                select(MessageRow).where(MessageRow.id.in_([i for _, i in newest]))
+            )
+        ).all()
+    }
+    counted = await session.execute(
+        select(MessageRow.conversation_id, func.count(MessageRow.id))
+        .where(in_page)
+        .group_by(MessageRow.conversation_id)
+    )
+    counts = {str(cid): int(n) for cid, n in counted.all()}
+    latest: dict[str, EscalationRecord] = {}
+    for escalation in (
+        await session.scalars(
+            select(EscalationRow)
+            .where(EscalationRow.conversation_id.in_(ids))
+            .order_by(EscalationRow.id)
+        )
+    ).all():
+        latest[escalation.conversation_id] = to_escalation(escalation)
+    return [
+        SearchHit(
+            to_conversation(row), latest.get(row.id), snippets.get(row.id), counts.get(row.id, 0)
+        )
+        for row in rows
+    ]
 
 
 def _as_date(value: Any) -> date:

@@ -2,18 +2,22 @@
  * supportbot agent console: the entry module. Native ES modules, no build step, no libraries.
  *
  * Talks to the JSON API under /console/api and listens on its events WebSocket; the contract
- * is docs/console.md. The parts are in console/ (api, queue, conversation, events, dashboard
- * and charts, tabs, alerts, format) and the code shared with the chat widget in lib/. All
+ * is docs/console.md. The parts are in console/ (api, queue, conversation, search and
+ * history, canned responses, shortcuts and notifications, events, dashboard and charts, tabs,
+ * alerts, format) and the code shared with the chat widget in lib/. All
  * text from the API is rendered as text, never as HTML.
  */
 
 import { $ } from "./lib/dom.js";
 import { wireAlerts } from "./console/alerts.js";
+import { loadCanned, wireCanned } from "./console/canned.js";
 import { api, loadAgent, SIGN_IN } from "./console/api.js";
-import { loadIntents, openConversation, wireConversation } from "./console/conversation.js";
+import { loadColleagues, loadIntents, openConversation, wireConversation } from "./console/conversation.js";
 import { wireDashboard } from "./console/dashboard.js";
 import { connect, wireEvents } from "./console/events.js";
 import { loadQueue, wireQueue } from "./console/queue.js";
+import { wireSearch } from "./console/search.js";
+import { wireShortcuts } from "./console/shortcuts.js";
 import { selectTab, wireTabs } from "./console/tabs.js";
 
 function wire() {
@@ -21,6 +25,9 @@ function wire() {
   wireQueue(openConversation);
   wireConversation();
   wireDashboard();
+  wireSearch(openConversation);
+  wireCanned();
+  wireShortcuts(openConversation);
   wireAlerts();
   wireEvents();
   $("sign-out").addEventListener("click", async () => {
@@ -47,7 +54,7 @@ async function start() {
   $("agent-name").textContent = me.name;
   $("agent-role").textContent = me.role;
   $("tab-dashboard").hidden = me.role !== "operator";
-  await Promise.all([loadIntents(), loadQueue()]);
+  await Promise.all([loadIntents(), loadQueue(), loadCanned(null), loadColleagues()]);
   const match = /^#conversation=(.+)$/.exec(location.hash);
   if (match) openConversation(decodeURIComponent(match[1]));
   else if (location.hash === "#dashboard" && me.role === "operator") selectTab($("tab-dashboard"), false);

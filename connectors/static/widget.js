@@ -128,12 +128,10 @@
     el("div", { class: "heading" }, el("h2", { id: "sb-title" }, TITLE), connection),
     closeButton
   );
-  const banner = el(
-    "div",
-    { class: "banner", role: "status", hidden: "" },
-    el("strong", {}, "You're connected to an agent"),
-    el("span", {}, "A person from our team will reply here.")
-  );
+  // Who is in charge, said honestly: "waiting" until an agent claims, then who joined.
+  const bannerTitle = el("strong", {});
+  const bannerText = el("span", {});
+  const banner = el("div", { class: "banner", role: "status", hidden: "" }, bannerTitle, bannerText);
   const list = el("div", {
     class: "messages",
     role: "log",
@@ -214,8 +212,16 @@
     scrollToEnd();
   }
 
-  function setStatus(value) {
+  function setStatus(value, agent) {
     status = value;
+    banner.dataset.state = status;
+    if (status === "claimed") {
+      bannerTitle.textContent = agent ? `${agent} joined` : "An agent joined";
+      bannerText.textContent = "You're chatting with a person from our team.";
+    } else if (status === "waiting") {
+      bannerTitle.textContent = "Waiting for an agent";
+      bannerText.textContent = "You're in the queue. Write anything you'd like them to know.";
+    }
     const hidden = !(status === "waiting" || status === "claimed");
     if (banner.hidden !== hidden) {
       banner.hidden = hidden;
@@ -248,8 +254,11 @@
         showNotice("You're offline; rate this answer again once the chat has reconnected.");
         return;
       }
-      up.disabled = down.disabled = true;
       button.setAttribute("aria-pressed", "true");
+      // Disabling the focused button would drop focus to <body>, outside the panel, where
+      // Escape no longer closes it: keep focus in the panel, on the message box.
+      input.focus();
+      up.disabled = down.disabled = true;
     };
     up.addEventListener("click", () => rate("up", up));
     down.addEventListener("click", () => rate("down", down));
@@ -261,8 +270,19 @@
     return box;
   }
 
+  // Removing the focused element drops focus to <body>, out of the panel (Escape then no
+  // longer closes it): where the list changes under focus, focus moves to the message box.
+  function keepingFocus(change) {
+    const focused = root.activeElement;
+    const inList = Boolean(focused && list.contains(focused));
+    change();
+    if (inList && !list.contains(root.activeElement)) input.focus();
+  }
+
   function clearQuickReplies() {
-    for (const node of list.querySelectorAll(".quick-replies")) node.remove();
+    keepingFocus(() => {
+      for (const node of list.querySelectorAll(".quick-replies")) node.remove();
+    });
   }
 
   function quickReplies(choices) {
@@ -299,6 +319,10 @@
   }
 
   function replaceTranscript(messages) {
+    keepingFocus(() => renderTranscript(messages));
+  }
+
+  function renderTranscript(messages) {
     list.replaceChildren();
     shown.clear();
     const byClientId = new Map();
@@ -386,7 +410,7 @@
         setConnection("Online", "online");
         showNotice("");
         replaceTranscript(frame.messages || []);
-        setStatus(frame.status);
+        setStatus(frame.status, frame.agent);
         flush();
         break;
       case "ack": {
@@ -409,7 +433,7 @@
         }
         break;
       case "status":
-        setStatus(frame.status);
+        setStatus(frame.status, frame.agent);
         break;
       case "feedback_ok": {
         rated.add(frame.message_id);

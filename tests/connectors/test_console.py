@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient, make_mocked_request
 from yarl import URL
 
 from bot.app.factory import RUNTIME, create_app
+from bot.core.csat import QUESTION, SCORES
 from bot.core.delivery import DeliveryError
 from bot.core.errors import ConfigurationError
 from bot.core.records import Conversation, Reply
@@ -252,7 +253,7 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
         assert (await customer.receive_json(timeout=TIMEOUT))["type"] == "history"
 
         frames = await say(customer, "i want to talk to a human", "m1")
-        assert frames[-1] == {"type": "status", "status": "waiting"}
+        assert frames[-1] == {"type": "status", "status": "waiting", "agent": None}
         opened = await next_event(events, "escalation.opened")
         cid = opened["conversation_id"]
 
@@ -280,6 +281,8 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
         )
         assert status == 201 and sent["delivered"] is True
         assert sent["message"]["role"] == "agent" and sent["message"]["agent"] == "ana"
+        joined = await widget_frame(customer, "reply")  # the claim is told first
+        assert (joined["role"], joined["text"]) == ("system", "ana joined the conversation.")
         pushed = await widget_frame(customer, "reply")
         assert pushed["role"] == "agent" and pushed["text"] == "Hi, Ana here. How can I help?"
         assert (await widget_frame(customer, "status"))["status"] == "claimed"
@@ -296,8 +299,8 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
         assert view["conversation"]["status"] == "claimed"
         assert view["escalation"]["status"] == "claimed" and view["escalation"]["reason"]
         roles = [m["role"] for m in view["messages"]]
-        assert roles == ["customer", "bot", "agent", "customer"]
-        first, handoff_reply, agent_reply, last = view["messages"]
+        assert roles == ["customer", "bot", "system", "agent", "customer"]
+        first, handoff_reply, _joined, agent_reply, last = view["messages"]
         assert first["intent"] == "talk_to_human" and first["confidence"] > 0
         assert view["guesses"] and isinstance(view["guesses"][0][1], float)
 
@@ -334,7 +337,7 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
         assert labels[first["id"]]["intent"] == "angry_refund"
         assert labels[handoff_reply["id"]]["rating"] == "bad"
         assert view["labels"] == {"sentiment": "negative"}
-        assert [m["approved"] for m in view["messages"]] == [False, False, True, False]
+        assert [m["approved"] for m in view["messages"]] == [False, False, False, True, False]
         store = client.server.app[RUNTIME].store
         stored = await store.feedback(last["id"])
         assert [(f.author, f.corrected_intent) for f in stored] == [("ana", "refund_status")]
@@ -354,6 +357,10 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
         assert resolved["outcome"] == "resolved" and resolved["agent"] == "ana"
         notice = await widget_frame(customer, "reply")
         assert notice["role"] == "system" and "resolved" in notice["text"]
+        assert (await widget_frame(customer, "status"))["status"] == "bot"
+        # Then the customer is asked to rate the help (CSAT), with the scores as buttons.
+        question = await widget_frame(customer, "reply")
+        assert question["text"] == QUESTION and question["quick_replies"] == list(SCORES)
         assert (await widget_frame(customer, "status"))["status"] == "bot"
         assert (await ana.get("/queue"))[1]["escalations"] == []
         frames = await say(customer, "hello there", "m3")
@@ -429,7 +436,8 @@ async def test_release_hand_back_and_the_dashboard_figures(make_client: Any) -> 
         today = dashboard["days"][-1]
         assert today["date"] == datetime.now(UTC).date().isoformat()
         assert today["customer_messages"] == 5
-        assert today["messages"] == 5 + 5 + 2 + 1  # customer, bot, agent, system
+        # customer, bot, agent, system: the hand-back notice and "ana/bo joined"
+        assert today["messages"] == 5 + 5 + 2 + 1 + 2
         assert today["automated"] == automated
         assert today["automation_rate"] == round(automated / 5, 4)
         assert today["escalations"] == {"asked_for_human": 1}

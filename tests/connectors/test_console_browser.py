@@ -167,8 +167,9 @@ async def test_a_widget_customer_goes_to_an_agent_and_back_to_the_bot(
     box = customer.get_by_role("textbox", name="Your message")
     await box.fill(ANGRY)
     await box.press("Enter")
-    banner = customer.get_by_text("You're connected to an agent")
+    banner = customer.locator(".banner")
     await expect(banner).to_be_visible()
+    await expect(banner.locator("strong")).to_have_text("Waiting for an agent")  # not claimed yet
     await expect(customer.locator(".message.bot .text").last).to_contain_text("support agents")
     session = await customer.evaluate("localStorage.getItem('supportbot.session')")
     conversation = await runtime.store.conversation("widget", session)
@@ -230,6 +231,7 @@ async def test_a_widget_customer_goes_to_an_agent_and_back_to_the_bot(
     agent_said = customer.locator(".message.agent .text")
     await expect(agent_said).to_have_text([answer])
     await expect(banner).to_be_visible()
+    await expect(banner.locator("strong")).to_have_text("ana joined")
 
     # The agent corrects the customer message's intent (a new one) and saves the reply.
     first = said.first
@@ -469,11 +471,15 @@ async def test_sign_in_roles_and_the_operator_dashboard(
     await expect(tab).to_be_visible()
     await tab.click()
     await expect(tab).to_have_attribute("aria-selected", "true")
-    # Tabs by keyboard: the arrow keys move between them.
+    # Tabs by keyboard: the arrow keys move between them, Home goes to the first.
     await page.keyboard.press("ArrowLeft")
-    await expect(page.get_by_role("tab", name="Queue")).to_have_attribute("aria-selected", "true")
+    await expect(page.get_by_role("tab", name="Canned responses")).to_have_attribute(
+        "aria-selected", "true"
+    )
     await expect(page.get_by_role("tabpanel", name="Dashboard")).to_be_hidden()
-    await page.keyboard.press("ArrowRight")
+    await page.keyboard.press("Home")
+    await expect(page.get_by_role("tab", name="Queue")).to_have_attribute("aria-selected", "true")
+    await page.keyboard.press("End")
     await expect(tab).to_be_focused()
     await expect(tab).to_have_attribute("aria-selected", "true")
     await expect(page.get_by_role("tabpanel", name="Dashboard")).to_be_visible()

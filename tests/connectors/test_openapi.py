@@ -204,6 +204,7 @@ def test_transcripts_are_documented(route: str | None) -> None:
         "conversation_id": CONVERSATION,
         "channel": "rest",
         "status": "claimed",
+        "agent": "ana",
         "messages": [rest.render_stored(bare), rest.render_stored(full)],
     }
     conforms("/api/v1/conversations/{conversation_id}", "GET", body)
@@ -228,7 +229,7 @@ def test_understanding_and_answers_are_documented(intent: str | None) -> None:
 
 def test_an_undocumented_answer_is_caught() -> None:
     reply = rest.render_reply(Reply(CONVERSATION, 7, Role.BOT, "Hi!", Route.ANSWER))
-    body = {"conversation_id": CONVERSATION, "message_id": "6", "status": "bot"}
+    body = {"conversation_id": CONVERSATION, "message_id": "6", "status": "bot", "agent": None}
     wrong = {**body, "duplicate": False, "replies": [reply]}
     assert not operation("/api/v1/messages", "POST").is_valid_response(answer("/", "POST", wrong))
     assert operation("/api/v1/messages", "POST").is_valid_response(

@@ -412,3 +412,23 @@ async def test_start_up_refuses_all_interfaces_without_a_key(
     auth = {"Authorization": f"Bearer {issued.key}"}
     assert (await keyed.post("/api/v1/understand", json={"text": "hi"}, headers=auth)).status == 200
     assert (await keyed.post("/api/v1/understand", json={"text": "hi"})).status == 401
+
+
+async def test_the_transcript_shows_the_entities_of_customer_messages(
+    client: TestClient[Any, Any],
+) -> None:
+    text = "hello, my order bc 204719 is late, mail me at ada@example.com"
+    sent = await post(client, "/api/v1/messages", {"sender": "u-entities", "text": text})
+    transcript = await client.get(f"/api/v1/conversations/{sent['conversation_id']}")
+    customer, *replies = (await transcript.json())["messages"]
+    assert customer["entities"] == [
+        {"type": "order_id", "value": "BC-204719", "text": "bc 204719", "start": 16, "end": 25},
+        {
+            "type": "email",
+            "value": "ada@example.com",
+            "text": "ada@example.com",
+            "start": 46,
+            "end": 61,
+        },
+    ]
+    assert replies and all(reply["entities"] == [] for reply in replies)

@@ -220,8 +220,11 @@ async def test_polling_round_trip_with_typing_and_feedback_buttons(
     client: TestClient[Any, Any], fake: FakeTelegramApi
 ) -> None:
     await say(fake, 1001, "hello there", first_name="Ana")
+    greeting = await next_reply(fake, 1001)
+    assert "Ana" in greeting["text"] and greeting["parse_mode"] == "HTML"
+    assert buttons(greeting) == []  # small talk: nothing to rate
+    await say(fake, 1001, "how long does a refund take to reach my card?")
     reply = await next_reply(fake, 1001)
-    assert "Ana" in reply["text"] and reply["parse_mode"] == "HTML"
     [(up, up_data), (down, _)] = buttons(reply)
     assert (up, down) == ("👍", "👎") and up_data.startswith("fb:") and up_data.endswith(":up")
     methods = [(c.method, c.params.get("chat_id")) for c in fake.calls]
@@ -264,10 +267,14 @@ async def test_human_hands_off_then_the_bot_is_silent_and_the_agent_reaches_the_
 
     await until(stored_silently)
     await asyncio.sleep(0.2)
+    # Right after the hand-off message: no echo, and no "typing…" promising a bot answer.
     assert len(fake.sent_to(1003)) == 1
+    assert [c for c in fake.calls_of("sendChatAction") if c.params["chat_id"] == 1003] == []
 
     console, ana = await console_as(client.app, "ana")
     await console.claim(conversation.id, ana)
+    joined = fake.sent_to(1003)[-1].params
+    assert joined["text"] == "ana joined the conversation." and buttons(joined) == []
     _, delivered = await console.reply(conversation.id, ana, "Hi, Ana here")
     assert delivered
     agent = fake.sent_to(1003)[-1].params
@@ -275,10 +282,36 @@ async def test_human_hands_off_then_the_bot_is_silent_and_the_agent_reaches_the_
 
 
 @pytest.mark.slow
+async def test_outside_business_hours_the_chat_hears_when_and_gets_queue_acknowledgements(
+    aiohttp_client: ClientFactory, runtime_models: Path, tmp_path: Path, fake: FakeTelegramApi
+) -> None:
+    # Open one minute a week, so "now" is closed; every waiting message is acknowledged.
+    settings = runtime_settings(
+        runtime_models,
+        f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}",
+        telegram={"token": TOKEN, "base_url": fake.base_url},
+        handoff={"hours": {"mon": "0:00-0:01"}, "timezone": "UTC", "ack_interval_s": 0},
+    )
+    app = create_app(settings)
+    app[TELEGRAM].poll_timeout_s = 1
+    await aiohttp_client(app)
+    await say(fake, 1010, "/human")
+    handoff = (await next_reply(fake, 1010))["text"]
+    assert "Nobody is in right now" in handoff and "at 0:00 UTC" in handoff
+    assert "Mon-Sat" not in handoff
+    await say(fake, 1010, "my order BC-104522 never arrived")
+    ack = (await next_reply(fake, 1010))["text"]
+    assert ack.startswith("Got it, it's in the queue")
+    assert "at 0:00 UTC" in ack
+    conversation = await app[RUNTIME].store.conversation("telegram", "1010")
+    assert conversation.status == ConversationStatus.WAITING  # the queue keeps it
+
+
+@pytest.mark.slow
 async def test_a_feedback_press_is_stored_answered_and_the_buttons_removed(
     client: TestClient[Any, Any], fake: FakeTelegramApi
 ) -> None:
-    await say(fake, 1004, "hello there")
+    await say(fake, 1004, "how long does a refund take to reach my card?")
     reply = await next_reply(fake, 1004)
     [(_, up), _] = buttons(reply)
     message_id = int(up.split(":")[1])
@@ -308,7 +341,8 @@ async def test_a_chat_can_rate_only_answers_in_its_own_conversation(
     client: TestClient[Any, Any], fake: FakeTelegramApi
 ) -> None:
     store = client.app[RUNTIME].store
-    await say(fake, 1006, "hello there")  # the victim's chat gets a rateable answer
+    # The victim's chat gets a rateable answer.
+    await say(fake, 1006, "how long does a refund take to reach my card?")
     [(_, victims_up), _] = buttons(await next_reply(fake, 1006))
     victims_answer = int(victims_up.split(":")[1])
     await say(fake, 1007, "/human")  # the other chat has a conversation, and a bot message
@@ -445,7 +479,9 @@ async def test_webhook_mode_registers_checks_the_secret_and_answers(
     missing = await client.post(WEBHOOK_PATH, json=fake.message_update(3002, "hello there"))
     assert (wrong.status, missing.status) == (401, 401)
     right = await client.post(
-        WEBHOOK_PATH, json=fake.message_update(3003, "hello there"), headers={SECRET_HEADER: SECRET}
+        WEBHOOK_PATH,
+        json=fake.message_update(3003, "how long does a refund take to reach my card?"),
+        headers={SECRET_HEADER: SECRET},
     )
     assert right.status == 200
     # Answered before the 200 (a replica that dies mid-update makes Telegram send it again).
@@ -559,7 +595,7 @@ async def test_the_bot_token_never_reaches_the_logs(
         app[TELEGRAM].poll_timeout_s = 1
         fake.fail("getUpdates", times=1, status=502)  # a polling error is logged
         client = await aiohttp_client(app)
-        await say(fake, 4001, "hello there")
+        await say(fake, 4001, "how long does a refund take to reach my card?")
         reply = await next_reply(fake, 4001)
         [(_, up), _] = buttons(reply)
         [sent] = [m for m in fake.messages.values() if m["chat"]["id"] == 4001]

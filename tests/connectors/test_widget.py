@@ -179,6 +179,31 @@ async def test_demo_page_script_and_stylesheet_are_served(client: TestClient[Any
     assert "innerHTML" not in text
     css = await client.get("/widget.css")
     assert css.status == 200 and css.content_type == "text/css"
+    # The site's icon: browsers ask for /favicon.ico on every page (the console's too).
+    assert 'rel="icon" href="/favicon.svg"' in body
+    for path in ("/favicon.ico", "/favicon.svg"):
+        icon = await client.get(path)
+        assert icon.status == 200 and icon.content_type == "image/svg+xml"
+        assert (await icon.text()).startswith("<svg")
+
+
+@pytest.mark.slow
+async def test_waiting_is_said_honestly_and_messages_meanwhile_are_acknowledged(
+    aiohttp_client: ClientFactory, runtime_models: Path, sqlite_url: str
+) -> None:
+    settings = runtime_settings(runtime_models, sqlite_url, handoff={"ack_interval_s": 0})
+    client = await aiohttp_client(create_app(settings))
+    ws, _ = await history(client, "session-w1")
+    _, handoff, status = await say(ws, "i want to talk to a human", "w-1")
+    assert handoff["route"] == "handoff" and handoff["rateable"] is False
+    assert status == {"type": "status", "status": "waiting", "agent": None}
+    _, queued, status = await say(ws, "hello? anyone?", "w-2")
+    assert (queued["role"], queued["text"]) == (
+        "system",
+        "Got it, it's in the queue: an agent will see it.",
+    )
+    assert status == {"type": "status", "status": "waiting", "agent": None}
+    await ws.close()
 
 
 @pytest.mark.slow
@@ -186,7 +211,7 @@ async def test_connect_gets_history_and_a_message_gets_ack_reply_and_status(
     client: TestClient[Any, Any],
 ) -> None:
     ws, first = await history(client, "session-a1")
-    assert first == {"type": "history", "status": "bot", "messages": []}
+    assert first == {"type": "history", "status": "bot", "agent": None, "messages": []}
     # Opening the widget is not a conversation: nothing is written until the visitor writes.
     store = client.server.app[RUNTIME].store
     assert await store.find_conversation("widget", "session-a1") is None
@@ -194,8 +219,8 @@ async def test_connect_gets_history_and_a_message_gets_ack_reply_and_status(
     assert await store.find_conversation("widget", "session-a1") is not None
     assert ack["type"] == "ack" and ack["client_id"] == "c-1" and ack["duplicate"] is False
     assert reply["type"] == "reply" and reply["role"] == "bot" and reply["route"] == "response"
-    assert reply["rateable"] is True and reply["text"]
-    assert status == {"type": "status", "status": "bot"}
+    assert reply["rateable"] is False and reply["text"]  # a greeting: no thumbs
+    assert status == {"type": "status", "status": "bot", "agent": None}
     await ws.close()
 
     # A reload: the transcript comes back, with the client's ids, in order.
@@ -211,7 +236,7 @@ async def test_connect_gets_history_and_a_message_gets_ack_reply_and_status(
         "client_id": "c-1",
     }
     assert bot["message_id"] == reply["message_id"] and bot["text"] == reply["text"]
-    assert bot["rateable"] is True and bot["role"] == "bot"
+    assert bot["rateable"] is False and bot["role"] == "bot"
     await ws.close()
 
 
@@ -251,7 +276,8 @@ async def test_feedback_is_stored_for_own_rateable_replies_only(
 ) -> None:
     runtime = client.app[RUNTIME]
     ws, _ = await history(client, "session-c1")
-    ack, reply, _ = await say(ws, "hello there", "c-1")
+    ack, reply, _ = await say(ws, "how long does a refund take to reach my card?", "c-1")
+    assert reply["route"] == "answer" and reply["rateable"] is True
     await ws.send_json({"type": "feedback", "message_id": reply["message_id"], "rating": "down"})
     assert await receive(ws) == {"type": "feedback_ok", "message_id": reply["message_id"]}
     [stored] = await runtime.store.feedback(reply["message_id"])
@@ -279,7 +305,8 @@ async def test_agent_replies_reach_every_tab_of_that_session_only(
     tab2, _ = await history(client, "session-d1")
     stranger, _ = await history(client, "session-d2")
     _, handoff, status = await say(tab1, "i want to talk to a human", "c-1")
-    assert handoff["route"] == "handoff" and status == {"type": "status", "status": "waiting"}
+    assert handoff["route"] == "handoff"
+    assert status == {"type": "status", "status": "waiting", "agent": None}
     # The other tab is brought up to date with the whole transcript.
     refreshed = await receive(tab2)
     assert refreshed["type"] == "history" and refreshed["status"] == "waiting"
@@ -288,6 +315,10 @@ async def test_agent_replies_reach_every_tab_of_that_session_only(
     conversation = await runtime.store.conversation("widget", "session-d1")
     console, ana = await console_as(client.app, "agent-ana")
     await console.claim(conversation.id, ana)
+    for tab in (tab1, tab2):  # the claim is told: who joined, and the state
+        joined = await receive(tab)
+        assert (joined["role"], joined["text"]) == ("system", "agent-ana joined the conversation.")
+        assert await receive(tab) == {"type": "status", "status": "claimed", "agent": "agent-ana"}
     sent, _ = await console.reply(conversation.id, ana, "Hi, Ana here. <b>ok</b>")
     for tab in (tab1, tab2):
         pushed = await receive(tab)
@@ -300,7 +331,7 @@ async def test_agent_replies_reach_every_tab_of_that_session_only(
             "rateable": False,
             "quick_replies": [],
         }
-        assert await receive(tab) == {"type": "status", "status": "claimed"}
+        assert await receive(tab) == {"type": "status", "status": "claimed", "agent": "agent-ana"}
     await nothing_arrives(stranger)
 
     # No tab open: nothing to push, nothing fails; the next connect shows it.
@@ -313,7 +344,7 @@ async def test_agent_replies_reach_every_tab_of_that_session_only(
     assert client.app[WIDGET].open_sockets("session-d1") == []
     later, _ = await console.reply(conversation.id, ana, "Still there?")
     ws, restored = await history(client, "session-d1")
-    assert restored["status"] == "claimed"
+    assert (restored["status"], restored["agent"]) == ("claimed", "agent-ana")
     assert [(m["role"], m["message_id"]) for m in restored["messages"][-2:]] == [
         ("agent", sent.id),
         ("agent", later.id),

@@ -23,6 +23,8 @@ pytestmark = BROWSER_TESTS
 expect.set_options(timeout=20_000)
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
+# Answered from the index of the test models: a rateable answer.
+REFUND_QUESTION = "how long does a refund take to reach my card?"
 
 
 def settings_for(models: Path, db_url: str, routing: Path | None = None) -> Settings:
@@ -102,9 +104,9 @@ async def test_chat_reload_reconnect_feedback_and_keyboard(
     for ws in app[WIDGET].open_sockets(session):
         await ws.close()
     await expect(page.locator(".connection")).to_have_attribute("data-state", "offline")
-    await box.fill("where is my order")
+    await box.fill(REFUND_QUESTION)
     await box.press("Enter")
-    await expect(log.locator(".message.customer.pending")).to_have_text(["where is my order"])
+    await expect(log.locator(".message.customer.pending")).to_have_text([REFUND_QUESTION])
     await asyncio.sleep(1.0)
     assert len(await transcript(app, session)) == 2  # not delivered while offline
 
@@ -115,27 +117,30 @@ async def test_chat_reload_reconnect_feedback_and_keyboard(
     await asyncio.sleep(1.0)
     stored = await transcript(app, session)
     customer = [m.text for m in stored if m.role == Role.CUSTOMER]
-    assert customer == ["hello there", "where is my order"]
+    assert customer == ["hello there", REFUND_QUESTION]
     assert len(stored) == 4
     await expect(log.locator(".message.customer .text")).to_have_text(
-        ["hello there", "where is my order"]
+        ["hello there", REFUND_QUESTION]
     )
     await expect(bot_texts).to_have_text([stored[1].text, stored[3].text])
 
-    # Feedback on the first answer.
-    first_answer = log.locator(".message.bot").first
-    rated_id = int(await first_answer.get_attribute("data-message-id") or 0)
-    assert rated_id == stored[1].id
-    not_helpful = first_answer.get_by_role("button", name="Not helpful")
+    # Thumbs only under answers: none under the greeting, a pair under the refund answer.
+    answers = log.locator(".message.bot")
+    await expect(answers.first.get_by_role("button")).to_have_count(0)
+    rated = answers.last
+    rated_id = int(await rated.get_attribute("data-message-id") or 0)
+    assert rated_id == stored[3].id and stored[3].route == "answer"
+    not_helpful = rated.get_by_role("button", name="Not helpful")
     await not_helpful.click()
-    await expect(first_answer.get_by_text("Thanks for your feedback!")).to_be_visible()
+    await expect(rated.get_by_text("Thanks for your feedback!")).to_be_visible()
     await expect(not_helpful).to_be_disabled()
-    await expect(first_answer.get_by_role("button", name="Helpful", exact=True)).to_be_disabled()
+    await expect(rated.get_by_role("button", name="Helpful", exact=True)).to_be_disabled()
     [feedback] = await app[RUNTIME].store.feedback(rated_id)
     assert feedback.rating == "down" and feedback.author == f"widget:{session}"
+    # Focus stays in the panel after rating (it fell to <body> once), so Escape still works.
+    await expect(box).to_be_focused()
 
     # Keyboard: Escape closes and gives focus back to the launcher; Enter opens again.
-    await box.focus()
     await page.keyboard.press("Escape")
     await expect(dialog).to_be_hidden()
     await expect(launcher).to_be_focused()
@@ -183,14 +188,16 @@ messages:
     await expect(choices.get_by_role("button")).to_have_text(
         ["Where is my order?", "I want to talk to a human"]
     )
-    banner = page.get_by_text("You're connected to an agent")
+    banner = page.locator(".banner")
     await expect(banner).to_be_hidden()
     await choices.get_by_role("button", name="I want to talk to a human").click()
     await expect(choices).to_have_count(0)
     await expect(page.locator(".message.bot .text").last).to_have_text(
         "I'm handing you to one of our agents."
     )
+    # Honest: waiting, not "connected", until an agent claims the conversation.
     await expect(banner).to_be_visible()
+    await expect(banner.locator("strong")).to_have_text("Waiting for an agent")
     # A hand-off message is no answer to rate.
     await expect(page.locator(".message.bot").last.get_by_role("button")).to_have_count(0)
 
@@ -198,6 +205,10 @@ messages:
     conversation = await runtime.store.conversation("widget", await session_of(page))
     console, ana = await console_as(app, "agent-ana")
     await console.claim(conversation.id, ana)
+    await expect(banner.locator("strong")).to_have_text("agent-ana joined")
+    await expect(page.locator(".message.system .text").last).to_have_text(
+        "agent-ana joined the conversation."
+    )
     await console.reply(conversation.id, ana, "Hi, I'm Ana. Let me look.")
     agent = page.locator(".message.agent")
     await expect(agent.locator(".text")).to_have_text(["Hi, I'm Ana. Let me look."])
@@ -271,6 +282,88 @@ async def test_the_embed_snippet_works_on_another_site(
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "widget-embedded.png"))
     assert problems == []
+    await context.close()
+
+
+async def test_phone_handoff_waiting_acknowledged_claimed(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    """At phone size (390x844): the panel fills the screen with no horizontal overflow and
+    no launcher over Send; the hand-off says "waiting" until a claim, a message meanwhile is
+    acknowledged, the claim says who joined; no favicon 404."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'supportbot.db'}"
+    settings = runtime_settings(runtime_models, url, handoff={"ack_interval_s": 0})
+    app = create_app(settings)
+    server = await aiohttp_server(app)
+    context = await browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    page = await context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    await page.goto(str(server.make_url("/")))
+    launcher = page.get_by_role("button", name="Chat with us: Brightcart support")
+    await launcher.tap()
+    dialog = page.get_by_role("dialog", name="Brightcart support")
+    await expect(dialog).to_be_visible()
+    # Full screen, nothing sticking out sideways, and the launcher hidden (not over Send).
+    await expect(launcher).to_be_hidden()
+    box = await dialog.bounding_box()
+    assert box is not None and (box["x"], box["width"]) == (0, 390)
+    widths = await page.evaluate(
+        "[document.documentElement.scrollWidth, document.body.scrollWidth, innerWidth]"
+    )
+    assert max(widths) <= 390, widths
+    send = page.get_by_role("button", name="Send")
+    text = page.get_by_role("textbox", name="Your message")
+    await text.fill("I want to talk to a human")
+    await send.tap()
+    banner = page.locator(".banner")
+    await expect(banner.locator("strong")).to_have_text("Waiting for an agent")
+    await text.fill("My order BC-104522 never arrived")
+    await send.tap()
+    system = page.locator(".message.system .text")
+    await expect(system).to_have_text(["Got it, it's in the queue: an agent will see it."])
+    await expect(page.locator(".typing")).to_be_hidden()
+
+    runtime = app[RUNTIME]
+    conversation = await runtime.store.conversation("widget", await session_of(page))
+    console, ana = await console_as(app, "Ana")
+    await console.claim(conversation.id, ana)
+    await expect(banner.locator("strong")).to_have_text("Ana joined")
+    await expect(system.last).to_have_text("Ana joined the conversation.")
+    await console.reply(conversation.id, ana, "Hi, I'm Ana. I'm checking BC-104522 now.")
+    await expect(page.locator(".message.agent .text")).to_have_count(1)
+    assert max(await page.evaluate("[document.documentElement.scrollWidth, innerWidth]")) <= 390
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "widget-phone.png"))
+    # Escape (a hardware keyboard) still closes, and the launcher comes back.
+    await text.focus()
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(launcher).to_be_visible()
+    # The demo page asked for its icon and got it.
+    icon = await page.request.get(str(server.make_url("/favicon.ico")))
+    assert icon.status == 200
+    assert missing == [] and problems == []
+    await context.close()
+
+
+async def test_the_console_page_has_an_icon(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    server, _ = await serve(aiohttp_server, runtime_models, tmp_path)
+    context = await browser.new_context(viewport={"width": 1280, "height": 820})
+    page = await context.new_page()
+    missing: list[str] = []
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+    await page.goto(str(server.make_url("/console")))
+    icon = await page.request.get(str(server.make_url("/favicon.ico")))
+    assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert missing == []
     await context.close()
 
 

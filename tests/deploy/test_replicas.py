@@ -346,9 +346,17 @@ async def test_an_agent_on_replica_a_answers_a_widget_customer_on_replica_b(
             headers=csrf,
         ) as r:
             assert r.status == 201, await r.text()
-        pushed = await receive_until(ws, "reply")
-        assert pushed["role"] == "agent" and pushed["text"] == "Hi, this is Bo from support."
-        assert (await receive_until(ws, "status"))["status"] == "claimed"
+        # Pushed across replicas, in order: "<agent> joined" with the claimed status, then
+        # the agent's reply.
+        frames: list[dict[str, Any]] = []
+        while not (frames and frames[-1]["type"] == "reply" and frames[-1]["role"] == "agent"):
+            frames.append(await asyncio.wait_for(ws.receive_json(), 20))
+        replies = [(f["role"], f["text"]) for f in frames if f["type"] == "reply"]
+        assert replies == [
+            ("system", f"{agent} joined the conversation."),
+            ("agent", "Hi, this is Bo from support."),
+        ]
+        assert [f["status"] for f in frames if f["type"] == "status"][-1:] == ["claimed"]
 
 
 # -- logs and metrics per replica --------------------------------------------------------------

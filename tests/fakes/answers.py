@@ -3,9 +3,11 @@ question or by intent, each with the similarity the test gives it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from bot.core.entities import fill
 from bot.core.errors import BadRequestError
 from bot.core.records import Answer
 
@@ -26,12 +28,15 @@ class InMemoryAnswerIndex:
     """Finds the entries that fit a text, best first, like `EmbeddingAnswerIndex.search`:
     at most `k`, distinct answer texts, nothing for blank text, BadRequestError for k < 1.
 
-    Every search is recorded in `searches` as (text, k, intent, embedding).
+    Every search is recorded in `searches` as (text, k, intent, embedding), its slots in
+    `slots_seen`. Answers are templates as in the real index: one needing a slot that is not
+    given (`{order_id}`) is left out, the others are filled in.
     """
 
     def __init__(self, entries: tuple[IndexedAnswer, ...] = ()) -> None:
         self.entries = list(entries)
         self.searches: list[tuple[str, int, str | None, Any]] = []
+        self.slots_seen: list[dict[str, str]] = []
 
     def add(
         self,
@@ -47,11 +52,17 @@ class InMemoryAnswerIndex:
         self.entries.append(IndexedAnswer(answer, score, question, intent, source))
 
     async def search(
-        self, text: str, k: int = 3, intent: str | None = None, embedding: Any = None
+        self,
+        text: str,
+        k: int = 3,
+        intent: str | None = None,
+        embedding: Any = None,
+        slots: Mapping[str, str] | None = None,
     ) -> list[Answer]:
         if k < 1:
             raise BadRequestError(f"k must be at least 1 (how many answers); got {k}")
         self.searches.append((text, k, intent, embedding))
+        self.slots_seen.append(dict(slots or {}))
         key = _key(text)
         if not key:
             return []
@@ -63,7 +74,9 @@ class InMemoryAnswerIndex:
         ]
         found: dict[str, Answer] = {}
         for e in sorted(fitting, key=lambda e: -e.score):
-            found.setdefault(e.answer, Answer(e.answer, e.score, e.source, e.question or text))
+            filled = fill(e.answer, slots or {})
+            if filled is not None:
+                found.setdefault(e.answer, Answer(filled, e.score, e.source, e.question or text))
         return list(found.values())[:k]
 
 

@@ -16,11 +16,14 @@ def understanding(
     *,
     top: str | None = None,
     embedding: object = None,
+    out_of_scope: bool = False,
+    oos_score: float | None = None,
 ) -> Understanding:
     """A consistent `Understanding`: sentiment scores whose P(negative) - P(positive) is
     `negativity`, and `top` (default: `intent`) as the best guess with `confidence`.
 
-    `intent=None, top="x"` is the model abstaining while still guessing "x".
+    `intent=None, top="x"` is the model abstaining while still guessing "x";
+    `intent=None, top="x", out_of_scope=True` its detector declining the message.
     """
     if not -1.0 <= negativity <= 1.0:
         raise ValueError(f"negativity is P(negative) - P(positive), in [-1, 1]; got {negativity}")
@@ -37,6 +40,8 @@ def understanding(
         sentiment_scores=tuple(Scored(label, score) for label, score in scores.items()),
         model_versions={"intent": "test-intent", "sentiment": "test-sentiment"},
         query_embedding=embedding,
+        out_of_scope=out_of_scope,
+        oos_score=oos_score,
     )
 
 

@@ -23,26 +23,37 @@ from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from bot.core import handoff, validation
+from bot.core import csat, handoff, validation
 from bot.core.clock import Clock, utcnow
+from bot.core.csat import CsatFigures
 from bot.core.desk import (
     AUTOMATED_ROUTES,
+    RESOLVED,
+    CannedResponse,
     ConversationView,
+    CustomerHistory,
     Dashboard,
     DayFigures,
     EscalationNotice,
     IntentFigures,
+    Note,
     QueueItem,
+    SearchHit,
+    SearchPage,
+    SearchQuery,
     approved_question,
     check_approvable,
     check_question,
     check_sentiment,
+    customer_matches,
     dashboard_window,
     latest_labels,
+    message_matches,
     most_asked_first,
+    most_recent_first,
     most_urgent_first,
 )
-from bot.core.errors import NotFoundError, StoreUnavailableError
+from bot.core.errors import ConflictError, NotFoundError, StoreUnavailableError
 from bot.core.handoff import Handoff
 from bot.core.records import (
     Conversation,
@@ -109,6 +120,9 @@ class MemoryTables:
     feedback: list[FeedbackEntry] = field(default_factory=list)
     labels: list[ConversationLabel] = field(default_factory=list)
     approved: list[ApprovedAnswer] = field(default_factory=list)
+    agents: list[str] = field(default_factory=list)  # console accounts (a test adds them)
+    canned: dict[int, CannedResponse] = field(default_factory=dict)
+    notes: list[Note] = field(default_factory=list)
     _ids: dict[str, Iterator[int]] = field(default_factory=dict)
 
     def next_id(self, table: str) -> int:
@@ -523,6 +537,15 @@ class InMemoryConversationStore:
         if not handoff.needs_escalation(current):
             unresolved = self.unresolved(conversation_id)
             assert unresolved is not None
+            if handoff.raises_priority(unresolved.priority, escalation.priority):
+                unresolved = replace(
+                    unresolved,
+                    priority=float(escalation.priority),
+                    explanation=handoff.raised_explanation(
+                        unresolved.explanation, escalation.explanation
+                    ),
+                )
+                self.tables.escalations[unresolved.id] = unresolved
             return unresolved
         to = handoff.escalate(current)
         opened = EscalationRecord(
@@ -607,6 +630,7 @@ class InMemoryDeskStore:
                 if a.conversation_id == conversation_id
             ),
             sentiment=sentiments[-1].sentiment if sentiments else None,
+            notes=tuple(n for n in self.tables.notes if n.conversation_id == conversation_id),
         )
 
     async def message(self, message_id: int) -> StoredMessage:
@@ -648,6 +672,21 @@ class InMemoryDeskStore:
         current = self.store.state_of(conversation_id) if known else handoff.BOT
         handoff.check_claimed_by(current, conversation_id, agent)
         return self._unresolved(conversation_id)
+
+    async def transfer(
+        self, conversation_id: str, agent: str, operator: bool, to: str
+    ) -> EscalationRecord:
+        await self.store.enter("transfer")
+        current = self.store.state_of(conversation_id)
+        moved = handoff.transfer(current, conversation_id, agent, operator, to)
+        unresolved = self._unresolved(conversation_id)
+        if moved == current:
+            return unresolved
+        return self.store.change_hands(unresolved, moved, claimed_at=self.clock())
+
+    async def colleagues(self) -> list[str]:
+        await self.store.enter("colleagues")
+        return sorted(self.tables.agents)
 
     # -- the unclaimed timeout ---------------------------------------------------------------
 
@@ -748,6 +787,112 @@ class InMemoryDeskStore:
             {i for e in self.tables.feedback if (i := e.feedback.corrected_intent) is not None}
         )
 
+    # -- canned responses and notes ----------------------------------------------------------
+
+    async def canned_responses(self) -> list[CannedResponse]:
+        await self.store.enter("canned_responses")
+        return sorted(self.tables.canned.values(), key=lambda c: c.shortcut)
+
+    async def save_canned(
+        self, canned_id: int | None, shortcut: str, title: str, text: str, author: str
+    ) -> CannedResponse:
+        await self.store.enter("save_canned")
+        taken = [c for c in self.tables.canned.values() if c.shortcut == shortcut]
+        if taken and taken[0].id != canned_id:
+            raise ConflictError(
+                f"the shortcut {shortcut!r} is taken by another canned response; pick another "
+                "one or edit that response"
+            )
+        now = self.clock()
+        if canned_id is None:
+            saved = CannedResponse(
+                self.tables.next_id("canned"), shortcut, title, text, author, now, now
+            )
+        else:
+            missing = f"canned response {canned_id} does not exist (deleted?); reload"
+            found = _found(self.tables.canned.get(canned_id), missing)
+            saved = replace(
+                found, shortcut=shortcut, title=title, text=text, author=author, updated_at=now
+            )
+        self.tables.canned[saved.id] = saved
+        return saved
+
+    async def delete_canned(self, canned_id: int) -> None:
+        await self.store.enter("delete_canned")
+        missing = f"canned response {canned_id} does not exist (deleted?); reload"
+        _found(self.tables.canned.pop(canned_id, None), missing)
+
+    async def add_note(self, conversation_id: str, author: str, text: str) -> Note:
+        await self.store.enter("add_note")
+        if conversation_id not in self.tables.conversations:
+            raise NotFoundError(f"conversation {conversation_id!r} does not exist")
+        note = Note(self.tables.next_id("notes"), conversation_id, author, text, self.clock())
+        self.tables.notes.append(note)
+        return note
+
+    # -- search and history ------------------------------------------------------------------
+
+    async def search(self, query: SearchQuery) -> SearchPage:
+        """See `SqlDeskStore.search` (the same rules, in Python)."""
+        await self.store.enter("search")
+        found = []
+        for conversation in self.tables.conversations.values():
+            messages = self.store.messages_of(conversation.id)
+            filtered = query.text is not None or query.since is not None or query.until is not None
+            if filtered and not any(message_matches(m, query) for m in messages):
+                continue
+            if not customer_matches(conversation, query.customer):
+                continue
+            if query.channel is not None and conversation.channel != query.channel:
+                continue
+            if query.status == RESOLVED:
+                closed = any(
+                    e.conversation_id == conversation.id and e.status == EscalationStatus.RESOLVED
+                    for e in self.tables.escalations.values()
+                )
+                if conversation.status != ConversationStatus.BOT or not closed:
+                    continue
+            elif query.status is not None and conversation.status != query.status:
+                continue
+            found.append(conversation)
+        ordered = most_recent_first(found)
+        page = ordered[query.offset : query.offset + query.per_page]
+        return SearchPage(
+            tuple(self._hit(c, query) for c in page), len(ordered), query.page, query.per_page
+        )
+
+    async def history(self, conversation_id: str) -> CustomerHistory:
+        await self.store.enter("history")
+        conversation = self.store.row(conversation_id)
+        episodes = [
+            e
+            for e in self.tables.escalations.values()
+            if e.conversation_id == conversation_id and e.status == EscalationStatus.RESOLVED
+        ]
+        name = (conversation.sender_name or "").lower()
+        others = [
+            c
+            for c in self.tables.conversations.values()
+            if name and (c.sender_name or "").lower() == name and c.id != conversation_id
+        ]
+        return CustomerHistory(
+            tuple(reversed(episodes)),
+            tuple(self._hit(c, SearchQuery()) for c in most_recent_first(others)[:20]),
+        )
+
+    def _hit(self, conversation: Conversation, query: SearchQuery) -> SearchHit:
+        messages = self.store.messages_of(conversation.id)
+        matching = [m for m in messages if message_matches(m, query)]
+        escalations = [
+            e for e in self.tables.escalations.values() if e.conversation_id == conversation.id
+        ]
+        return SearchHit(
+            conversation,
+            escalations[-1] if escalations else None,
+            matching[-1] if matching else None,
+            len(messages),
+        )
+
     # -- the dashboard -----------------------------------------------------------------------
 
     async def dashboard(self, days: int) -> Dashboard:
@@ -791,6 +936,11 @@ class InMemoryDeskStore:
                 1 for e in self.tables.escalations.values() if e.status in handoff.UNRESOLVED
             ),
             outcomes=outcomes,
+            csat=CsatFigures.of(
+                m.details.get("csat")
+                for m in self.tables.messages.values()
+                if m.role == Role.CUSTOMER and m.route == csat.ROUTE and m.created_at >= start
+            ),
         )
 
     # -- internals ---------------------------------------------------------------------------

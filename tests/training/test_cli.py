@@ -35,7 +35,7 @@ def test_train_prints_report_and_the_new_directory_last(tmp_path: Path, tiny_csv
         "1",
         "--batch-size",
         "16",
-        "--out",
+        "--models",
         str(out),
         "--no-progress",
     )
@@ -47,13 +47,13 @@ def test_train_prints_report_and_the_new_directory_last(tmp_path: Path, tiny_csv
     args = json.loads((Path(last) / "training_args.json").read_text())
     assert args["epochs"] == 1
 
-    listing = supportbot("models", "--out", str(out), "list", "--json")
+    listing = supportbot("models", "--models", str(out), "list", "--json")
     assert listing.returncode == 0, listing.stderr
     tasks = json.loads(listing.stdout)["tasks"]
     assert tasks["intent"]["live"] == "v1"
     assert [v["version"] for v in tasks["intent"]["versions"]] == ["v1"]
     # The directory may also follow the action, where users tend to type it.
-    after = supportbot("models", "list", "--json", "--out", str(out))
+    after = supportbot("models", "list", "--json", "--models", str(out))
     assert after.returncode == 0, after.stderr
     assert json.loads(after.stdout) == json.loads(listing.stdout)
 
@@ -226,7 +226,7 @@ def test_models_show_stays_in_the_models_directory(
     (tmp_path / "v1").mkdir()
     (tmp_path / "v1" / "report.txt").write_text("SECRET")
 
-    status = main(["models", "--out", str(tmp_path / "models"), "show", "../v1"])
+    status = main(["models", "--models", str(tmp_path / "models"), "show", "../v1"])
 
     out, err = capsys.readouterr()
     assert status == 2 and "SECRET" not in out
@@ -276,14 +276,14 @@ def test_a_models_directory_no_file_system_can_hold_is_refused(
 
     monkeypatch.chdir(tmp_path)
     for argv in (
-        ["models", "--out", out, "list"],
-        ["train", "intent", "--data", "x", "--out", out],
+        ["models", "--models", out, "list"],
+        ["train", "intent", "--data", "x", "--models", out],
     ):
         with pytest.raises(SystemExit) as exited:
             main(argv)
         assert exited.value.code == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]  # after argparse's usage
-        assert "argument --out" in last and "cannot be a path" in last and len(last) < 300
+        assert "argument --models" in last and "cannot be a path" in last and len(last) < 300
 
 
 @pytest.mark.parametrize(
@@ -312,3 +312,146 @@ def test_evaluate_a_broken_model_directory_is_a_one_line_error(
     err = capsys.readouterr().err
     assert status == 2 and len(err.strip().splitlines()) == 1
     assert "is not a supportbot model directory" in err and says in err
+
+
+# -- issue 18: the operator commands read the same settings as `serve` --------------------
+
+
+def _registry_with_live_v1(root: Path) -> None:
+    (root / "intent" / "v1").mkdir(parents=True)
+    promoted = supportbot("models", "--models", str(root), "promote", "intent", "v1")
+    assert promoted.returncode == 0, promoted.stderr
+
+
+def test_models_list_from_another_directory_reads_config_and_environment(
+    tmp_path: Path,
+) -> None:
+    served = tmp_path / "srv" / "models"
+    _registry_with_live_v1(served)
+    config = tmp_path / "srv" / "supportbot.yml"
+    config.write_text(f"models:\n  dir: {served}\n")
+    elsewhere = tmp_path / "home"
+    elsewhere.mkdir()
+
+    by_config = supportbot("models", "list", "--config", str(config), cwd=elsewhere)
+    assert by_config.returncode == 0, by_config.stderr
+    assert f"models in {served} (models.dir in {config})" in by_config.stdout
+    assert "* v1" in by_config.stdout
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SUPPORTBOT_MODELS__DIR": str(served)}
+    by_env = subprocess.run(
+        [str(SUPPORTBOT), "models", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=elsewhere,
+        timeout=600,
+    )
+    assert by_env.returncode == 0, by_env.stderr
+    listing = json.loads(by_env.stdout)
+    assert listing["models_dir"] == str(served) and listing["tasks"]["intent"]["live"] == "v1"
+
+    # --models beats both, as an explicit flag beats settings for `serve`.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flag = supportbot("models", "--config", str(config), "list", "--models", str(empty))
+    assert flag.returncode == 0 and f"no models in {empty} (--models)" in flag.stdout
+
+
+def test_models_list_where_there_is_no_models_directory_fails_and_says_where(
+    tmp_path: Path,
+) -> None:
+    # Before: "No models" and exit 0 while the bot served another directory.
+    result = supportbot("models", "list", cwd=tmp_path)
+    assert_refused(result, f"models directory {tmp_path / 'models'} (the default", "--config")
+    for action in (["show", "intent"], ["promote", "intent", "v1"], ["rollback", "intent"]):
+        assert_refused(supportbot("models", *action, cwd=tmp_path), "does not exist")
+
+
+def test_out_still_works_but_says_it_is_deprecated(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    _registry_with_live_v1(models)
+    old = supportbot("models", "list", "--out", str(models), cwd=tmp_path / "models")
+    assert old.returncode == 0 and "* v1" in old.stdout
+    assert "--out is deprecated; use --models" in old.stderr
+    help_text = supportbot("models", "list", "--help").stdout
+    assert "--models DIR" in help_text and "--out" not in help_text
+
+
+def test_promote_with_config_changes_the_served_directory_only(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    for version in ("v1", "v2"):
+        (served / "intent" / version).mkdir(parents=True)
+    local = tmp_path / "work" / "models"
+    _registry_with_live_v1(local)
+    config = tmp_path / "supportbot.yml"
+    config.write_text(f"models:\n  dir: {served}\n")
+
+    result = supportbot(
+        "models", "promote", "intent", "v2", "--config", str(config), cwd=tmp_path / "work"
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((served / "registry.json").read_text())["tasks"]["intent"]["live"] == "v2"
+    assert json.loads((local / "registry.json").read_text())["tasks"]["intent"]["live"] == "v1"
+
+
+# -- --on-conflict --------------------------------------------------------------------------
+
+
+def _conflicting_csv(path: Path, tiny_csv: Path) -> Path:
+    rows = tiny_csv.read_text().splitlines()
+    # One text twice as greeting and once as order_status: majority keeps greeting.
+    extra = ["hello there,greeting,positive", "hello there,order_status,neutral"]
+    path.write_text("\n".join([*rows, *extra]) + "\n")
+    return path
+
+
+def test_train_refuses_conflicting_labels_and_names_the_flag(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    data = _conflicting_csv(tmp_path / "noisy.csv", tiny_csv)
+    out = tmp_path / "m"
+    result = supportbot("train", "intent", "--data", str(data), "--models", str(out))
+    assert_refused(result, "has conflicting labels", "--on-conflict majority", wrote=out)
+    assert "nothing was trained" in result.stderr
+
+
+def test_evaluate_with_conflicting_labels(trained_intent: TrainingRun, tmp_path: Path) -> None:
+    data = tmp_path / "eval.csv"
+    data.write_text(
+        "text,intent\nhello there,greeting\nhello there,greeting\nhello there,order_status\n"
+        "where is my refund,refund_status\nhi,greeting\nhi,order_status\n"
+    )
+    model = str(trained_intent.version.path)
+    refused = supportbot("evaluate", model, "--data", str(data))
+    assert_refused(refused, "nothing was evaluated", "--on-conflict")
+    assert "nothing was trained" not in refused.stderr
+
+    majority = supportbot("evaluate", model, "--data", str(data), "--on-conflict", "majority")
+    assert majority.returncode == 0, majority.stderr
+    # "hello there" is kept as greeting; "hi" is a tie and is dropped.
+    assert "kept 1 text(s) with conflicting labels" in majority.stdout
+    assert "dropped 1 text(s) with conflicting labels" in majority.stdout
+    assert "examples            2" in majority.stdout
+
+    dropped = supportbot("evaluate", model, "--data", str(data), "--on-conflict", "drop", "--json")
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads(dropped.stdout)["n"] == 1
+
+
+def test_evaluate_confusion_png_title_names_version_n_and_accuracy(
+    trained_intent: TrainingRun, tiny_csv: Path, tmp_path: Path
+) -> None:
+    png = tmp_path / "confusion.png"
+    result = supportbot(
+        "evaluate",
+        "intent",
+        "--models",
+        str(trained_intent.version.path.parents[1]),
+        "--data",
+        str(tiny_csv),
+        "--confusion-png",
+        str(png),
+    )
+    assert result.returncode == 0, result.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -706,3 +706,52 @@ def test_rasa_yaml_aliases_are_refused_so_a_small_file_cannot_expand(tmp_path: P
     [problem] = problems_of(excinfo)
     assert problem.line == 9  # the first `examples: *e`
     assert "alias" in problem.message and "write the examples out" in problem.message
+
+
+# -- --on-conflict (issue 18): noisy logs with a few texts under two labels -----------------
+
+
+def _noisy(tmp_path: Path) -> Path:
+    rows = [
+        *labelled_rows(),
+        ["where is my order", "order_status"],  # a plain duplicate: merged, not a conflict
+        ["Where is my  ORDER", "refund_status"],  # 2 x order_status vs 1: majority keeps it
+        ["cancel it", "order_status"],
+        ["cancel it", "refund_status"],  # a tie: majority drops it too
+    ]
+    return write_csv(tmp_path / "noisy.csv", ["text", "intent"], rows)
+
+
+def test_on_conflict_error_names_the_flag(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError) as excinfo:
+        load_examples([_noisy(tmp_path)], "intent", min_examples=1)
+    messages = [p.message for p in problems_of(excinfo)]
+    assert len(messages) == 2
+    assert all("--on-conflict majority" in m and "--on-conflict drop" in m for m in messages)
+
+
+def test_on_conflict_majority_keeps_the_most_frequent_label_and_drops_ties(
+    tmp_path: Path,
+) -> None:
+    report = LoadReport()
+    examples = load_examples(
+        [_noisy(tmp_path)], "intent", min_examples=1, report=report, on_conflict="majority"
+    )
+    by_text = {e.text.casefold(): e.label for e in examples}
+    assert by_text["where is my order"] == "order_status"
+    assert "cancel it" not in by_text
+    assert (report.conflicts_majority, report.conflicts_dropped) == (1, 1)
+    lines = report.lines()
+    assert any(line.startswith("kept 1 text(s) with conflicting labels") for line in lines)
+    assert any(line.startswith("dropped 1 text(s) with conflicting labels") for line in lines)
+
+
+def test_on_conflict_drop_leaves_out_every_copy(tmp_path: Path) -> None:
+    report = LoadReport()
+    examples = load_examples(
+        [_noisy(tmp_path)], "intent", min_examples=1, report=report, on_conflict="drop"
+    )
+    texts = {e.text.casefold() for e in examples}
+    assert "where is my order" not in texts and "cancel it" not in texts
+    assert len(examples) == len(labelled_rows()) - 1
+    assert (report.conflicts_majority, report.conflicts_dropped) == (0, 2)

@@ -7,7 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.evaluation import compute_metrics, plot_confusion, render_report
+from training.evaluation import (
+    MIN_FONT_PT,
+    PLOT_DPI,
+    compute_metrics,
+    confusion_font_pt,
+    confusion_title,
+    plot_confusion,
+    render_report,
+)
 
 LABELS = ["order_status", "refund_status", "greeting", "password_reset"]
 # Six predictions over three of the four labels; password_reset never occurs.
@@ -145,3 +153,29 @@ def test_plot_confusion_of_an_empty_matrix(tmp_path: Path) -> None:
     plot_confusion([], ["a", "b"], path)
 
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_confusion_numbers_stay_readable_for_any_number_of_labels() -> None:
+    # Issue 18: counts were about 6 px. Points to pixels at the saved resolution.
+    sizes = [confusion_font_pt(n) for n in (2, 10, 30, 77, 150, 400)]
+    assert all(pt * PLOT_DPI / 72 >= 9 for pt in sizes)
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1] == MIN_FONT_PT
+
+
+def test_confusion_title_names_version_n_and_accuracy(metrics: dict) -> None:
+    title = confusion_title(metrics["confusion_matrix"], "intent v3")
+    assert title.startswith("intent v3: n=6, accuracy 66.7%")
+
+
+def test_a_many_label_confusion_png_grows_to_hold_its_numbers(tmp_path: Path) -> None:
+    from PIL import Image
+
+    sizes = {}
+    for count in (4, 40):
+        labels = [f"label_{i}" for i in range(count)]
+        path = tmp_path / f"c{count}.png"
+        plot_confusion(np.eye(count, dtype=int).tolist(), labels, path, subject="intent v1")
+        with Image.open(path) as image:
+            sizes[count] = image.size
+    # At least ~25 px per cell at 40 labels, so a count at >= 9 px fits inside it.
+    assert sizes[40][0] >= 40 * 25 and sizes[40][0] > sizes[4][0]

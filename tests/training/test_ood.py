@@ -17,6 +17,7 @@ from training.ood import (
     auroc,
     choose_threshold,
     energy_score,
+    fit_detector,
     fpr_at_recall,
     leave_intents_out,
     msp_score,
@@ -64,7 +65,7 @@ def data() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
 def fit(data: dict, method: str, **options: object) -> OosDetector:
     train_x, _, train_y = data["train"]
     val_x, val_logits, val_y = data["validation"]
-    return OosDetector.fit(
+    return fit_detector(
         train_x, train_y, val_x, val_logits, val_y, 1.5, OosOptions(method=method, **options)
     )
 
@@ -177,7 +178,7 @@ def test_an_out_of_scope_label_is_no_class_and_sets_the_threshold(data: dict) ->
     def with_oos_column(logits: np.ndarray, value: float) -> np.ndarray:
         return np.c_[logits, np.full((len(logits), 1), value, dtype=np.float32)]
 
-    detector = OosDetector.fit(
+    detector = fit_detector(
         np.r_[train_x, far_x],
         np.r_[train_y, np.full(30, oos)],
         np.r_[val_x, far_x],
@@ -246,7 +247,7 @@ def test_real_model_declines_out_of_scope_and_answers_in_scope(trained_intent) -
 
     train_x, _ = outputs([e.text for e in train])
     val_x, val_logits = outputs([e.text for e in validation])
-    detector = OosDetector.fit(
+    detector = fit_detector(
         train_x,
         np.array([index[e.label] for e in train]),
         val_x,

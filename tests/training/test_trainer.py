@@ -14,6 +14,7 @@ from training.trainer import (
     build_model,
     class_weights_for,
     collate,
+    early_stop_note,
     encode,
     fine_tune,
     init_new_rows,
@@ -157,3 +158,47 @@ def test_new_rows_are_aligned_to_the_old_rows_norm() -> None:
     assert align_new_rows(model, labels, []) == {}
     assert align_new_rows(model, labels, labels) == {}
     assert torch.equal(model.head.weight.detach(), weight)
+
+
+@pytest.mark.slow
+def test_early_stopping_says_so_instead_of_ending_part_way(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Issue 18: the bar promised 20 epochs and ended at epoch 3 without a word. A learning
+    # rate too small to change any prediction makes validation F1 flat from epoch 1 on.
+    texts = {
+        "yes": ["yes", "yep sure", "absolutely", "of course", "yes please", "sure thing"],
+        "no": ["no", "nope", "no thanks", "absolutely not", "never", "not at all"],
+    }
+    examples = [
+        Example(t, label, "mem", i) for label, ts in texts.items() for i, t in enumerate(ts)
+    ]
+    train, validation = examples[::2], examples[1::2]
+    args = TrainingArguments(
+        epochs=6,
+        batch_size=4,
+        seed=3,
+        learning_rate=1e-12,
+        head_learning_rate_multiplier=1.0,
+        early_stopping_patience=1,
+    )
+    result = fine_tune(train, validation, ["no", "yes"], args, progress=True)
+    err = capsys.readouterr().err
+    assert result.stopped_early and len(result.history) == 2 and result.best_epoch == 1
+    assert "at most 6 epochs" in err and "6 epochs)" not in err.replace("at most 6 epochs", "")
+    assert (
+        "stopped early at epoch 2 of at most 6 (no validation gain for 1 epoch); keeping "
+        "epoch 1, the best on validation" in err
+    )
+
+
+def test_early_stop_note_counts_patience_in_epochs() -> None:
+    from training.trainer import EpochLog, FineTuneResult
+
+    result = FineTuneResult(model=None, tokenizer=None, labels=("a", "b"))  # type: ignore[arg-type]
+    result.history = [EpochLog(e, 0.1, 0.5, 0.5, 1.0) for e in (1, 2, 3)]
+    result.best_epoch = 1
+    assert early_stop_note(result, 20, 2) == (
+        "stopped early at epoch 3 of at most 20 (no validation gain for 2 epochs); keeping "
+        "epoch 1, the best on validation"
+    )

@@ -9,6 +9,8 @@ import { announce } from "./alerts.js";
 import { agent, api } from "./api.js";
 import { channelLabel, customerLabel, fixed, formatTime, humanize, percent, reasonLabel } from "./format.js";
 import { loadQueue, selectInQueue } from "./queue.js";
+import { loadHistory } from "./search.js";
+import { loadCanned } from "./canned.js";
 
 const NEW_INTENT = "__new__";
 const INTENT_PATTERN = /^[a-z][a-z0-9_]{1,63}$/;
@@ -23,6 +25,7 @@ const ACTIONS = [
 let current = null; // the open conversation's id
 let conversation = null; // its last fetched payload
 let intents = [];
+let colleagues = []; // names of the accounts a conversation can be given to
 let intentsVersion = 0;
 const messageNodes = new Map(); // message id -> {node, signature}
 
@@ -39,7 +42,12 @@ export function openConversation(id) {
     messageNodes.clear();
     $("transcript").replaceChildren();
     $("reply").value = "";
+    $("history").replaceChildren();
+    $("note").value = "";
+    $("canned-hint").textContent = "";
     showConversationError("");
+    loadHistory(id);
+    loadCanned(id);
   }
   history.replaceState(null, "", `#conversation=${encodeURIComponent(id)}`);
   selectInQueue(id);
@@ -94,6 +102,7 @@ function permissions() {
     claim: unresolved && esc.status === "open",
     release: unresolved && esc.status === "claimed" && (mine || operator),
     close: unresolved && (mine || operator),
+    transfer: unresolved && (esc.status === "open" || mine || operator),
   };
 }
 
@@ -119,12 +128,13 @@ function renderConversation() {
   $("release").disabled = !can.release;
   $("handback").disabled = !can.close;
   $("resolve").disabled = !can.close;
+  renderTransfer(can.transfer, can.holder);
   const reply = $("reply");
   const wasDisabled = reply.disabled;
   reply.disabled = !can.mine;
   $("send").disabled = !can.mine;
   $("reply-hint").textContent = can.mine
-    ? "Enter sends, Shift+Enter starts a new line. The customer gets it in their own channel."
+    ? "Enter sends, Shift+Enter starts a new line, /shortcut then Tab inserts a canned response. The customer gets it in their own channel."
     : can.holder
       ? `${can.holder} has this conversation; only they can reply.`
       : can.unresolved
@@ -156,7 +166,9 @@ function renderEscalation(esc) {
   if (esc.assignee) add("Assignee", esc.assignee);
   if (esc.claimed_at) add("Claimed", formatTime(esc.claimed_at));
   for (const [name, value] of Object.entries(esc.scores || {})) {
-    add(name.replace(/_/g, " "), typeof value === "number" ? value.toFixed(3) : value);
+    // Counts (failed turns: 2) stay whole; scores keep three decimals.
+    const shown = typeof value === "number" && !Number.isInteger(value) ? value.toFixed(3) : value;
+    add(name.replace(/_/g, " "), shown);
   }
   box.replaceChildren(
     el("span", { class: "reason-badge", text: reasonLabel(esc.reason) }),
@@ -219,15 +231,18 @@ function renderTranscript() {
   const seen = new Set();
   const nodes = [];
   let appended = false;
-  for (const message of conversation.messages) {
-    seen.add(message.id);
-    const signature = `${intentsVersion}|${conversation.conversation.status}|${conversation.conversation.assignee}|${JSON.stringify(message)}`;
-    const cached = messageNodes.get(message.id);
+  for (const entry of withNotes(conversation.messages, conversation.notes || [])) {
+    const { key, message, note } = entry;
+    seen.add(key);
+    const signature = note
+      ? JSON.stringify(note)
+      : `${intentsVersion}|${conversation.conversation.status}|${conversation.conversation.assignee}|${JSON.stringify(message)}`;
+    const cached = messageNodes.get(key);
     if (cached && cached.signature === signature) {
       nodes.push(cached.node);
       continue;
     }
-    const node = renderMessage(message);
+    const node = note ? renderNote(note) : renderMessage(message);
     if (cached) {
       // Keep the keyboard where it was: focus the same control in the new node.
       const active = cached.node.contains(document.activeElement) ? document.activeElement.dataset.control : null;
@@ -236,13 +251,51 @@ function renderTranscript() {
     } else {
       appended = true;
     }
-    messageNodes.set(message.id, { node, signature });
+    messageNodes.set(key, { node, signature });
     nodes.push(node);
   }
   for (const id of Array.from(messageNodes.keys())) if (!seen.has(id)) messageNodes.delete(id);
   const same = nodes.length === log.children.length && nodes.every((node, i) => log.children[i] === node);
   if (!same) log.replaceChildren(...nodes);
   if (appended && (atEnd || !same)) log.scrollTop = log.scrollHeight;
+}
+
+/** Messages and private notes in one timeline (a note after the messages of its time). */
+function withNotes(messages, notes) {
+  const entries = messages.map((message) => ({ key: message.id, at: Date.parse(message.created_at), message }));
+  for (const note of notes) {
+    const at = Date.parse(note.created_at);
+    let index = entries.length;
+    while (index > 0 && entries[index - 1].at > at) index -= 1;
+    entries.splice(index, 0, { key: `note-${note.id}`, at, note });
+  }
+  return entries;
+}
+
+function renderNote(note) {
+  return el(
+    "article",
+    { class: "msg note", "data-note-id": note.id, "aria-label": `Private note by ${note.author}, ${formatTime(note.created_at)}` },
+    el("div", { class: "who-line" }, el("strong", { text: `Private note · ${note.author}` }), ` · ${formatTime(note.created_at)} · only agents see this`),
+    el("p", { class: "text", text: note.text })
+  );
+}
+
+async function addNote() {
+  const box = $("note");
+  const text = box.value.trim();
+  if (!text || !current) return;
+  $("add-note").disabled = true;
+  try {
+    await api("POST", `conversations/${encodeURIComponent(current)}/notes`, { text });
+    box.value = "";
+    $("note-error").textContent = "";
+    announce("Note added. Only agents see it.");
+  } catch (error) {
+    if (error.status !== 401) $("note-error").textContent = `Not added: ${error.message}${error.status ? ` (${error.status})` : ""}`;
+  }
+  $("add-note").disabled = false;
+  await loadConversation();
 }
 
 function renderMessage(message) {
@@ -286,7 +339,18 @@ function renderMessage(message) {
       );
     }
     if (message.route) facts.append(el("span", { class: "chip", text: `route ${message.route}` }));
-    node.append(facts, intentControls(message, textId));
+    if (message.out_of_scope) {
+      facts.append(
+        el("span", {
+          class: "chip oos",
+          title: "The out-of-scope detector found no intent the bot covers (higher score: further out)",
+          text: typeof message.oos_score === "number" ? `out of scope ${fixed(message.oos_score)}` : "out of scope",
+        })
+      );
+    }
+    node.append(facts);
+    if ((message.entities || []).length) node.append(entityChips(message.entities));
+    node.append(intentControls(message, textId), sentimentControls(message, textId));
   } else if (role === "bot") {
     if (message.route) facts.append(el("span", { class: "chip", text: `route ${message.route}` }));
     if (message.source) facts.append(el("span", { class: "chip source", title: message.source, text: `source ${message.source}` }));
@@ -354,6 +418,50 @@ function intentControls(message, textId) {
   });
   if (labels.intent) box.append(el("span", { class: "label-state", text: `Corrected to ${labels.intent}${labelByline(labels)}` }));
   box.append(select, name, saveButton, error);
+  return box;
+}
+
+/** The entities the runtime found in a customer message, one chip each (type and text). */
+function entityChips(entities) {
+  const box = el("div", { class: "entities", role: "list", "aria-label": "Entities" });
+  for (const entity of entities) {
+    const shown = entity.value !== null && String(entity.value) !== entity.text ? ` → ${entity.value}` : "";
+    box.append(
+      el("span", {
+        class: "chip entity",
+        role: "listitem",
+        title: `${humanize(entity.type)}${typeof entity.start === "number" ? `, characters ${entity.start}-${entity.end}` : ""}`,
+        text: `${entity.type.replace(/_/g, " ")}: ${entity.text}${shown}`,
+      })
+    );
+  }
+  return box;
+}
+
+/** The agent's sentiment of one customer message (what `supportbot retrain` learns from). */
+function sentimentControls(message, textId) {
+  const labels = message.labels || {};
+  const box = el("div", { class: "labeling", role: "group", "aria-label": "Message sentiment", "aria-describedby": textId });
+  const error = el("span", { class: "label-error", role: "alert" });
+  box.append(el("span", { text: "Sentiment" }));
+  for (const value of SENTIMENTS) {
+    const button = el("button", {
+      type: "button",
+      class: `button small${value === "negative" ? " bad" : ""}`,
+      "aria-pressed": String(labels.sentiment === value),
+      "data-control": `sentiment-${value}`,
+      text: humanize(value),
+    });
+    button.addEventListener("click", () =>
+      act(async () => {
+        await api("POST", `messages/${message.id}/labels`, { sentiment: value });
+        announce(`Message labelled ${value}.`);
+      }, button, error)
+    );
+    box.append(button);
+  }
+  if (labels.sentiment) box.append(el("span", { class: "sentiment-label", text: `Labelled ${labels.sentiment}${labelByline(labels)}` }));
+  box.append(error);
   return box;
 }
 
@@ -458,6 +566,39 @@ async function sendReply() {
   box.focus();
 }
 
+/** The colleagues a conversation can be assigned or transferred to. */
+export async function loadColleagues() {
+  try {
+    colleagues = (await api("GET", "colleagues")).agents || [];
+  } catch (error) {
+    if (error.status !== 401) showConversationError(`The list of colleagues could not be loaded: ${error.message}`);
+  }
+}
+
+function renderTransfer(allowed, holder) {
+  const select = $("transfer-to");
+  const chosen = select.value;
+  const others = colleagues.filter((name) => name !== holder);
+  select.replaceChildren(
+    el("option", { value: "", text: holder ? "Transfer to…" : "Assign to…" }),
+    ...others.map((name) => el("option", { value: name, text: name === agent().name ? `${name} (me)` : name }))
+  );
+  if (others.includes(chosen)) select.value = chosen;
+  select.disabled = !allowed || !others.length;
+  $("transfer").disabled = select.disabled || !select.value;
+  $("transfer").textContent = holder ? "Transfer" : "Assign";
+}
+
+function transfer() {
+  const to = $("transfer-to").value;
+  if (!to || $("transfer").disabled) return;
+  act(async () => {
+    await api("POST", `conversations/${encodeURIComponent(current)}/transfer`, { to });
+    $("transfer-to").value = "";
+    announce(`Transferred to ${to}.`);
+  }, $("transfer"));
+}
+
 export async function loadIntents() {
   try {
     const data = await api("GET", "intents");
@@ -474,6 +615,20 @@ export function wireConversation() {
   for (const [action, done] of ACTIONS) {
     $(action).addEventListener("click", conversationAction(action, () => announce(done)));
   }
+  $("transfer-to").addEventListener("change", () => {
+    $("transfer").disabled = $("transfer-to").disabled || !$("transfer-to").value;
+  });
+  $("transfer-to").addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      transfer();
+    }
+  });
+  $("transfer").addEventListener("click", transfer);
+  $("note-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    addNote();
+  });
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     sendReply();

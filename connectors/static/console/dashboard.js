@@ -1,6 +1,7 @@
 /*
  * The operator's dashboard: totals and charts of the last days' traffic, automation rate,
- * escalations, feedback and intent confidence, from GET /console/api/dashboard.
+ * escalations, feedback, customer satisfaction (CSAT) and intent confidence, from
+ * GET /console/api/dashboard.
  */
 
 import { $, el } from "../lib/dom.js";
@@ -25,6 +26,20 @@ function renderDashboard(data) {
     }
     if (shown !== null) totals.append(el("div", { class: "tile" }, el("div", { class: "value", text: shown }), el("div", { class: "name", text: humanize(key) })));
   }
+  const csat = data.csat || { mean: null, count: 0, distribution: {} };
+  totals.append(
+    el(
+      "div",
+      { class: "tile csat", id: "csat-tile" },
+      el("div", { class: "value", text: csat.mean === null ? "–" : `${csat.mean.toFixed(1)} / 5` }),
+      el("div", { class: "name", text: `CSAT (${csat.count} rating${csat.count === 1 ? "" : "s"})` })
+    )
+  );
+  const scores = ["5", "4", "3", "2", "1"].map((score) => ({
+    label: `${score} ${"★".repeat(Number(score))}`,
+    value: (csat.distribution || {})[score] || 0,
+    title: `${score} of 5: ${(csat.distribution || {})[score] || 0} rating(s)`,
+  }));
 
   const messages = days.map((d) => d.messages || 0);
   const customer = days.map((d) => d.customer_messages || 0);
@@ -81,6 +96,13 @@ function renderDashboard(data) {
       ], { format: count }),
       `Feedback per day: ${sum(up)} helpful, ${sum(down)} not helpful.`,
       [["helpful (up)", "#2fb36a"], ["not helpful (down)", "#e0574f"]]
+    ),
+    chartFigure(
+      "Customer satisfaction (CSAT)",
+      barChart(csat.count ? scores : [], { format: count }),
+      csat.count
+        ? `CSAT: mean ${csat.mean.toFixed(2)} of 5 over ${csat.count} ratings; ${scores.map((s) => `${s.value} rated ${s.label.split(" ")[0]}`).join(", ")}.`
+        : "No customer rated the help in this period."
     ),
     chartFigure(
       "Mean confidence per intent",

@@ -8,6 +8,7 @@ import { $, el } from "../lib/dom.js";
 import { announce, beep } from "./alerts.js";
 import { agent, api } from "./api.js";
 import { channelLabel, customerLabel, fixed, formatWaiting, reasonLabel } from "./format.js";
+import { notifyArrivals } from "./shortcuts.js";
 
 const TITLE = "supportbot console";
 
@@ -48,6 +49,11 @@ export async function loadQueue() {
   } catch (error) {
     if (error.status !== 401) $("queue-error").textContent = `The queue could not be loaded: ${error.message}`;
   }
+}
+
+/** The conversations of the queue, in its order (most urgent first). */
+export function queueOrder() {
+  return queue.map((item) => item.conversation_id);
 }
 
 /** Mark conversation `id` (or none) as the open one: its escalations are no longer new. */
@@ -143,6 +149,7 @@ function renderQueue() {
   updateTitle();
   if (arrived.length) {
     beep();
+    notifyArrivals(arrived);
     const [first] = arrived;
     announce(
       arrived.length === 1

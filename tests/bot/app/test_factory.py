@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,7 +49,8 @@ async def test_greeting_gets_a_configured_response_with_the_name(
 ) -> None:
     body = await send(client, "u1", "hello there", name="Ana")
     [reply] = body["replies"]
-    assert reply["route"] == "response" and reply["rateable"] is True
+    # A greeting is small talk, not an answer: no thumbs under it.
+    assert reply["route"] == "response" and reply["rateable"] is False
     assert "Ana" in reply["text"]
     assert body["status"] == "bot"
 
@@ -56,7 +58,7 @@ async def test_greeting_gets_a_configured_response_with_the_name(
 async def test_question_is_answered_from_past_agent_answers(client: TestClient[Any, Any]) -> None:
     body = await send(client, "u2", "how long does a refund take to reach my card?")
     [reply] = body["replies"]
-    assert reply["route"] == "answer"
+    assert reply["route"] == "answer" and reply["rateable"] is True
     assert "5-7 business days" in reply["text"]
     transcript = await (await client.get(f"/api/v1/conversations/{body['conversation_id']}")).json()
     customer, bot = transcript["messages"]
@@ -74,9 +76,61 @@ async def test_question_is_answered_from_past_agent_answers(client: TestClient[A
     assert stored.details["source"].endswith("conversations.jsonl:1")
 
 
-async def test_fallback_ladder_then_handoff_then_silence_until_resolved(
+OFF_TOPIC = [
+    "what's the weather like in Paris tomorrow?",
+    "can you recommend a good lasagne recipe",
+    "who won the football world cup in 1998",
+]
+ON_TOPIC = ["where is my order", "when will I get my refund", "hello!"]
+
+
+async def test_out_of_scope_questions_are_declined_and_in_scope_ones_still_served(
     client: TestClient[Any, Any],
 ) -> None:
+    """Through the real intent model and its detector, trained on the small shop."""
+    for i, text in enumerate(OFF_TOPIC):
+        body = await send(client, f"off-{i}", text)
+        [reply] = body["replies"]
+        assert reply["route"] == "response", (text, reply)
+        assert "not something I can help with" in reply["text"]
+        assert "Talk to a person" in reply["quick_replies"] and reply["rateable"] is False
+        transcript = await (
+            await client.get(f"/api/v1/conversations/{body['conversation_id']}")
+        ).json()
+        customer = transcript["messages"][0]
+        assert customer["out_of_scope"] is True and customer["intent"] is None
+        assert customer["oos_score"] > 0
+    for i, text in enumerate(ON_TOPIC):
+        body = await send(client, f"on-{i}", text)
+        transcript = await (
+            await client.get(f"/api/v1/conversations/{body['conversation_id']}")
+        ).json()
+        customer = transcript["messages"][0]
+        assert customer["out_of_scope"] is False and customer["intent"] is not None, text
+        assert body["replies"][0]["route"] in ("answer", "response"), (text, body)
+    understood = await client.post("/api/v1/understand", json={"text": OFF_TOPIC[0]})
+    assert (await understood.json())["out_of_scope"] is True
+    metrics = await (await client.get("/metrics")).text()
+    assert f'supportbot_out_of_scope_total{{channel="rest"}} {float(len(OFF_TOPIC))}' in metrics
+
+
+async def test_fallback_ladder_then_handoff_then_silence_until_resolved(
+    aiohttp_client: ClientFactory, runtime_models: Path, sqlite_url: str, tmp_path: Path
+) -> None:
+    # The ladder as deployments that send out-of-scope messages to it have it.
+    routing = tmp_path / "routing.yml"
+    packaged = (Path(__file__).parents[3] / "bot/core/routing.yml").read_text()
+    routing.write_text(
+        re.sub(r"\nout_of_scope:\n  response:\n    - .*\n", "\nout_of_scope: rephrase\n", packaged)
+    )
+    assert "out_of_scope: rephrase" in routing.read_text()
+    settings = runtime_settings(
+        runtime_models,
+        sqlite_url,
+        escalation={"max_failed_turns": 2},
+        routing={"config": routing},
+    )
+    client = await aiohttp_client(create_app(settings))
     first = await send(client, "u3", "zxqv blorp frumious")
     assert first["replies"][0]["route"] == "rephrase"
     second = await send(client, "u3", "qwpz vlorn grabble")

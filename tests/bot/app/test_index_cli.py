@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,17 @@ def test_build_prints_counts_and_the_directory_last(built: tuple[Path, str]) -> 
     counts = next(line for line in lines if line.startswith("pairs: "))
     assert " from conversations, 36 from FAQ, 0 approved" in counts
     assert any(line.startswith("duplicates dropped: ") for line in lines)
+    # Curation with the sample shop's routing (order_id): counts, reasons, frequent exclusions.
+    curation = next(line for line in lines if line.startswith("curation: "))
+    assert " templated " in curation and " excluded" in curation
+    assert any(
+        line.startswith("excluded by reason ") and "first-person action" in line for line in lines
+    )
+    assert "most frequent excluded answers" in stdout
+    lines_read = (out / "pairs.jsonl").read_text().splitlines()
+    from_logs = [json.loads(line) for line in lines_read if '"conversation"' in line]
+    answers = " ".join(p["answer"] for p in from_logs)  # the FAQ's example number may stay
+    assert "{order_id}" in answers and not re.search(r"BC-\d{6}|I checked", answers)
     meta = json.loads((out / "index.json").read_text())
     assert meta["model"] == "bundled" and meta["dimension"] == 384
 

@@ -32,8 +32,11 @@ def test_negativity_before_a_closed_hand_off_no_longer_counts() -> None:
 
 
 def test_known_intents_merge_the_models_and_the_agents() -> None:
+    # out_of_scope is always offered, so an agent can mark a message no intent covers.
     assert known_intents(("refund_status", "greeting"), ["new_one", "greeting"]) == [
         "greeting",
         "new_one",
+        "out_of_scope",
         "refund_status",
     ]
+    assert known_intents((), ["out_of_scope"]) == ["out_of_scope"]

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from bot.core import csat
 from bot.core.desk import IntentFigures, MessageLabels
 from bot.core.errors import BadRequestError, ConflictError, ForbiddenError, NotFoundError
 from bot.core.records import (
@@ -117,7 +118,7 @@ async def test_a_reply_needs_the_callers_claim(core: InMemoryCore) -> None:
     with pytest.raises(BadRequestError, match='"text" is empty'):
         await core.desk.reply(cid, kim, "   ")
     assert await agent_messages(core) == []
-    assert core.deliverer.delivered == []
+    assert core.deliverer.texts == ["kim joined the conversation."]  # no reply, only who joined
 
 
 async def test_a_reply_is_stored_and_pushed_through_the_customers_channel(
@@ -133,7 +134,8 @@ async def test_a_reply_is_stored_and_pushed_through_the_customers_channel(
         "Your parcel left today.",
         {"agent": "sam"},
     )
-    ((conversation, reply),) = core.deliverer.delivered
+    (joined, (conversation, reply)) = core.deliverer.delivered
+    assert (joined[1].role, joined[1].text) == (Role.SYSTEM, "sam joined the conversation.")
     assert (conversation.channel, conversation.sender) == (CHANNEL, "ada")
     assert (reply.message_id, reply.role, reply.route) == (stored.id, Role.AGENT, Route.AGENT)
     assert reply.text == "Your parcel left today." and not reply.rateable
@@ -193,7 +195,9 @@ async def test_closing_tells_the_customer_and_the_bot_answers_again(
     assert closed.escalation.resolved_at == core.clock.now
     assert (closed.notice.role, closed.notice.text) == (Role.SYSTEM, notice)
     assert closed.notice.details == {"event": outcome.value, "agent": "sam"}
-    assert core.deliverer.texts == [notice]
+    # After a resolve (not a hand back) the customer is asked to rate the help (CSAT).
+    rating = [csat.QUESTION] if outcome == Outcome.RESOLVED else []
+    assert core.deliverer.texts == ["sam joined the conversation.", notice, *rating]
     assert (closed.conversation.status, closed.conversation.assignee) == ("bot", None)
     event = (await core.console.events())[-1]
     assert (event["type"], event["outcome"]) == ("escalation.resolved", outcome.value)
@@ -208,8 +212,9 @@ async def test_the_notice_is_stored_even_when_the_channel_is_down(core: InMemory
     core.deliverer.fail()
     closed = await core.desk.resolve(cid, boss)
     assert closed.conversation.status == ConversationStatus.BOT
-    assert (await core.transcript())[-1] == closed.notice
-    assert [r.message_id for r in core.deliverer.refused] == [closed.notice.id]
+    *_, notice, question = await core.transcript()  # the notice, then the CSAT question
+    assert notice == closed.notice and question.text == csat.QUESTION
+    assert [r.message_id for r in core.deliverer.refused] == [notice.id, question.id]
     with pytest.raises(NotFoundError, match="no open escalation to close"):
         await core.desk.resolve(cid, boss)
 
@@ -228,7 +233,8 @@ async def test_closing_starts_the_fallback_ladder_afresh(core: InMemoryCore) -> 
 
 
 async def test_labels_must_fit_the_message_they_describe(core: InMemoryCore) -> None:
-    answered = await core.say("hello", intent="greeting")
+    core.answers.add("Refunds take 5 days.", 0.9, intent="refund_status")
+    answered = await core.say("my refund?", intent="refund_status")
     question, answer = answered.message_id, answered.replies[0].message_id
     sam = core.agent("sam")
     refused = [
@@ -300,6 +306,23 @@ async def test_the_queue_puts_the_most_urgent_first_and_counts_unread_messages(
     assert [item.unread for item in await core.desk.queue()] == [0, 1]
 
 
+async def test_the_unclaimed_timeout_counts_only_business_hours(core: InMemoryCore) -> None:
+    """Handed off at 9:00 on a Monday, agents in from 10:00: no "all our agents are busy"
+    before 10:05 (the hand-off message said when someone would answer)."""
+    from bot.core.hours import BusinessHours
+
+    core.desk.hours = BusinessHours.from_spans({"mon": "10:00-18:00"}, "UTC")
+    await escalated(core)
+    core.clock.advance(minutes=50)  # 9:50, closed
+    assert await core.desk.time_out_unclaimed() == []
+    core.clock.advance(minutes=12)  # 10:02: open, but for less than the 300 s timeout
+    assert await core.desk.time_out_unclaimed() == []
+    core.clock.advance(minutes=3)  # 10:05
+    (told,) = await core.desk.time_out_unclaimed()
+    assert core.deliverer.texts == ["Sorry Ada, all our agents are busy."]
+    assert told.escalation.timed_out_at == core.clock.now
+
+
 async def test_an_unclaimed_escalation_tells_its_customer_once(core: InMemoryCore) -> None:
     ada = await escalated(core)
     core.clock.advance(seconds=200)
@@ -324,7 +347,7 @@ async def test_an_unclaimed_escalation_tells_its_customer_once(core: InMemoryCor
     await core.desk.release(ada, sam)  # back in the queue, but she was told already
     core.clock.advance(hours=1)
     assert await core.desk.time_out_unclaimed() == []
-    assert len(core.deliverer.delivered) == 2
+    assert len(core.deliverer.delivered) == 3  # Ada's and Bob's notices, "sam joined"
 
 
 async def test_a_claimed_escalation_does_not_time_out(core: InMemoryCore) -> None:
@@ -333,7 +356,7 @@ async def test_a_claimed_escalation_does_not_time_out(core: InMemoryCore) -> Non
     await core.desk.claim(cid, core.agent("sam"))
     core.clock.advance(hours=2)
     assert await core.desk.time_out_unclaimed() == []
-    assert core.deliverer.delivered == []
+    assert core.deliverer.texts == ["sam joined the conversation."]
 
 
 async def test_the_dashboard_is_for_operators(core: InMemoryCore) -> None:

@@ -166,8 +166,11 @@ def message(text: str, sender: str = "ada", client_id: str | None = None) -> Mes
 
 
 @asynccontextmanager
-async def in_memory_core(**escalation: Any) -> AsyncIterator[InMemoryCore]:
-    """A started core on fakes; `escalation`: `EscalationSettings` fields to change."""
+async def in_memory_core(
+    routing: dict[str, Any] | None = None, **escalation: Any
+) -> AsyncIterator[InMemoryCore]:
+    """A started core on fakes; `routing`: the routing document (default `ROUTING`);
+    `escalation`: `EscalationSettings` fields to change."""
     clock = ManualClock()
     store = InMemoryConversationStore(clock)
     desk_store = InMemoryDeskStore(store)
@@ -177,7 +180,10 @@ async def in_memory_core(**escalation: Any) -> AsyncIterator[InMemoryCore]:
     deliverer = RecordingDeliverer()
     dispatcher = Dispatcher()
     dispatcher.register(CHANNEL, deliverer)
-    router = Router(RoutingConfig.parse(ROUTING, "test_service.py"), rng=random.Random(0))
+    router = Router(
+        RoutingConfig.parse(ROUTING if routing is None else routing, "test_service.py"),
+        rng=random.Random(0),
+    )
     settings = EscalationSettings(**escalation)
     metrics = Metrics()
     service = ConversationService(
@@ -190,6 +196,7 @@ async def in_memory_core(**escalation: Any) -> AsyncIterator[InMemoryCore]:
         MIN_ANSWER_SCORE,
         dispatcher=dispatcher,
         bus=bus,
+        clock=clock,
     )
     desk = AgentDesk(
         store,
@@ -269,13 +276,14 @@ def test_each_fake_has_every_method_of_its_port_with_the_same_parameters(
 # -- routing kinds ---------------------------------------------------------------------------
 
 
-async def test_a_configured_response_is_rateable_and_offers_its_quick_replies(
+async def test_a_configured_response_offers_its_quick_replies_and_no_thumbs(
     core: InMemoryCore,
 ) -> None:
     result = await core.say("hello", intent="greeting")
     (reply,) = result.replies
     assert (reply.role, reply.route, reply.text) == (Role.BOT, Route.RESPONSE, "Hi Ada!")
-    assert reply.quick_replies == ("Track my order", "Refunds") and reply.rateable
+    # A greeting is small talk the operator wrote, not an answer: nothing to rate.
+    assert reply.quick_replies == ("Track my order", "Refunds") and not reply.rateable
     assert result.status == ConversationStatus.BOT and not result.duplicate
     customer, bot = await core.transcript()
     assert (customer.id, customer.route, customer.intent) == (
@@ -442,9 +450,14 @@ async def test_the_bot_stays_silent_while_waiting_and_while_claimed(core: InMemo
     silent = [m for m in await core.transcript() if m.text in ("hello?", "are you there?")]
     # The models still ran, so the agent sees intent and sentiment next to each message.
     assert [(m.route, m.intent) for m in silent] == [("agent", "greeting")] * 2
-    assert [m.role for m in await core.transcript()] == [Role.CUSTOMER, Role.BOT] + [
-        Role.CUSTOMER
-    ] * 2
+    # Within ack_interval_s of the hand-off message nothing more is said; the claim is told.
+    assert [m.role for m in await core.transcript()] == [
+        Role.CUSTOMER,
+        Role.BOT,
+        Role.CUSTOMER,
+        Role.SYSTEM,
+        Role.CUSTOMER,
+    ]
     assert core.count("messages", channel=CHANNEL, route="agent") == 2
     events = [e for e in await core.console.events() if e["type"] == "message"]
     assert [e["status"] for e in events] == ["waiting", "waiting", "claimed"]
@@ -464,15 +477,24 @@ async def test_request_handoff_escalates_a_bot_conversation_at_once(core: InMemo
     assert events[1]["status"] == "waiting"
 
 
-async def test_request_handoff_while_escalated_says_an_agent_has_it(core: InMemoryCore) -> None:
+async def test_request_handoff_while_escalated_says_queued_until_an_agent_has_it(
+    core: InMemoryCore,
+) -> None:
     await core.service.request_handoff(message("/human"))
     again = await core.service.request_handoff(message("/human now!"))
     (reply,) = again.replies
-    assert (reply.route, reply.text) == (Route.AGENT, "An agent has your conversation, Ada.")
+    # Nobody claimed it yet: "an agent has your conversation" would be untrue.
+    assert (reply.route, reply.text) == (
+        Route.AGENT,
+        "Got it, it's in the queue: an agent will see it.",
+    )
     await core.desk.claim(again.conversation_id, core.agent("sam"))
     claimed = await core.service.request_handoff(message("/human!!!"))
     assert claimed.status == ConversationStatus.CLAIMED
-    assert claimed.replies[0].route == Route.AGENT
+    assert (claimed.replies[0].route, claimed.replies[0].text) == (
+        Route.AGENT,
+        "An agent has your conversation, Ada.",
+    )
     assert len(core.store.tables.escalations) == 1  # no second escalation
     assert (await core.console.types()).count("escalation.opened") == 1
 
@@ -621,9 +643,11 @@ async def test_every_handled_message_is_announced_to_the_consoles(core: InMemory
 async def test_a_customer_rates_only_rateable_replies_of_their_own_conversation(
     core: InMemoryCore,
 ) -> None:
-    answered = await core.say("hello", intent="greeting")
+    core.answers.add("Refunds take 5 days.", 0.9, intent="refund_status")
+    answered = await core.say("my refund?", intent="refund_status")
     rephrased = await core.say("blorp")
-    bobs = await core.say("hello", sender="bob", intent="greeting")
+    greeted = await core.say("hello", intent="greeting")
+    bobs = await core.say("my refund?", sender="bob", intent="refund_status")
 
     async def rate(message_id: int, sender: str = "ada") -> int:
         feedback = Feedback(message_id, rating="up")
@@ -635,6 +659,8 @@ async def test_a_customer_rates_only_rateable_replies_of_their_own_conversation(
         await rate(answered.replies[0].message_id, sender="nobody")
     with pytest.raises(BadRequestError, match="not a rateable bot answer"):
         await rate(rephrased.replies[0].message_id)
+    with pytest.raises(BadRequestError, match="not a rateable bot answer"):
+        await rate(greeted.replies[0].message_id)
     with pytest.raises(BadRequestError, match="not a rateable bot answer"):
         await rate(answered.message_id)  # the customer's own message
     rated = answered.replies[0].message_id

@@ -72,14 +72,18 @@ def test_many_repeats_of_one_answer_do_not_crowd_out_the_others() -> None:
     assert [h.source for h in hits] == ["r:0", "p:0", "p:1"]
 
 
-def test_intent_filter_restricts_when_the_intent_exists() -> None:
+def test_an_answer_of_another_intent_is_never_returned_for_an_intent() -> None:
     index = keyword_index()
     parcel = keyword_embed(["parcel"])[0]
-    assert [h.source for h in index.search_embedding(parcel, k=2, intent="refund_status")] == [
+    # refund_status's own pairs, then the one without an intent; never delivery's a:4.
+    assert [h.source for h in index.search_embedding(parcel, k=3, intent="refund_status")] == [
         "a:3",
         "a:1",
+        "a:5",
     ]
-    assert index.search_embedding(parcel, k=1, intent="unknown")[0].source == "a:4"
+    # An intent without pairs of its own gets only pairs without an intent, not delivery's.
+    assert [h.source for h in index.search_embedding(parcel, k=3, intent="unknown")] == ["a:5"]
+    assert index.search_embedding(parcel, k=1)[0].source == "a:4"  # no intent: all
     assert index.intents == {"refund_status", "delivery", "payment"}
 
 

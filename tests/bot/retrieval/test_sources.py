@@ -71,7 +71,7 @@ def conversations(tmp_path: Path) -> Path:
                     customer("human pls"),
                     agent("Our team works Monday to Saturday."),
                     customer("has my order BC-100300 shipped yet?"),
-                    agent("Yes, it shipped this morning with ParcelPro."),
+                    agent("The tracking link for every order is under My orders."),
                 ],
             },
             {  # line 4: small talk only
@@ -115,7 +115,7 @@ def test_resolved_conversations_give_question_and_answer(tmp_path: Path) -> None
         ),
         AnswerPair(
             "has my order BC-100300 shipped yet?",
-            "Yes, it shipped this morning with ParcelPro.",
+            "The tracking link for every order is under My orders.",
             "order_status",
             f"{path}:3",
             "conversation",

@@ -114,12 +114,18 @@ async def test_a_turn_is_recorded_in_one_step(store: ConversationStore) -> None:
     assert annotated.details == {"reason": "asked_for_human"}
     assert stored_reply.details == {"quick_replies": ["ok"]}
     assert (await store.get_conversation(ada)).status == ConversationStatus.WAITING
-    # A second escalation while one is unresolved keeps the first; a silent turn stores nothing.
+    # A second escalation while one is unresolved keeps the first, only raising its priority
+    # when more urgent (a later, angrier message); a silent turn stores nothing.
+    (first,) = await store.open_escalations()
     later = (await store.receive(ada, "hello?")).message
     silent = Turn(later.id, understanding(), "agent", 1.0, escalation=escalation(3.0))
     assert await store.record_turn(ada, silent) is None
     (only,) = await store.open_escalations()
-    assert only.priority == 1.5
+    assert (only.id, only.reason, only.priority) == (first.id, first.reason, 3.0)
+    assert only.explanation.endswith("Raised while waiting: The customer asked for a person.")
+    calmer = Turn(later.id, understanding(), "agent", 1.0, escalation=escalation(2.0))
+    await store.record_turn(ada, calmer)
+    assert [e.priority for e in await store.open_escalations()] == [3.0]
     bob = await new_conversation(store, "bob")
     with pytest.raises(BadRequestError, match="belongs to conversation"):
         await store.record_turn(bob, silent)
@@ -132,7 +138,8 @@ async def test_claims_and_agent_messages(store: ConversationStore) -> None:
     with pytest.raises(NotFoundError, match="no open escalation to claim"):
         await store.claim(ada, "sam")
     opened = await store.escalate(ada, escalation())
-    assert await store.escalate(ada, escalation(9.0)) == opened
+    again = await store.escalate(ada, escalation(9.0))
+    assert (again.id, again.priority) == (opened.id, 9.0)  # the same one, more urgent
     with pytest.raises(ConflictError, match="claim it first"):
         await store.add_message(ada, Role.AGENT, "hi", claimed_by="sam")
     claimed = await store.claim(ada, "sam")

@@ -334,9 +334,12 @@ async def test_escalation_lifecycle(store: SqlConversationStore) -> None:
     )
     assert opened.created_at.utcoffset() == timedelta(0)
     assert (await store.get_conversation(conversation.id)).status is ConversationStatus.WAITING
-    # Escalating again while one is open changes nothing.
-    assert await store.escalate(conversation.id, angry(0.99)) == opened
-    assert await store.open_escalations() == [opened]
+    # Escalating again while one is open opens no second one: a more urgent one raises the
+    # priority (the queue reorders), a calmer one changes nothing.
+    raised = await store.escalate(conversation.id, angry(0.99))
+    assert (raised.id, raised.reason, raised.priority) == (opened.id, opened.reason, 0.99)
+    assert await store.escalate(conversation.id, angry(0.5)) == raised
+    assert await store.open_escalations() == [raised]
 
     claimed = await store.claim(conversation.id, "agent-a")
     assert (claimed.id, claimed.status, claimed.assignee) == (opened.id, "claimed", "agent-a")
@@ -541,6 +544,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
         "Running upgrade  -> 0001",
         "Running upgrade 0001 -> 0002",
         "Running upgrade 0002 -> 0003",
+        "Running upgrade 0003 -> 0004",
     ], upgrades
     engine = create_store_engine(database_url)
     try:
@@ -551,7 +555,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
             differences = await connection.run_sync(schema_differences)
     finally:
         await engine.dispose()
-    assert version == migration_head() == "0003"
+    assert version == migration_head() == "0004"
     assert differences == []
 
 
