@@ -417,3 +417,43 @@ async def test_a_widget_customer_rates_the_help_and_the_operator_sees_csat(
     assert problems == []
     await context.close()
     await customer_context.close()
+
+
+async def test_escalation_facts_show_counts_whole_and_scores_to_three_decimals(
+    aiohttp_server: ServerFactory, runtime_models: Path, tmp_path: Path, browser: Browser
+) -> None:
+    """Issue 18: a repeated-fallback hand-off read "failed turns 2.000"."""
+    from bot.core.escalation import REPEATED_FALLBACK
+    from bot.core.records import Escalation
+
+    server, app = await serve(aiohttp_server, runtime_models, tmp_path)
+    await add_account(app, "ana", "agent")
+    store = app[RUNTIME].store
+    conversation = await store.conversation("rest", "f1", None)
+    await store.add_customer_message(conversation.id, "blorp frumious")
+    await store.escalate(
+        conversation.id,
+        Escalation(
+            REPEATED_FALLBACK,
+            1.2,
+            "The bot could not answer 2 turns in a row.",
+            {"failed_turns": 2, "negativity": 0.12345},
+        ),
+    )
+    await app[RUNTIME].bus.publish(
+        "console",
+        {"type": "escalation.opened", "conversation_id": conversation.id, "channel": "rest"},
+    )
+    problems: list[str] = []
+    context, page = await console_page(browser, problems)
+    await sign_in(page, server, "ana")
+    await page.locator(".queue-item").first.click()
+    facts = page.get_by_role("complementary", name="Details").locator(".facts-list")
+    await expect(facts).to_contain_text("failed turns")
+    pairs = await facts.evaluate(
+        "dl => [...dl.querySelectorAll('dt')].map(dt => [dt.textContent, "
+        "dt.nextElementSibling.textContent])"
+    )
+    assert ["failed turns", "2"] in pairs and ["negativity", "0.123"] in pairs, pairs
+    assert problems == []
+    await context.close()
