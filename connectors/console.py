@@ -768,9 +768,15 @@ class ConsoleConnector:
             body, "text", required=True, max_chars=self.max_message_chars, strip=False
         )
         assert text is not None
-        message, delivered = await self.console.reply(conversation_id(request), session.agent, text)
+        message, delivery = await self.console.reply(conversation_id(request), session.agent, text)
         return web.json_response(
-            {"message": render_message(message), "delivered": delivered}, status=201
+            {
+                "message": render_message(message),
+                "delivered": delivery.delivered,
+                # Why the customer's channel did not take it (None when it did).
+                "undelivered_reason": delivery.reason,
+            },
+            status=201,
         )
 
     # -- labels ------------------------------------------------------------------------------

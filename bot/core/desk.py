@@ -110,6 +110,18 @@ class ConversationView:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """Whether a message reached the customer's channel, and if not, why (for the agent:
+    e.g. Rasa conversations take no pushed replies). Truthy when delivered."""
+
+    delivered: bool
+    reason: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.delivered
+
+
+@dataclass(frozen=True, slots=True)
 class EscalationNotice:
     """An escalation that changed hands (closed by an agent, or timed out unclaimed), and the
     notice stored for the customer."""
@@ -677,12 +689,12 @@ class AgentDesk:
 
     async def reply(
         self, conversation_id: str, agent: Agent, text: str
-    ) -> tuple[StoredMessage, bool]:
+    ) -> tuple[StoredMessage, Delivery]:
         """Store an agent's reply and push it through the customer's channel.
 
         Returns:
-            (the stored message, whether the channel took it). A channel failure keeps the
-            message (it is in the transcript) and returns False.
+            (the stored message, whether the channel took it and, if not, why). A channel
+            failure keeps the message (it is in the transcript).
 
         Raises:
             BadRequestError: the text is empty.
@@ -897,8 +909,8 @@ class AgentDesk:
             "intent is 2-64 lower-case letters, digits and _, starting with a letter"
         )
 
-    async def _deliver(self, conversation: Conversation, message: StoredMessage) -> bool:
-        """Push a stored message to the customer's channel; False when the channel failed."""
+    async def _deliver(self, conversation: Conversation, message: StoredMessage) -> Delivery:
+        """Push a stored message to the customer's channel (falsy when the channel failed)."""
         try:
             await self.dispatcher.deliver(conversation, reply_of(message))
         except DeliveryError as exc:
@@ -909,8 +921,8 @@ class AgentDesk:
                 conversation.id,
                 exc,
             )
-            return False
-        return True
+            return Delivery(False, str(exc))
+        return Delivery(True)
 
     async def _publish(self, kind: str, escalation: EscalationRecord, **extra: str) -> None:
         await self.bus.publish(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -265,7 +266,9 @@ class ConversationService:
         recent: tuple[StoredMessage, ...],
     ) -> tuple[tuple[Reply, ...], ConversationStatus]:
         stage = time.perf_counter()
-        understanding = await self._understander.understand(message.text)
+        understanding = self._in_scope_by_entity(
+            await self._understander.understand(message.text), message.text
+        )
         model_seconds["nlu"] = time.perf_counter() - stage
         self._metrics.stage_seconds.labels("nlu").observe(model_seconds["nlu"])
         if understanding.out_of_scope:
@@ -382,6 +385,19 @@ class ConversationService:
         opening = self._hours.next_opening(now)
         opens = describe_opening(opening, now) if opening is not None else "as soon as we can"
         return self._router.message(f"{key}_closed", name).replace("{opens}", opens)
+
+    def _in_scope_by_entity(self, understanding: Understanding, text: str) -> Understanding:
+        """A message naming one of the routing file's own entities (an order number) is
+        about this business, whatever the out-of-scope detector made of its wording (a long
+        message mixing a greeting, a name and the order): it is answered or asked about like
+        any unsure message (intent None), not declined. Built-in entities (emails, dates,
+        money) do not count: anyone's message may carry them."""
+        if not understanding.out_of_scope:
+            return understanding
+        configured = {d.name for d in self._router.config.entities.definitions}
+        if not any(e.type in configured for e in self._entities.extract(text)):
+            return understanding
+        return dataclasses.replace(understanding, out_of_scope=False)
 
     def _entity_dicts(self, text: str) -> list[dict[str, Any]]:
         """The entities of a customer message as stored with it (`details["entities"]`)."""

@@ -279,7 +279,7 @@ async def test_escalation_claim_reply_labels_approve_resolve_and_the_bot_again(
         status, sent = await ana.post(
             f"/conversations/{cid}/reply", {"text": "Hi, Ana here. How can I help?"}
         )
-        assert status == 201 and sent["delivered"] is True
+        assert status == 201 and sent["delivered"] is True and sent["undelivered_reason"] is None
         assert sent["message"]["role"] == "agent" and sent["message"]["agent"] == "ana"
         joined = await widget_frame(customer, "reply")  # the claim is told first
         assert (joined["role"], joined["text"]) == ("system", "ana joined the conversation.")

@@ -44,6 +44,10 @@ async def test_an_agent_reply_to_a_rasa_conversation_is_reported_undelivered(
         )
         assert status == 201
         assert sent["delivered"] is False  # Rasa's channel was not reached: not claimed
+        # ... and the agent is told why (not "they will see it when they reconnect").
+        reason = sent["undelivered_reason"]
+        assert "no connector delivers to channel 'rasa'" in reason
+        assert "GET /api/v1/conversations/{id}" in reason
     finally:
         await ana.http.close()
 

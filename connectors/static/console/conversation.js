@@ -552,7 +552,8 @@ async function sendReply() {
     box.value = "";
     if (result && result.delivered === false) {
       showConversationError(
-        "Your reply is saved in the transcript, but the customer's channel did not take it; they will see it when they reconnect."
+        "Your reply is saved in the transcript, but it did not reach the customer: " +
+          (result.undelivered_reason || "their channel did not take it.")
       );
     } else {
       showConversationError("");

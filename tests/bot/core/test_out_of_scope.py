@@ -137,6 +137,27 @@ async def test_an_angry_out_of_scope_message_is_still_handed_off_for_its_anger()
         assert escalation.reason == NEGATIVE_MESSAGE
 
 
+ORDER_ID = {"order_id": {"pattern": r"\bBC-(\d{6})\b", "normalize": "BC-{1}"}}
+
+
+async def test_a_message_naming_one_of_our_own_entities_is_not_declined() -> None:
+    """An order number (a configured entity) says the message is about this business."""
+    document = routing(out_of_scope={"response": DECLINE}, entities=ORDER_ID)
+    async with in_memory_core(document) as core:
+        text = "hello, I'm John from Leeds, BC-204719 is late and I'm off on holiday"
+        (reply,) = (await say_out_of_scope(core, text)).replies
+        assert reply.route == Route.REPHRASE  # unsure, so it asks: not "can't help"
+        customer, _ = await core.transcript()
+        assert customer.details["out_of_scope"] is False
+        assert customer.details["oos_score"] == 2.5  # the detector's view is kept
+        assert core.count("out_of_scope", channel=CHANNEL) == 0
+        # A built-in entity (an email, a date) is no such sign.
+        (other,) = (
+            await say_out_of_scope(core, "mail the weather to a@b.org", sender="bo")
+        ).replies
+        assert other.route == Route.RESPONSE
+
+
 # -- the routing file ---------------------------------------------------------------------------
 
 
