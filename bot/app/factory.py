@@ -366,6 +366,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         runtime.understander.intent_labels,
         settings.escalation.unclaimed_timeout_s,
         hours=settings.handoff.business_hours(),
+        ask_rating=settings.handoff.csat,
     )
     ConsoleConnector(
         desk,

@@ -24,14 +24,15 @@ from bot.core.records import (
     Turn,
     Understanding,
 )
+from bot.core.router import DEFAULT_MESSAGES
 
 #: `details["event"]` of the system message that asks for a rating.
 REQUEST_EVENT = "csat_request"
 #: The route stored on a customer message that was a rating (and on the thanks).
 ROUTE = "csat"
 SCORES = ("1", "2", "3", "4", "5")
-QUESTION = "How would you rate the help you got today? Tap 1 (poor) to 5 (excellent)."
-THANKS = "Thank you for rating us {rating}/5!"
+QUESTION = DEFAULT_MESSAGES["csat_question"][0]  # the routing file may override
+THANKS = DEFAULT_MESSAGES["csat_thanks"][0]
 # "4", " 4 ", "4/5", "4 stars", "⭐⭐⭐⭐": what a customer writes instead of tapping.
 _NUMBER = re.compile(r"([1-5])\s*(?:/\s*5|out of 5|stars?)?\.?!?", re.IGNORECASE)
 _STARS = re.compile(r"(?:⭐|★)\ufe0f?")
@@ -104,6 +105,7 @@ async def take_rating(
     understanding: Understanding,
     recent: Sequence[StoredMessage],
     latency_ms: float,
+    thanks: str = THANKS,
 ) -> StoredMessage | None:
     """Store `stored` as the answer to a pending rating question and thank the customer.
 
@@ -126,7 +128,7 @@ async def take_rating(
             "escalation_id": request.details.get("escalation_id"),
             "agent": request.details.get("agent"),
         },
-        reply_text=THANKS.format(rating=rating),
+        reply_text=thanks.replace("{rating}", str(rating)),
         reply_details={"event": "csat_thanks"},
     )
     return await store.record_turn(conversation.id, turn)

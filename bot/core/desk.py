@@ -516,6 +516,7 @@ class AgentDesk:
             outside them the hand-off message already said when someone will answer.
         clock: the current time (injected so tests control it).
         hours: when agents answer (default: always).
+        ask_rating: after resolving, ask the customer to rate the help (CSAT).
     """
 
     def __init__(
@@ -530,6 +531,7 @@ class AgentDesk:
         unclaimed_timeout_s: float,
         clock: Clock = utcnow,
         hours: BusinessHours | None = None,
+        ask_rating: bool = True,
     ) -> None:
         self.conversations = conversations
         self.desk = desk
@@ -541,6 +543,7 @@ class AgentDesk:
         self.unclaimed_timeout_s = unclaimed_timeout_s
         self.clock = clock
         self.hours = hours
+        self.ask_rating = ask_rating
         self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -667,7 +670,7 @@ class AgentDesk:
             conversation_id, agent.name, agent.is_operator, outcome, notice
         )
         await self._deliver(closed.conversation, closed.notice)
-        if outcome == "resolved":
+        if outcome == "resolved" and self.ask_rating:
             await self._ask_for_rating(closed, agent)
         await self._publish(
             "escalation.resolved", closed.escalation, agent=agent.name, outcome=outcome
@@ -680,7 +683,7 @@ class AgentDesk:
         question = await self.conversations.add_message(
             closed.conversation.id,
             Role.SYSTEM,
-            csat.QUESTION,
+            self.router.message("csat_question", closed.conversation.sender_name),
             details=csat.request_details(closed.escalation, agent.name),
         )
         await self._deliver(closed.conversation, question)

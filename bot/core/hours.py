@@ -69,6 +69,12 @@ class HandoffSettings(BaseModel):
         "for messages written while waiting for an agent (0: one for every message)",
     )
 
+    csat: bool = Field(
+        True,
+        description="after an agent resolves a conversation, ask the customer to rate the "
+        "help 1-5 (routing messages csat_question, csat_thanks)",
+    )
+
     @field_validator("hours")
     @classmethod
     def _check_hours(

@@ -35,6 +35,9 @@ DEFAULT_MESSAGES: dict[str, tuple[str, ...]] = {
     "queued": ("Got it, it's in the queue: an agent will see it.",),
     "queued_closed": ("Got it, it's in the queue: an agent will see it {opens}.",),
     "claimed": ("{agent} joined the conversation.",),
+    # After an agent resolved (bot/core/csat.py; `handoff.csat: false` asks nothing).
+    "csat_question": ("How would you rate the help you got today? Tap 1 (poor) to 5 (excellent).",),
+    "csat_thanks": ("Thank you for rating us {rating}/5!",),
 }
 
 

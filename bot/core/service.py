@@ -278,7 +278,13 @@ class ConversationService:
             # The answer to "rate the help 1-5" after an agent resolved it (bot/core/csat.py).
             latency_ms = (time.perf_counter() - started) * 1000
             thanks = await csat.take_rating(
-                self._store, conversation, stored, understanding, recent, latency_ms
+                self._store,
+                conversation,
+                stored,
+                understanding,
+                recent,
+                latency_ms,
+                self._router.message("csat_thanks", message.sender_name),
             )
             if thanks is not None:
                 return (reply_of(thanks),), conversation.status

@@ -220,3 +220,33 @@ async def test_no_rating_is_asked_after_a_hand_back_and_other_answers_go_to_the_
     said = [m for m in await core.transcript() if m.role == Role.CUSTOMER][-1]
     assert said.route != "csat" and "csat" not in said.details
     assert all("rating" not in r.text for r in result.replies)
+
+
+async def test_the_rating_texts_come_from_the_routing_file_and_csat_can_be_switched_off() -> None:
+    from tests.bot.core.test_service import ROUTING
+
+    document = {
+        **ROUTING,
+        "messages": {
+            **ROUTING["messages"],
+            "csat_question": "How did {name} find our help? 1-5",
+            "csat_thanks": "Merci, {rating}/5!",
+        },
+    }
+    async with in_memory_core(document) as core:
+        sam = core.agent("sam")
+        await core.service.request_handoff(message("/human", "ada"))
+        cid = (await core.conversation()).id
+        await core.desk.claim(cid, sam)
+        await core.desk.resolve(cid, sam)
+        _, question = core.deliverer.delivered[-1]
+        assert (question.text, question.quick_replies) == ("How did Ada find our help? 1-5", SCORES)
+        [thanks] = (await core.say("4", sender="ada")).replies
+        assert thanks.text == "Merci, 4/5!"
+        # `handoff.csat: false`: nothing is asked after resolving.
+        core.desk.ask_rating = False
+        await core.service.request_handoff(message("/human", "ada"))
+        await core.desk.claim(cid, sam)
+        await core.desk.resolve(cid, sam)
+        assert core.deliverer.delivered[-1][1].text != question.text
+        assert [m.text for m in await core.transcript()][-1] == "Resolved, Ada. Write any time."
