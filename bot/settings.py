@@ -183,6 +183,16 @@ class BusSettings(BaseModel):
     )
 
 
+class PrivacySettings(BaseModel):
+    """What customer details never reach the store, the models, the console or the logs."""
+
+    redact: list[str] = Field(
+        default_factory=list,
+        description="entity types masked in customer messages before they are stored, e.g. "
+        "[email, phone] or a routing entity such as order_id; card numbers and IBANs always are",
+    )
+
+
 class RetrainSettings(BaseModel):
     """`supportbot retrain`: how feedback is sampled and when a candidate may go live."""
 
@@ -244,6 +254,7 @@ class Settings(BaseSettings):
     bus: BusSettings = BusSettings()
     console: ConsoleSettings = ConsoleSettings()
     retrain: RetrainSettings = RetrainSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def settings_customise_sources(

@@ -216,6 +216,7 @@ def build_runtime(settings: Settings) -> Runtime:
         RedisTurnLocks(remote, locks) if remote is not None else locks,
         hours=settings.handoff.business_hours(),
         ack_interval_s=settings.handoff.ack_interval_s,
+        redact=settings.privacy.redact,
     )
     return Runtime(
         settings,

@@ -32,6 +32,8 @@ IBAN = "iban"
 BUILTIN_TYPES = (CARD, IBAN, EMAIL, URL, PHONE, MONEY, DATE, TIME)
 # What a privacy feature masks before storage unless told otherwise.
 SENSITIVE_TYPES = frozenset({CARD, IBAN, EMAIL, PHONE})
+# Masked in every customer message before it is stored (PCI DSS: no card number in clear).
+ALWAYS_REDACTED = frozenset({CARD, IBAN})
 # Not entity names: keys of the `entities:` section with another meaning.
 RESERVED_KEYS = frozenset({"phone_region"})
 # Slots an answer template can do without: dropped when unknown ("Hi {name}," -> "Hi,").
@@ -561,7 +563,7 @@ def mask(
         text: the text the entities were extracted from.
         entities: from `EntityExtractor.extract(text)`.
         types: which entity types to hide (default: card, IBAN, email, phone).
-        template: what replaces a span; `{type}` is the entity's type.
+        template: what replaces a span; `{type}` is the entity's type (`{TYPE}` in capitals).
     """
     wanted = set(types)
     out = []
@@ -570,7 +572,7 @@ def mask(
         if entity.type not in wanted or entity.start < position:
             continue
         out.append(text[position : entity.start])
-        out.append(template.replace("{type}", entity.type))
+        out.append(template.replace("{type}", entity.type).replace("{TYPE}", entity.type.upper()))
         position = entity.end
     out.append(text[position:])
     return "".join(out)

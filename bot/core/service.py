@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,8 +13,19 @@ from bot.core import csat, logs
 from bot.core.bus import EventBus, LocalBus
 from bot.core.clock import Clock, utcnow
 from bot.core.delivery import Dispatcher
-from bot.core.entities import EntityExtractor, slot_values
-from bot.core.errors import BadRequestError, NotFoundError, StoreUnavailableError
+from bot.core.entities import (
+    ALWAYS_REDACTED,
+    BUILTIN_TYPES,
+    EntityExtractor,
+    mask,
+    slot_values,
+)
+from bot.core.errors import (
+    BadRequestError,
+    ConfigurationError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from bot.core.escalation import ASKED_FOR_HUMAN, EscalationPolicy
 from bot.core.hours import BusinessHours, describe_opening
 from bot.core.locks import KeyedLocks
@@ -143,6 +154,8 @@ class ConversationService:
         ack_interval_s: messages written while waiting for an agent get "it's in the queue"
             (routing message `queued`) at most once per this many seconds.
         clock: the current time (injected so tests control it).
+        redact: entity types masked in customer messages before they are stored, besides
+            card numbers and IBANs, which always are (`privacy.redact`).
     """
 
     def __init__(
@@ -160,12 +173,21 @@ class ConversationService:
         hours: BusinessHours | None = None,
         ack_interval_s: float = 60.0,
         clock: Clock = utcnow,
+        redact: Iterable[str] = (),
     ) -> None:
         self._store = store
         self._understander = understander
         self._answers = answers
         self._router = router
         self._entities = EntityExtractor(router.config.entities)
+        known = set(BUILTIN_TYPES) | {d.name for d in router.config.entities.definitions}
+        unknown = sorted(set(redact) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"privacy.redact: {', '.join(unknown)} is not an entity type; use the built-in "
+                f"{', '.join(BUILTIN_TYPES)} or an entity of the routing file's `entities:`"
+            )
+        self._redact = frozenset(redact) | ALWAYS_REDACTED
         self._policy = policy
         self._metrics = metrics
         self._min_answer_score = min_answer_score
@@ -190,6 +212,7 @@ class ConversationService:
         """
         started = time.perf_counter()
         model_seconds: dict[str, float] = {}
+        message = self._redacted(message)
         conversation_id = await self._store.conversation_id(
             message.channel, message.sender, message.sender_name
         )
@@ -392,6 +415,15 @@ class ConversationService:
         opens = describe_opening(opening, now) if opening is not None else "as soon as we can"
         return self._router.message(f"{key}_closed", name).replace("{opens}", opens)
 
+    def _redacted(self, message: Message) -> Message:
+        """The message with card numbers, IBANs and the `privacy.redact` types masked
+        (`[CARD]`, `[EMAIL]`), before anything stores, logs or classifies it: the models see
+        that an email was there, nobody sees which."""
+        if not self._redact:
+            return message
+        masked = mask(message.text, self._entities.extract(message.text), self._redact, "[{TYPE}]")
+        return message if masked == message.text else dataclasses.replace(message, text=masked)
+
     def _in_scope_by_entity(self, understanding: Understanding, text: str) -> Understanding:
         """A message naming one of the routing file's own entities (an order number) is
         about this business, whatever the out-of-scope detector made of its wording (a long
@@ -550,6 +582,7 @@ class ConversationService:
         The message is stored like any other; the conversation is escalated at once with
         reason `asked_for_human`, unless an agent already has it.
         """
+        message = self._redacted(message)
         conversation = await self._store.conversation(
             message.channel, message.sender, message.sender_name
         )

@@ -360,3 +360,25 @@ async def test_consoles_hear_about_messages_and_escalations(
             "agent": "ana",
             "outcome": "resolved",
         }
+
+
+async def test_a_card_number_sent_through_rest_is_masked_in_the_store_console_and_logs(
+    aiohttp_client: ClientFactory,
+    runtime_models: Path,
+    sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    settings = runtime_settings(runtime_models, sqlite_url, privacy={"redact": ["email"]})
+    client = await aiohttp_client(create_app(settings))
+    body = await send(
+        client, "pay-1", "my card 4111-1111-1111-1111 was charged twice, I'm ada@example.org"
+    )
+    masked = "my card [CARD] was charged twice, I'm [EMAIL]"
+    transcript = await (await client.get(f"/api/v1/conversations/{body['conversation_id']}")).json()
+    assert transcript["messages"][0]["text"] == masked
+    [stored, *_] = await client.app[RUNTIME].store.transcript(body["conversation_id"])
+    assert stored.text == masked
+    assert "4111" not in caplog.text and "ada@example.org" not in caplog.text

@@ -167,7 +167,7 @@ def message(text: str, sender: str = "ada", client_id: str | None = None) -> Mes
 
 @asynccontextmanager
 async def in_memory_core(
-    routing: dict[str, Any] | None = None, **escalation: Any
+    routing: dict[str, Any] | None = None, redact: tuple[str, ...] = (), **escalation: Any
 ) -> AsyncIterator[InMemoryCore]:
     """A started core on fakes; `routing`: the routing document (default `ROUTING`);
     `escalation`: `EscalationSettings` fields to change."""
@@ -197,6 +197,7 @@ async def in_memory_core(
         dispatcher=dispatcher,
         bus=bus,
         clock=clock,
+        redact=redact,
     )
     desk = AgentDesk(
         store,
