@@ -8,6 +8,9 @@ indexes the rest (question = utterance, answer = response, intent = intent) with
 - top-1 intent match: the best answer was written for the query's intent;
 - recall@3: an answer of the query's intent is among the top 3;
 - search latency per query (embedding + exact search, one query at a time): mean, p50, p95;
+- the margin rule (`retrieval.min_margin`): for each margin, how many queries would still be
+  served (best score >= `--min-score` and at least the margin above the next different
+  answer) and how many of those get an answer of another intent;
 - index build time, and exact search alone over a synthetic 100k-pair index.
 
     .venv/bin/python benchmarks/retrieval_benchmark.py
@@ -72,20 +75,49 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The best answer's score, its margin over the next (different) answer, and whether
+    its intent is the query's."""
+
+    score: float
+    margin: float
+    right: bool
+
+
 async def evaluate(
     index: EmbeddingAnswerIndex, queries: list[Row], intent_of: dict[str, str], k: int
-) -> tuple[float, float, list[float]]:
-    """(top-1 intent match, recall@k, per-query latencies in ms)."""
+) -> tuple[float, float, list[float], list[Outcome]]:
+    """(top-1 intent match, recall@k, per-query latencies in ms, per-query outcomes)."""
     top1 = recall = 0
     latencies = []
+    outcomes = []
     for query in queries:
         started = time.perf_counter()
-        hits = await index.search(query.utterance, k=k)
+        hits = await index.search(query.utterance, k=max(k, 2))
         latencies.append((time.perf_counter() - started) * 1000)
         intents = [intent_of[h.source] for h in hits]
         top1 += bool(intents) and intents[0] == query.intent
-        recall += query.intent in intents
-    return top1 / len(queries), recall / len(queries), latencies
+        recall += query.intent in intents[:k]
+        if hits:
+            # The index returns distinct answer texts, so the runner-up is a different answer.
+            margin = hits[0].score - hits[1].score if len(hits) > 1 else 1.0
+            outcomes.append(Outcome(hits[0].score, margin, intents[0] == query.intent))
+    return top1 / len(queries), recall / len(queries), latencies, outcomes
+
+
+def margin_table(outcomes: list[Outcome], min_score: float, margins: list[float]) -> list[str]:
+    """One line per margin: queries served, and served answers of another intent."""
+    lines = []
+    for margin in margins:
+        served = [o for o in outcomes if o.score >= min_score and o.margin >= margin]
+        wrong = sum(not o.right for o in served)
+        lines.append(
+            f"  min_margin {margin:.3f}: served {len(served)} / {len(outcomes)} "
+            f"({len(served) / len(outcomes):.1%}), another intent's answer {wrong} "
+            f"({wrong / max(1, len(served)):.2%} of served)"
+        )
+    return lines
 
 
 def exact_search_latency(size: int, dimension: int, seed: int, repeats: int = 200) -> list[float]:
@@ -111,6 +143,10 @@ def main() -> int:
     parser.add_argument("--holdout", type=float, default=0.2, help="share of each intent")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("-k", type=int, default=3)
+    parser.add_argument("--min-score", type=float, default=0.55, help="retrieval.min_score")
+    parser.add_argument(
+        "--margins", default="0,0.005,0.01,0.02,0.03,0.05", help="retrieval.min_margin values"
+    )
     parser.add_argument(
         "--scale", type=int, default=100_000, help="synthetic size for exact search (0: skip)"
     )
@@ -134,7 +170,7 @@ def main() -> int:
     index = EmbeddingAnswerIndex.build(pairs, model=ns.model, embed=embedder)
     build_s = time.perf_counter() - started
 
-    top1, recall, latencies = asyncio.run(evaluate(index, fresh, intent_of, ns.k))
+    top1, recall, latencies, outcomes = asyncio.run(evaluate(index, fresh, intent_of, ns.k))
 
     import torch
 
@@ -151,6 +187,9 @@ def main() -> int:
     )
     print(f"top-1 intent match          {top1:.4f}")
     print(f"recall@{ns.k} (same intent)      {recall:.4f}")
+    print(f"margin over the runner-up, no intent filter, min_score {ns.min_score}:")
+    margins = [float(m) for m in ns.margins.split(",")]
+    print("\n".join(margin_table(outcomes, ns.min_score, margins)))
     print(
         f"search latency per query    mean {statistics.fmean(latencies):.1f} ms  "
         f"p50 {percentile(latencies, 50):.1f} ms  p95 {percentile(latencies, 95):.1f} ms  "

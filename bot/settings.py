@@ -116,6 +116,13 @@ class RetrievalSettings(BaseModel):
     )
     faq: list[Path] = Field([Path("data/faq.csv")], description="FAQ files for a missing index")
     min_score: float = Field(0.55, ge=-1, le=1, description="below this, an answer is not used")
+    min_margin: float = Field(
+        0.0,
+        ge=0,
+        le=2,
+        description="the best answer must score this much above the next different one, "
+        "or the bot asks to rephrase (0: off)",
+    )
     build_if_missing: bool = Field(True, description="build the index on first start")
 
 

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bot.app.agents_cli import add_parsers as add_agents_parsers
     from bot.app.api_keys_cli import add_parsers as add_api_keys_parsers
     from bot.app.index_cli import add_parsers as add_index_parsers
+    from bot.app.privacy_cli import add_parsers as add_privacy_parsers
     from bot.app.serve import add_parsers as add_serve_parsers
     from connectors.rasa_cli import add_parsers as add_rasa_parsers
     from training.cli import add_parsers as add_training_parsers
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rasa_parsers(commands)
     add_agents_parsers(commands)
     add_api_keys_parsers(commands)
+    add_privacy_parsers(commands)
     return parser
 
 

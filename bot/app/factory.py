@@ -217,6 +217,7 @@ def build_runtime(settings: Settings) -> Runtime:
         hours=settings.handoff.business_hours(),
         ack_interval_s=settings.handoff.ack_interval_s,
         redact=settings.privacy.redact,
+        min_margin=settings.retrieval.min_margin,
     )
     return Runtime(
         settings,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from bot.core.records import (
     AgentSession,
     Answer,
+    AnswerRating,
     ApiKey,
     Conversation,
     Escalation,
@@ -136,6 +137,11 @@ class ConversationStore(Protocol):
 
     async def feedback(self, message_id: int) -> list[Feedback]:
         """Feedback stored for a message, oldest first."""
+
+    async def answer_ratings(self) -> list[AnswerRating]:
+        """Every "up"/"down" on a bot reply served from the answer index (route `answer`),
+        oldest first, with the reply's source and text and its question's intent
+        (`bot/core/demotion.py` derives the demoted answers from them)."""
 
 
 class Understander(Protocol):

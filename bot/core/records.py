@@ -187,6 +187,23 @@ class Feedback:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerRating:
+    """A thumbs-up/down (or an agent's Good/Bad) on an answer the bot served from the index.
+
+    Attributes:
+        source: the served answer's index source (`file:line`, the reply's `details`).
+        text: the reply as the customer saw it.
+        intent: the intent of the customer's question it answered (None when unsure).
+        rating: "up" or "down".
+    """
+
+    source: str
+    text: str
+    intent: str | None
+    rating: str
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     """Everything the bot decided about one customer message, recorded in one transaction.
 

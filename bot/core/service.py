@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bot.core import csat, logs
+from bot.core import csat, demotion, logs
 from bot.core.bus import EventBus, LocalBus
 from bot.core.clock import Clock, utcnow
+from bot.core.datafiles import normalize
 from bot.core.delivery import Dispatcher
 from bot.core.entities import (
     ALWAYS_REDACTED,
@@ -156,6 +157,9 @@ class ConversationService:
         clock: the current time (injected so tests control it).
         redact: entity types masked in customer messages before they are stored, besides
             card numbers and IBANs, which always are (`privacy.redact`).
+        min_margin: the best answer must score at least this much above the runner-up (a
+            different answer) to be served; closer, the bot is unsure which one fits and asks
+            to rephrase (`retrieval.min_margin`; 0 serves the best answer, however close).
     """
 
     def __init__(
@@ -174,6 +178,7 @@ class ConversationService:
         ack_interval_s: float = 60.0,
         clock: Clock = utcnow,
         redact: Iterable[str] = (),
+        min_margin: float = 0.0,
     ) -> None:
         self._store = store
         self._understander = understander
@@ -191,6 +196,7 @@ class ConversationService:
         self._policy = policy
         self._metrics = metrics
         self._min_answer_score = min_answer_score
+        self._min_margin = min_margin
         self._dispatcher = dispatcher or Dispatcher()
         self._bus: EventBus = bus or LocalBus()
         self._locks: TurnLocks = locks or KeyedLocks()
@@ -526,25 +532,55 @@ class ConversationService:
             return _Decision(
                 Route.HANDLER, text, {"handler": route.handler}, quick_replies=route.quick_replies
             )
+        # Rated down and not rated up since, for this kind of question (bot/core/demotion.py):
+        # searched for like the others, then skipped, so the next answer can take its place.
+        demoted = [
+            d
+            for d in demotion.demotions(await self._store.answer_ratings())
+            if d.applies_to(understanding.intent)
+        ]
         stage = time.perf_counter()
-        hits = await self._answers.search(
+        found = await self._answers.search(
             message.text,
-            k=3,
+            k=3 + len(demoted),
             intent=understanding.intent,
             embedding=understanding.query_embedding,
             slots=slots,
         )
         model_seconds["retrieval"] = time.perf_counter() - stage
         self._metrics.stage_seconds.labels("retrieval").observe(model_seconds["retrieval"])
+        hits, skipped = demotion.without_demoted(found, demoted, understanding.intent)
+        unsure: dict[str, Any] = {}
+        if skipped:
+            unsure["demoted"] = sorted({a.source for a in skipped})
         if hits and hits[0].score >= self._min_answer_score:
             best = hits[0]
-            details = {
-                "source": best.source,
-                "score": round(best.score, 4),
-                "question": best.question,
-            }
-            return _Decision(Route.ANSWER, best.text, details, quick_replies=route.quick_replies)
-        return self._rephrase(conversation, message, understanding, hits[0] if hits else None)
+            margin = self._margin(hits)
+            if margin is None or margin >= self._min_margin:
+                details = {
+                    "source": best.source,
+                    "score": round(best.score, 4),
+                    "question": best.question,
+                    **unsure,
+                }
+                if margin is not None:
+                    details["margin"] = round(margin, 4)
+                return _Decision(
+                    Route.ANSWER, best.text, details, quick_replies=route.quick_replies
+                )
+            unsure["margin"] = round(margin, 4)
+        return self._rephrase(
+            conversation, message, understanding, hits[0] if hits else None, unsure
+        )
+
+    @staticmethod
+    def _margin(hits: Sequence[Answer]) -> float | None:
+        """How far the best answer scores above the next different one (None: no other)."""
+        best = normalize(hits[0].text)
+        for other in hits[1:]:
+            if normalize(other.text) != best:
+                return hits[0].score - other.score
+        return None
 
     def _rephrase(
         self,
@@ -552,6 +588,7 @@ class ConversationService:
         message: Message,
         understanding: Understanding,
         best: Answer | None,
+        unsure: Mapping[str, Any] | None = None,
     ) -> _Decision:
         """The fallback ladder: not sure -> ask to rephrase, offering the routing file's
         `suggestions` -> after max_failed_turns in a row, a person takes over."""
@@ -559,7 +596,7 @@ class ConversationService:
         escalation = self._policy.after_fallbacks(failed, understanding)
         if escalation is not None:
             return self._handoff(escalation, message)
-        details = {"best_score": round(best.score, 4) if best else None}
+        details = {"best_score": round(best.score, 4) if best else None, **(unsure or {})}
         text = self._router.message("rephrase", message.sender_name)
         return _Decision(
             Route.REPHRASE,

@@ -24,12 +24,13 @@ from uuid import uuid4
 from sqlalchemy import Engine, Select, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from bot.core import handoff, validation
 from bot.core.clock import Clock, utcnow
 from bot.core.errors import ConfigurationError, StoreUnavailableError
 from bot.core.records import (
+    AnswerRating,
     Conversation,
     ConversationStatus,
     Escalation,
@@ -38,6 +39,7 @@ from bot.core.records import (
     Outcome,
     Received,
     Role,
+    Route,
     StoredMessage,
     Turn,
     Understanding,
@@ -708,6 +710,34 @@ class SqlConversationStore:
         async with self._read("read feedback") as session:
             rows = (await session.scalars(query)).all()
         return [to_feedback(row) for row in rows]
+
+    async def answer_ratings(self) -> list[AnswerRating]:
+        """Every "up"/"down" on a bot reply of route `answer`, oldest first, with the reply's
+        index source and text and the intent of the question it answered.
+
+        Ratings of replies without a source (none was recorded) are left out: there is no
+        indexed answer to demote.
+        """
+        reply = aliased(MessageRow)
+        question = aliased(MessageRow)
+        query = (
+            select(FeedbackRow.rating, reply.text, reply.details, question.intent)
+            .join(reply, reply.id == FeedbackRow.message_id)
+            .outerjoin(question, question.id == reply.reply_to)
+            .where(
+                FeedbackRow.rating.is_not(None),
+                reply.role == Role.BOT.value,
+                reply.route == Route.ANSWER.value,
+            )
+            .order_by(FeedbackRow.created_at, FeedbackRow.id)
+        )
+        async with self._read("read answer ratings") as session:
+            rows = (await session.execute(query)).all()
+        return [
+            AnswerRating(str(details["source"]), text, intent, rating)
+            for rating, text, details, intent in rows
+            if details and details.get("source")
+        ]
 
     # -- internals ---------------------------------------------------------------------------
 

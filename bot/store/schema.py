@@ -339,3 +339,18 @@ class ConversationNoteRow(Base):
     author: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ErasureRow(Base):
+    """A record that a customer's data was erased: who asked for it, when, and how many rows
+    each table lost. It holds no customer data (no sender, no text), so it may be kept."""
+
+    __tablename__ = "erasures"
+    __table_args__ = (Index(None, "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The operator who ran `supportbot privacy erase` (the OS user, or --by NAME).
+    erased_by: Mapped[str] = mapped_column(Text)
+    # Rows removed per table, e.g. {"messages": 12, "feedback": 1}.
+    counts: Mapped[dict[str, int]] = mapped_column(Json)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -56,6 +56,7 @@ from bot.core.desk import (
 from bot.core.errors import ConflictError, NotFoundError, StoreUnavailableError
 from bot.core.handoff import Handoff
 from bot.core.records import (
+    AnswerRating,
     Conversation,
     ConversationStatus,
     Escalation,
@@ -65,6 +66,7 @@ from bot.core.records import (
     Outcome,
     Received,
     Role,
+    Route,
     StoredMessage,
     Turn,
     Understanding,
@@ -389,6 +391,24 @@ class InMemoryConversationStore:
     async def feedback(self, message_id: int) -> list[Feedback]:
         await self.enter("feedback")
         return [e.feedback for e in self.tables.feedback if e.feedback.message_id == message_id]
+
+    async def answer_ratings(self) -> list[AnswerRating]:
+        await self.enter("answer_ratings")
+        ratings = []
+        for entry in sorted(self.tables.feedback, key=lambda e: (e.created_at, e.id)):
+            reply = self.tables.messages[entry.feedback.message_id]
+            source = reply.details.get("source")
+            if (
+                entry.feedback.rating is None
+                or reply.role != Role.BOT
+                or reply.route != Route.ANSWER
+                or not source
+            ):
+                continue
+            asked = self.tables.messages.get(self.tables.reply_to.get(reply.id, -1))
+            intent = asked.intent if asked is not None else None
+            ratings.append(AnswerRating(str(source), reply.text, intent, entry.feedback.rating))
+        return ratings
 
     # -- the tables, for both fakes ----------------------------------------------------------
 

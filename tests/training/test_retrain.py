@@ -520,3 +520,72 @@ async def test_rated_answers_give_weak_labels_only_when_asked(sqlite_url: str) -
         ("where is my parcel", "order_status", True)
     ]
     assert weak.weak_intents[0].example().source == "store:feedback:rating"
+
+
+# What customers of a shop's bot ask that no intent covers; agents label them out of scope.
+OFF_TOPIC = [
+    "what's the weather like in paris",
+    "can you recommend a good lasagne recipe",
+    "who won the football world cup in 1998",
+    "tell me a joke about cats",
+    "what is the capital of australia",
+    "how tall is mount everest",
+    "which movie should i watch tonight",
+    "what time is it in tokyo right now",
+]
+
+
+async def test_agents_out_of_scope_labels_are_learned_by_retrain(
+    aiohttp_client: ClientFactory,
+    runtime_models: Path,
+    tmp_path: Path,
+    sqlite_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 13: "out of scope" in the console is a label like any other; the retrained
+    model trains it and its detector uses it (a prediction of it is out of scope)."""
+    models = tmp_path / "models"
+    shutil.copytree(runtime_models, models)
+    config = _config(tmp_path, models, sqlite_url)
+    settings = runtime_settings(models, sqlite_url)
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    message_ids = []
+    for i, text in enumerate(OFF_TOPIC):
+        response = await client.post("/api/v1/messages", json={"sender": f"c-{i}", "text": text})
+        assert response.status == 200, await response.text()
+        message_ids.append((await response.json())["message_id"])
+    await SqlAccountStore(app[RUNTIME].store, settings.console).add("ana", "agent", PASSWORD)
+    signed = await client.post("/console/api/session", json={"name": "ana", "password": PASSWORD})
+    csrf = {"X-CSRF-Token": (await signed.json())["csrf_token"]}
+    for message_id in message_ids:
+        labelled = await client.post(
+            f"/console/api/messages/{message_id}/labels",
+            json={"intent": "out_of_scope"},
+            headers=csrf,
+        )
+        assert labelled.status == 201, await labelled.text()
+
+    code = await _run_cli(
+        "retrain",
+        "--config",
+        str(config),
+        "--epochs",
+        "8",
+        "--learning-rate",
+        "1e-4",
+        "--no-progress",
+        "--json",
+    )
+    result = json.loads(capsys.readouterr().out)
+    intent = next(t for t in result["tasks"] if t["task"] == "intent")
+    assert intent["version"] == "v2", intent
+    version = models / "intent" / "v2"
+    assert "out_of_scope" in read_meta(version).labels
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["out_of_scope"]["label"] == "out_of_scope"
+    detector = json.loads((version / "oos_detector.json").read_text())
+    column = read_meta(version).labels.index("out_of_scope")
+    assert column in detector["softmax_columns"] and column not in detector["columns"]
+    # Promoted, or kept back by the gate (exit 1): either way v2 learned the label.
+    assert code in (0, 1), intent

@@ -167,10 +167,14 @@ def message(text: str, sender: str = "ada", client_id: str | None = None) -> Mes
 
 @asynccontextmanager
 async def in_memory_core(
-    routing: dict[str, Any] | None = None, redact: tuple[str, ...] = (), **escalation: Any
+    routing: dict[str, Any] | None = None,
+    redact: tuple[str, ...] = (),
+    min_margin: float = 0.0,
+    **escalation: Any,
 ) -> AsyncIterator[InMemoryCore]:
     """A started core on fakes; `routing`: the routing document (default `ROUTING`);
-    `escalation`: `EscalationSettings` fields to change."""
+    `min_margin`: `retrieval.min_margin`; `escalation`: `EscalationSettings` fields to
+    change."""
     clock = ManualClock()
     store = InMemoryConversationStore(clock)
     desk_store = InMemoryDeskStore(store)
@@ -198,6 +202,7 @@ async def in_memory_core(
         bus=bus,
         clock=clock,
         redact=redact,
+        min_margin=min_margin,
     )
     desk = AgentDesk(
         store,

@@ -5,6 +5,7 @@ cannot drift from the real store."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from bot.core.errors import BadRequestError, ConflictError, NotFoundError
 from bot.core.ports import ConversationStore, DeskStore
 from bot.core.records import (
+    AnswerRating,
     ConversationStatus,
     Escalation,
     EscalationStatus,
@@ -26,6 +28,7 @@ from bot.store.desk import SqlDeskStore
 from tests.fakes.clock import ManualClock
 from tests.fakes.nlu import understanding
 from tests.fakes.store import InMemoryConversationStore, InMemoryDeskStore
+from tests.helpers import needs_postgres, pg_schema
 
 CHANNEL = "contract"
 
@@ -242,3 +245,57 @@ async def test_the_desk_times_out_releases_and_closes(
     assert (waiting.conversation.id, waiting.unread) == (bob, 0)
     with pytest.raises(BadRequestError, match="outcome"):
         await desk.close(bob, "boss", True, "done", "...")
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=needs_postgres)])
+async def any_store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
+) -> AsyncIterator[ConversationStore]:
+    """The fake and the SQL store on both backends (for what the core derives its demoted
+    answers from, `answer_ratings`)."""
+    async with AsyncExitStack() as stack:
+        started: ConversationStore
+        if request.param == "memory":
+            started = InMemoryConversationStore(clock)
+        elif request.param == "sqlite":
+            started = SqlConversationStore(f"sqlite+aiosqlite:///{tmp_path}/db.sqlite", clock=clock)
+        else:
+            url = await stack.enter_async_context(pg_schema())
+            started = SqlConversationStore(url, clock=clock)
+        await started.start()
+        stack.push_async_callback(started.stop)
+        yield started
+
+
+async def test_answer_ratings_are_the_up_and_down_on_served_answers_oldest_first(
+    any_store: ConversationStore, clock: ManualClock
+) -> None:
+    store = any_store
+    ada = await new_conversation(store)
+
+    async def answered(text: str, intent: str | None, route: str, **details: str) -> int:
+        asked = (await store.receive(ada, text)).message
+        reply = await store.record_turn(
+            ada,
+            Turn(asked.id, understanding(intent), route, 1.0, {}, f"re: {text}", dict(details)),
+        )
+        assert reply is not None
+        return reply.id
+
+    refund = await answered("where is my refund", "refund_status", "answer", source="logs:3")
+    unsure = await answered("hmm", None, "answer", source="faq:1")
+    handled = await answered("track BC-204719", "order_status", "handler", handler="track")
+    sourceless = await answered("old reply", "refund_status", "answer")
+    await store.record_feedback(Feedback(refund, rating="down"))
+    clock.advance(seconds=1)
+    await store.record_feedback(Feedback(refund, comment="not my order"))  # no rating
+    await store.record_feedback(Feedback(handled, rating="down"))  # not an indexed answer
+    await store.record_feedback(Feedback(sourceless, rating="down"))  # nothing to demote
+    await store.record_feedback(Feedback(unsure, rating="down", author="sam"))
+    clock.advance(seconds=1)
+    await store.record_feedback(Feedback(refund, rating="up", author="sam"))
+    assert await store.answer_ratings() == [
+        AnswerRating("logs:3", "re: where is my refund", "refund_status", "down"),
+        AnswerRating("faq:1", "re: hmm", None, "down"),
+        AnswerRating("logs:3", "re: where is my refund", "refund_status", "up"),
+    ]

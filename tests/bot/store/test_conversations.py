@@ -545,6 +545,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
         "Running upgrade 0001 -> 0002",
         "Running upgrade 0002 -> 0003",
         "Running upgrade 0003 -> 0004",
+        "Running upgrade 0004 -> 0005",
     ], upgrades
     engine = create_store_engine(database_url)
     try:
@@ -555,7 +556,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
             differences = await connection.run_sync(schema_differences)
     finally:
         await engine.dispose()
-    assert version == migration_head() == "0004"
+    assert version == migration_head() == "0005"
     assert differences == []
 
 

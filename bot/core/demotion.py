@@ -1,0 +1,72 @@
+"""Answers agents and customers have rated down, kept out of what the bot serves.
+
+A thumbs-down (or an agent's "Bad" in the console) on an answer the bot served demotes that
+answer for that kind of question until someone rates it up again. The state is derived from
+the feedback the store already keeps (`ConversationStore.answer_ratings`), not held in
+process memory, so it survives restarts, holds for every replica at once, and outlives a
+retrain or index rebuild (the answer is named by its source `file:line` and its text, which a
+rebuild from the same data keeps).
+
+"That kind of question" is the intent of the question the answer was rated on: an answer rated
+down for "where is my refund" (intent `refund_status`) is still served for another intent it
+fits. When either side's intent is unknown (the classifier abstained), the demotion applies,
+since nothing says the questions differ. Comparing question embeddings instead would need the
+vectors stored with every rating and a numeric library in the core; the intent is already on
+the rated question's row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from bot.core.datafiles import normalize
+from bot.core.records import Answer, AnswerRating
+
+
+@dataclass(frozen=True, slots=True)
+class Demotion:
+    """An answer (by index source, or by its text, normalized) not to serve for `intent`
+    (None: for any question)."""
+
+    source: str | None
+    text: str | None
+    intent: str | None
+
+    def applies_to(self, intent: str | None) -> bool:
+        """Whether the demotion holds for a question of `intent` (None: unknown)."""
+        return self.intent is None or intent is None or self.intent == intent
+
+    def matches(self, answer: Answer) -> bool:
+        """Whether `answer` is the demoted answer (same source, or same text)."""
+        return answer.source == self.source or normalize(answer.text) == self.text
+
+
+def demotions(ratings: Iterable[AnswerRating]) -> tuple[Demotion, ...]:
+    """The answers whose latest rating for an intent is "down", from ratings oldest first.
+
+    An answer is tracked both by its source and by its text: the same text indexed under
+    another question (another source) is the same reply to the customer, and a template
+    answer (`{order_id}`) has a different text in each conversation but one source. A later
+    "up" on the same source (or text) for the same intent lifts the demotion.
+    """
+    by_source: dict[tuple[str, str | None], str] = {}
+    by_text: dict[tuple[str, str | None], str] = {}
+    for rating in ratings:
+        by_source[(rating.source, rating.intent)] = rating.rating
+        by_text[(normalize(rating.text), rating.intent)] = rating.rating
+    found = [Demotion(s, None, i) for (s, i), r in by_source.items() if r == "down"]
+    found += [Demotion(None, t, i) for (t, i), r in by_text.items() if r == "down"]
+    return tuple(found)
+
+
+def without_demoted(
+    answers: Sequence[Answer], demoted: Iterable[Demotion], intent: str | None
+) -> tuple[list[Answer], list[Answer]]:
+    """(`answers` a question of `intent` may get, the demoted ones), each in order."""
+    holding = [d for d in demoted if d.applies_to(intent)]
+    kept: list[Answer] = []
+    skipped: list[Answer] = []
+    for answer in answers:
+        (skipped if any(d.matches(answer) for d in holding) else kept).append(answer)
+    return kept, skipped
