@@ -351,20 +351,7 @@ async def test_operator_loop_learns_a_new_intent_and_rolls_back(
     assert plan["index"]["status"] == "rebuild"
 
     # Retrain: the candidate learns the new intent, passes the gate and goes live.
-    # Tiny data and few epochs keep the test fast: the training learning rate, not the
-    # gentler retrain default (which is tuned for real data sets).
-    code = await _run_cli(
-        "retrain",
-        "--config",
-        str(config),
-        "--epochs",
-        "8",
-        "--learning-rate",
-        "1e-4",
-        "--no-progress",
-        "--json",
-    )
-    result = json.loads(capsys.readouterr().out)
+    code, result = await _retrain_tiny(config, capsys)
     intent = next(t for t in result["tasks"] if t["task"] == "intent")
     assert code == 0, intent["reasons"]
     assert intent["status"] == "promoted" and intent["version"] == "v2" and intent["live"] == "v2"
@@ -414,6 +401,25 @@ async def test_operator_loop_learns_a_new_intent_and_rolls_back(
     await _wait_for(lambda: _live_intent_is(client, "v1"), "the rollback to reload")
     understood = await _understand(client, "how can i cancel my order?")
     assert understood["top_intents"][0][0] != "cancel_order", understood
+
+
+async def _retrain_tiny(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, dict[str, Any]]:
+    """`supportbot retrain --json` for tiny data: few epochs at the training learning rate
+    (the gentler retrain default is tuned for real data sets); (exit status, its JSON)."""
+    code = await _run_cli(
+        "retrain",
+        "--config",
+        str(config),
+        "--epochs",
+        "8",
+        "--learning-rate",
+        "1e-4",
+        "--no-progress",
+        "--json",
+    )
+    return code, json.loads(capsys.readouterr().out)
 
 
 async def _understand(client: TestClient[Any, Any], text: str) -> dict[str, Any]:
@@ -566,18 +572,7 @@ async def test_agents_out_of_scope_labels_are_learned_by_retrain(
         )
         assert labelled.status == 201, await labelled.text()
 
-    code = await _run_cli(
-        "retrain",
-        "--config",
-        str(config),
-        "--epochs",
-        "8",
-        "--learning-rate",
-        "1e-4",
-        "--no-progress",
-        "--json",
-    )
-    result = json.loads(capsys.readouterr().out)
+    code, result = await _retrain_tiny(config, capsys)
     intent = next(t for t in result["tasks"] if t["task"] == "intent")
     assert intent["version"] == "v2", intent
     version = models / "intent" / "v2"
