@@ -20,7 +20,7 @@ from bot.core.errors import BadRequestError
 from bot.core.records import Agent
 from bot.settings import load_settings
 from bot.store.accounts import SqlAccountStore, check_password
-from bot.store.conversations import SqlConversationStore
+from bot.store.conversations import opened_store
 
 T = TypeVar("T")
 
@@ -94,12 +94,8 @@ def _with_accounts(config: Path | None, work: Callable[[SqlAccountStore], Awaita
     settings = load_settings(config)
 
     async def run() -> T:
-        store = SqlConversationStore(settings.store.url)
-        await store.start()
-        try:
+        async with opened_store(settings.store.url) as store:
             return await work(SqlAccountStore(store, settings.console))
-        finally:
-            await store.stop()
 
     return asyncio.run(run())
 

@@ -22,7 +22,7 @@ from bot.core.errors import BadRequestError, ConflictError
 from bot.core.records import ApiKey, IssuedApiKey
 from bot.settings import Settings, load_settings
 from bot.store.api_keys import SqlApiKeyStore, check_channels, check_key
-from bot.store.conversations import SqlConversationStore
+from bot.store.conversations import opened_store
 from connectors.rest import DEFAULT_CHANNELS
 
 
@@ -76,12 +76,8 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
 @asynccontextmanager
 async def opened_keys(settings: Settings) -> AsyncIterator[SqlApiKeyStore]:
     """The API keys in the settings' database, migrated first; closed on exit."""
-    store = SqlConversationStore(settings.store.url)
-    await store.start()
-    try:
+    async with opened_store(settings.store.url) as store:
         yield SqlApiKeyStore(store)
-    finally:
-        await store.stop()
 
 
 def key_from_env(variable: str) -> str:

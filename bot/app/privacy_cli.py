@@ -24,7 +24,7 @@ from typing import Any
 
 from bot.core.errors import BadRequestError
 from bot.settings import Settings, load_settings
-from bot.store.conversations import SqlConversationStore
+from bot.store.conversations import opened_store
 from bot.store.privacy import Customer, CustomerData, Erasure, SqlPrivacyStore
 from training.pipeline import REPLAY_POOL_FILE, TEST_SET_FILE
 
@@ -89,12 +89,8 @@ def customer_of(ns: argparse.Namespace) -> Customer:
 @asynccontextmanager
 async def opened_privacy(settings: Settings) -> AsyncIterator[SqlPrivacyStore]:
     """The privacy queries on the settings' database, migrated first; closed on exit."""
-    store = SqlConversationStore(settings.store.url)
-    await store.start()
-    try:
+    async with opened_store(settings.store.url) as store:
         yield SqlPrivacyStore(store)
-    finally:
-        await store.stop()
 
 
 def training_files(models_dir: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from bot.core.delivery import Dispatcher
 from bot.core.entities import (
     ALWAYS_REDACTED,
     BUILTIN_TYPES,
+    Entity,
     EntityExtractor,
     mask,
     slot_values,
@@ -294,9 +295,12 @@ class ConversationService:
         model_seconds: dict[str, float],
         recent: tuple[StoredMessage, ...],
     ) -> tuple[tuple[Reply, ...], ConversationStatus]:
+        # Extracted once per turn: the out-of-scope check, the slots and the stored
+        # annotation all use these.
+        entities = tuple(self._entities.extract(message.text))
         stage = time.perf_counter()
         understanding = self._in_scope_by_entity(
-            await self._understander.understand(message.text), message.text
+            await self._understander.understand(message.text), entities
         )
         model_seconds["nlu"] = time.perf_counter() - stage
         self._metrics.stage_seconds.labels("nlu").observe(model_seconds["nlu"])
@@ -320,7 +324,7 @@ class ConversationService:
 
         if conversation.status != ConversationStatus.BOT:
             replies = await self._while_handed_off(
-                conversation, stored, message, understanding, started, recent
+                conversation, stored, message, understanding, started, recent, entities
             )
             self._metrics.messages.labels(message.channel, Route.AGENT).inc()
             return replies, conversation.status
@@ -331,7 +335,7 @@ class ConversationService:
             understanding,
             model_seconds,
             earlier_negativity(recent),
-            self._slots(message, recent),
+            self._slots(message, recent, entities),
         )
         reply = await self._record(
             conversation,
@@ -341,6 +345,7 @@ class ConversationService:
             decision.details,
             started,
             decision,
+            entities,
         )
         self._metrics.messages.labels(message.channel, decision.route).inc()
         if decision.route == Route.REPHRASE:
@@ -359,6 +364,7 @@ class ConversationService:
         understanding: Understanding,
         started: float,
         recent: tuple[StoredMessage, ...],
+        entities: Sequence[Entity] = (),
     ) -> tuple[Reply, ...]:
         """A message to a conversation a person has or will have: the bot does not answer it.
 
@@ -378,7 +384,7 @@ class ConversationService:
                 latency_ms=(time.perf_counter() - started) * 1000,
                 details={
                     **_annotation(understanding, {}),
-                    "entities": self._entity_dicts(stored.text),
+                    "entities": [entity.to_dict() for entity in entities],
                 },
                 escalation=urgency if waiting else None,
             ),
@@ -430,7 +436,9 @@ class ConversationService:
         masked = mask(message.text, self._entities.extract(message.text), self._redact, "[{TYPE}]")
         return message if masked == message.text else dataclasses.replace(message, text=masked)
 
-    def _in_scope_by_entity(self, understanding: Understanding, text: str) -> Understanding:
+    def _in_scope_by_entity(
+        self, understanding: Understanding, entities: Sequence[Entity]
+    ) -> Understanding:
         """A message naming one of the routing file's own entities (an order number) is
         about this business, whatever the out-of-scope detector made of its wording (a long
         message mixing a greeting, a name and the order): it is answered or asked about like
@@ -439,20 +447,20 @@ class ConversationService:
         if not understanding.out_of_scope:
             return understanding
         configured = {d.name for d in self._router.config.entities.definitions}
-        if not any(e.type in configured for e in self._entities.extract(text)):
+        if not any(e.type in configured for e in entities):
             return understanding
         return dataclasses.replace(understanding, out_of_scope=False)
 
-    def _entity_dicts(self, text: str) -> list[dict[str, Any]]:
-        """The entities of a customer message as stored with it (`details["entities"]`)."""
-        return [entity.to_dict() for entity in self._entities.extract(text)]
-
-    def _slots(self, message: Message, recent: Sequence[StoredMessage]) -> dict[str, str]:
+    def _slots(
+        self, message: Message, recent: Sequence[StoredMessage], entities: Sequence[Entity]
+    ) -> dict[str, str]:
         """What the conversation has told the bot: the entities of its recent customer
         messages (the newest value of a type wins) and the customer's name; a past answer
         that needs a slot (`{order_id}`) is served only when it is here."""
-        texts = [m.text for m in recent[:-1] if m.role == Role.CUSTOMER] + [message.text]
-        values = slot_values(e for text in texts for e in self._entities.extract(text))
+        earlier = [m.text for m in recent[:-1] if m.role == Role.CUSTOMER]
+        values = slot_values(
+            [*(e for text in earlier for e in self._entities.extract(text)), *entities]
+        )
         if message.sender_name:
             values.setdefault("name", message.sender_name)
         return values
@@ -466,12 +474,13 @@ class ConversationService:
         details: dict[str, Any],
         started: float,
         decision: _Decision | None = None,
+        entities: Sequence[Entity] = (),
     ) -> StoredMessage | None:
         """Store the whole turn (annotation, reply, failed turns, escalation) in one go."""
         # The runner-up guesses are what an agent or a retraining run wants to see next to
         # the message, so they are kept with it.
         message_details = _annotation(understanding, details)
-        message_details["entities"] = self._entity_dicts(stored.text)
+        message_details["entities"] = [entity.to_dict() for entity in entities]
         reply_details = dict(details)
         if decision is not None and decision.quick_replies:
             reply_details["quick_replies"] = list(decision.quick_replies)

@@ -895,3 +895,15 @@ def _by_client_id(conversation_id: str, client_id: str) -> Select[MessageRow]:
 
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+@asynccontextmanager
+async def opened_store(url: str) -> AsyncIterator[SqlConversationStore]:
+    """A started store on `url` (migrated first), stopped on exit: what the operator
+    commands (`agents`, `api-keys`, `privacy`) open for one piece of work."""
+    store = SqlConversationStore(url)
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.stop()
