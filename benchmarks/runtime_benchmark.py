@@ -17,8 +17,16 @@ With --compare-batching the same levels run again on a fresh server and store wi
 micro-batching off (SUPPORTBOT_NLU__MAX_BATCH=1, SUPPORTBOT_NLU__MAX_WAIT_MS=0) and the
 throughput ratio is printed side by side.
 
+With --baseline REF the given git revision is checked out into a temporary worktree and served
+first, then the working tree, one after the other in the same run, on the same models, index,
+messages and seed (each on a fresh store); both tables and the ratios (working tree /
+baseline) are printed. The baseline runs with this virtualenv's packages (`python -m
+bot.app.cli serve` with the worktree as its working directory and first on PYTHONPATH), so
+a revision that needs other dependencies is not comparable this way.
+
     .venv/bin/python benchmarks/runtime_benchmark.py --models models --levels 1,10,100 \\
         --seconds 20 --compare-batching
+    .venv/bin/python benchmarks/runtime_benchmark.py --models models --baseline f7dfd9b
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,11 +157,14 @@ def parse_metrics(text: str) -> dict[str, float]:
 class Server:
     """`supportbot serve` in a subprocess, its output in a log file."""
 
-    def __init__(self, env: dict[str, str], workdir: Path, port: int, label: str) -> None:
+    def __init__(
+        self, env: dict[str, str], workdir: Path, port: int, label: str, root: Path = ROOT
+    ) -> None:
         self.env = env
+        self.root = root
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
-        self.log_path = workdir / f"server-{label}.log"
+        self.log_path = workdir / f"server-{label.replace(' ', '-')}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -163,7 +174,7 @@ class Server:
 
     def command(self) -> list[str]:
         script = Path(sys.executable).with_name("supportbot")
-        if script.is_file():
+        if self.root == ROOT and script.is_file():
             return [str(script), "serve", "--port", str(self.port)]
         return [sys.executable, "-m", "bot.app.cli", "serve", "--port", str(self.port)]
 
@@ -181,7 +192,7 @@ class Server:
         started = time.perf_counter()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command(), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                self.command(), cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -254,10 +265,15 @@ class LevelResult:
     stages: dict[str, tuple[float, float]]  # stage -> (sum seconds, count)
     server_errors: float
     load_average: float
+    release: str = ""  # with --baseline: "baseline <rev>" or "working tree"
 
     @property
     def throughput(self) -> float:
         return self.tally.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.release}: {self.mode}" if self.release else self.mode
 
     def percentile(self, q: float) -> float:
         values = self.tally.latencies_ms
@@ -442,7 +458,7 @@ def describe(result: LevelResult) -> str:
     routes = ", ".join(f"{route} {n}" for route, n in t.routes.most_common())
     return "\n".join(
         [
-            f"[{result.mode}] {result.level} concurrent conversations",
+            f"[{result.label}] {result.level} concurrent conversations",
             f"  messages {t.messages} in {result.seconds:.1f} s = {result.throughput:.1f} msg/s"
             f"  ({t.conversations} conversations started)",
             f"  latency p50 {result.percentile(50):.0f} ms  p90 {result.percentile(90):.0f} ms"
@@ -469,7 +485,7 @@ def tables(results: Sequence[LevelResult], compare: bool) -> list[str]:
         t = r.tally
         cpu = r.server_cpu_s / t.messages * 1000 if t.messages else float("nan")
         lines.append(
-            f"| {r.mode} | {r.level} | {t.messages} | {r.seconds:.1f} | {r.throughput:.1f} "
+            f"| {r.label} | {r.level} | {t.messages} | {r.seconds:.1f} | {r.throughput:.1f} "
             f"| {r.percentile(50):.0f} | {r.percentile(90):.0f} | {r.percentile(99):.0f} "
             f"| {sum(t.errors.values()) + r.server_errors:.0f} | {t.silent} | {cpu:.1f} "
             f"| {mb(r.peak_rss):.0f} |"
@@ -486,9 +502,9 @@ def tables(results: Sequence[LevelResult], compare: bool) -> list[str]:
         for stage in STAGES:
             total, count = r.stages.get(stage, (0.0, 0.0))
             cells.append(f"{total / count * 1000:.1f}" if count else "-")
-        lines.append(f"| {r.mode} | {r.level} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r.label} | {r.level} | " + " | ".join(cells) + " |")
     if compare:
-        by_key = {(r.mode, r.level): r for r in results}
+        by_key = {(r.mode, r.level): r for r in results if r.release in ("", "working tree")}
         lines += [
             "",
             "Micro-batching speed-up (throughput batched / unbatched):",
@@ -503,15 +519,78 @@ def tables(results: Sequence[LevelResult], compare: bool) -> list[str]:
                 lines.append(
                     f"| {level} | {on.throughput:.1f} | {off.throughput:.1f} | {ratio:.2f}x |"
                 )
+    lines += baseline_ratios(results)
     return lines
+
+
+def baseline_ratios(results: Sequence[LevelResult]) -> list[str]:
+    """Working tree against --baseline per mode and level: msg/s, p50, p99, peak RSS."""
+    base = {(r.mode, r.level): r for r in results if r.release.startswith("baseline")}
+    if not base:
+        return []
+    name = next(r.release for r in results if r.release.startswith("baseline"))
+    lines = [
+        "",
+        f"Working tree against the {name} (ratio = working tree / baseline; msg/s: higher "
+        "is better, latency and RSS: lower is better):",
+        "",
+        "| mode | conversations | msg/s base | msg/s now | ratio | p50 ms base | p50 ms now "
+        "| p99 ms base | p99 ms now | peak RSS MB base | peak RSS MB now |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for now in results:
+        before = base.get((now.mode, now.level))
+        if now.release != "working tree" or before is None:
+            continue
+        ratio = now.throughput / before.throughput if before.throughput else float("nan")
+        lines.append(
+            f"| {now.mode} | {now.level} | {before.throughput:.1f} | {now.throughput:.1f} "
+            f"| **{ratio:.2f}x** | {before.percentile(50):.0f} | {now.percentile(50):.0f} "
+            f"| {before.percentile(99):.0f} | {now.percentile(99):.0f} "
+            f"| {mb(before.peak_rss):.0f} | {mb(now.peak_rss):.0f} |"
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def baseline_worktree(ref: str, parent: Path) -> Iterator[tuple[Path, str]]:
+    """`ref` checked out (detached) into a temporary git worktree; removed afterwards."""
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", f"{ref}^{{commit}}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        sys.exit(f"--baseline {ref}: not a revision of {ROOT} ({detail.strip()})")
+    path = parent / f"baseline-{sha}"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(path), sha],
+        check=True,
+    )
+    try:
+        yield path, sha
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False
+        )
 
 
 # -- main ------------------------------------------------------------------------------------
 
 
-def server_env(ns: argparse.Namespace, workdir: Path, mode: str) -> dict[str, str]:
+def server_env(
+    ns: argparse.Namespace, workdir: Path, mode: str, release: str, root: Path
+) -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    store = ns.store_url or f"sqlite+aiosqlite:///{workdir / f'bench-{mode}.db'}"
+    if root != ROOT:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p
+        )
+    name = f"{release}-{mode}".replace(" ", "-").replace(":", "") if release else mode
+    store = ns.store_url or f"sqlite+aiosqlite:///{workdir / f'bench-{name}.db'}"
     env.update(
         {
             "SUPPORTBOT_MODELS__DIR": str(ns.models),
@@ -536,9 +615,12 @@ async def run_mode(
     texts: Sequence[str],
     lengths: Sequence[int],
     token: str,
+    release: str = "",
+    root: Path = ROOT,
 ) -> list[LevelResult]:
-    env = server_env(ns, workdir, mode)
-    server = Server(env, workdir, free_port(), mode)
+    env = server_env(ns, workdir, mode, release, root)
+    label = f"{release}: {mode}" if release else mode
+    server = Server(env, workdir, free_port(), label, root)
     results = []
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as admin:
         startup_s = await server.start(admin, ns.start_timeout)
@@ -547,7 +629,7 @@ async def run_mode(
             async with admin.get(f"{server.base}/readyz") as response:
                 versions = (await response.json()).get("models", {})
             print(
-                f"[{mode}] server pid {server.pid} on {server.base} ready in {startup_s:.1f} s, "
+                f"[{label}] server pid {server.pid} on {server.base} ready in {startup_s:.1f} s, "
                 f"models {versions}, RSS {mb(ready_rss):.0f} MB, "
                 f"store {env['SUPPORTBOT_STORE__URL']}",
                 flush=True,
@@ -557,13 +639,14 @@ async def run_mode(
                 result = await run_level(
                     server, mode, level, ns.seconds, texts, lengths, ns.seed, token, admin
                 )
+                result.release = release
                 results.append(result)
                 print(describe(result), flush=True)
         finally:
             status = await server.stop()
             if status not in (0, None, -signal.SIGTERM):
                 print(
-                    f"[{mode}] the server exited with status {status} on SIGTERM; last lines "
+                    f"[{label}] the server exited with status {status} on SIGTERM; last lines "
                     f"of {server.log_path}:\n{server.log_tail()}",
                     flush=True,
                 )
@@ -612,6 +695,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20, help="unmeasured messages per server")
     parser.add_argument("--start-timeout", type=float, default=600.0, help="seconds for /readyz")
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also serve this git revision (a temporary worktree) first, on the same models, "
+        "data and seed, and print the ratios working tree / baseline",
+    )
     ns = parser.parse_args()
     ns.models = ns.models.resolve()
     ns.index = (ns.index or ns.models / "answers").resolve()
@@ -647,14 +736,23 @@ def main() -> int:
     print(flush=True)
 
     results: list[LevelResult] = []
-    with tempfile.TemporaryDirectory(prefix="supportbot-bench-") as tmp:
-        for mode in modes:
-            try:
-                results += asyncio.run(run_mode(ns, mode, Path(tmp), texts, lengths, token))
-            except RuntimeError as exc:
-                print(f"[{mode}] {exc}", file=sys.stderr)
-                return 1
-            print(flush=True)
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="supportbot-bench-")))
+        releases: list[tuple[str, Path]] = [("", ROOT)]
+        if ns.baseline:
+            worktree, sha = stack.enter_context(baseline_worktree(ns.baseline, tmp))
+            print(f"baseline: {ns.baseline} = {sha}, checked out in {worktree}", flush=True)
+            releases = [(f"baseline {sha}", worktree), ("working tree", ROOT)]
+        for release, root in releases:
+            for mode in modes:
+                try:
+                    results += asyncio.run(
+                        run_mode(ns, mode, tmp, texts, lengths, token, release, root)
+                    )
+                except RuntimeError as exc:
+                    print(f"[{release or mode}] {exc}", file=sys.stderr)
+                    return 1
+                print(flush=True)
     print("\n".join(tables(results, ns.compare_batching)))
     return 0
 
