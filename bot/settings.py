@@ -198,6 +198,15 @@ class PrivacySettings(BaseModel):
         description="entity types masked in customer messages before they are stored, e.g. "
         "[email, phone] or a routing entity such as order_id; card numbers and IBANs always are",
     )
+    retention_days: int | None = Field(
+        None,
+        ge=1,
+        description="conversations last active longer ago are deleted with all their rows by "
+        "`serve` (null: kept for ever)",
+    )
+    purge_interval_s: float = Field(
+        3600.0, gt=0, description="seconds between retention purges (one replica does each)"
+    )
 
 
 class RetrainSettings(BaseModel):

@@ -24,19 +24,25 @@ from yarl import URL
 from bot.core.background import cancel_and_wait
 from bot.core.bus import EventBus, Subscription
 from bot.core.desk import (
+    MAX_ANSWER_CHARS,
     MAX_CANNED_CHARS,
     MAX_DASHBOARD_DAYS,
     MAX_NOTE_CHARS,
     MAX_PER_PAGE,
+    MAX_SOURCE_CHARS,
     MAX_TITLE_CHARS,
     TOPIC,
     AgentDesk,
+    ApprovalDraft,
     CannedResponse,
     ConversationView,
     CustomerHistory,
     Dashboard,
     EscalationNotice,
     FilledResponse,
+    LibraryEntry,
+    LibraryPage,
+    LibraryQuery,
     MessageLabels,
     Note,
     QueueItem,
@@ -50,6 +56,7 @@ from bot.core.errors import (
     ForbiddenError,
     UnauthorizedError,
 )
+from bot.core.library import ExcludedEntry, ExcludedPage
 from bot.core.ports import SessionStore
 from bot.core.records import AgentSession, EscalationRecord, Role, StoredMessage
 from bot.settings import ConsoleSettings
@@ -77,12 +84,14 @@ ASSETS = {
     "console-sign-in.js": JAVASCRIPT,
     "console.js": JAVASCRIPT,  # the console's entry module; it imports the modules below
     "console/alerts.js": JAVASCRIPT,
+    "console/approval.js": JAVASCRIPT,
     "console/api.js": JAVASCRIPT,
     "console/canned.js": JAVASCRIPT,
     "console/charts.js": JAVASCRIPT,
     "console/conversation.js": JAVASCRIPT,
     "console/dashboard.js": JAVASCRIPT,
     "console/events.js": JAVASCRIPT,
+    "console/library.js": JAVASCRIPT,
     "console/format.js": JAVASCRIPT,
     "console/queue.js": JAVASCRIPT,
     "console/search.js": JAVASCRIPT,
@@ -432,6 +441,116 @@ def parse_search(request: web.Request) -> SearchQuery:
     )
 
 
+def render_draft(draft: ApprovalDraft) -> dict[str, Any]:
+    return {
+        "answer_message_id": draft.answer.id,
+        "answer": draft.answer.text,
+        "question": draft.question,
+        "question_message_id": draft.questions[0].id if draft.questions else None,
+        "question_message_ids": [m.id for m in draft.questions],
+        "intent": draft.intent,
+    }
+
+
+def render_entry(entry: LibraryEntry) -> dict[str, Any]:
+    control = entry.control
+    return {
+        "source": entry.source,
+        "kind": entry.kind,
+        "question": entry.question,
+        "answer": entry.answer,
+        # What customers get now: the agent's edit when there is one.
+        "served_answer": entry.served_text,
+        "edited_answer": None if control is None else control.answer,
+        "intent": entry.intent,
+        "served": entry.usage.served,
+        "rated_up": entry.usage.up,
+        "rated_down": entry.usage.down,
+        "disabled": control is not None and control.disabled,
+        "approved_answer_id": None if control is None else control.approved_answer_id,
+        "action": None if control is None else control.action,
+        "by": None if control is None else control.author,
+        "at": None if control is None else control.updated_at.isoformat(),
+        # The approved answer that replaced this edited one in the index (served in its place).
+        "replaced_by": entry.replaced_by,
+    }
+
+
+def render_excluded_entry(entry: ExcludedEntry) -> dict[str, Any]:
+    excluded, control = entry.excluded, entry.control
+    return {
+        "source": excluded.source,
+        "question": excluded.question,
+        "answer": excluded.answer,
+        "reasons": list(excluded.reasons),
+        "intent": excluded.intent,
+        "conversations": excluded.conversations,
+        # The agent's clean version, once approved (an approved answer for the next build).
+        "approved_answer_id": None if control is None else control.approved_answer_id,
+        "clean_answer": None if control is None else control.answer,
+        "by": None if control is None else control.author,
+        "at": None if control is None else control.updated_at.isoformat(),
+    }
+
+
+def render_excluded(page: ExcludedPage) -> dict[str, Any]:
+    return {
+        "excluded": [render_excluded_entry(entry) for entry in page.entries],
+        "total": page.total,
+        "page": page.page,
+        "per_page": page.per_page,
+        "pages": page.pages,
+        "listed": page.listed,
+    }
+
+
+def render_library(page: LibraryPage) -> dict[str, Any]:
+    return {
+        "answers": [render_entry(entry) for entry in page.entries],
+        "total": page.total,
+        "page": page.page,
+        "per_page": page.per_page,
+        "pages": page.pages,
+        "indexed": page.indexed,
+        "intents": list(page.intents),
+    }
+
+
+def query_flag(request: web.Request, name: str) -> bool:
+    """A yes/no query parameter: 1/true/yes or 0/false/no/absent (400 otherwise)."""
+    raw = request.query.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadRequestError(f"query parameter {name} must be 1 or 0; got {raw[:20]!r}")
+
+
+def parse_library(request: web.Request) -> LibraryQuery:
+    """The library's query parameters (`q`, `intent`, `kind`, `rated_down`, `disabled`,
+    `page`, `per_page`) as a `LibraryQuery` (400 for malformed ones)."""
+    texts = {
+        name: check_text(request.query[name], name) if name in request.query else None
+        for name in ("q", "intent", "kind")
+    }
+    return LibraryQuery(
+        text=texts["q"],
+        intent=texts["intent"],
+        kind=texts["kind"],
+        rated_down=query_flag(request, "rated_down"),
+        disabled=query_flag(request, "disabled"),
+        page=query_int(request, "page", 1, MAX_PAGE, default=1),
+        per_page=query_int(request, "per_page", 1, MAX_PER_PAGE, default=20),
+    )
+
+
+def source_field(body: dict[str, Any]) -> str:
+    """The `source` of an indexed answer in a JSON body (400 when missing or malformed)."""
+    source = text_field(body, "source", required=True, max_chars=MAX_SOURCE_CHARS)
+    assert source is not None
+    return source
+
+
 def render_closed(closed: EscalationNotice) -> dict[str, Any]:
     return {"escalation": render_escalation(closed.escalation)}
 
@@ -606,6 +725,14 @@ class ConsoleConnector:
         app.router.add_post(f"{conversation}/labels", self._api(self.label_conversation))
         app.router.add_post(f"{api}/messages/{{message_id}}/labels", self._api(self.label_message))
         app.router.add_post(f"{api}/approved-answers", self._api(self.approve_answer))
+        app.router.add_get(
+            f"{api}/messages/{{message_id}}/approval", self._api(self.approval_draft)
+        )
+        app.router.add_get(f"{api}/answers", self._api(self.library))
+        app.router.add_get(f"{api}/answers/excluded", self._api(self.excluded))
+        app.router.add_post(f"{api}/answers/excluded/approve", self._api(self.approve_excluded))
+        for action in ("disable", "enable", "edit", "approve"):
+            app.router.add_post(f"{api}/answers/{action}", self._api(self.answer_action))
         app.router.add_post(f"{conversation}/notes", self._api(self.add_note))
         app.router.add_get(f"{api}/canned-responses", self._api(self.canned_responses))
         app.router.add_post(f"{api}/canned-responses", self._api(self.create_canned))
@@ -811,8 +938,56 @@ class ConsoleConnector:
             question_message_id=id_field(body, "question_message_id", required=False),
             question=text_field(body, "question", required=False, max_chars=self.max_message_chars),
             intent=text_field(body, "intent", required=False, max_chars=64),
+            answer=text_field(body, "answer", required=False, max_chars=MAX_ANSWER_CHARS + 50),
         )
         return web.json_response({"id": approved_id}, status=201)
+
+    async def approval_draft(self, request: web.Request, session: AgentSession) -> web.Response:
+        draft = await self.console.approval_draft(path_id(request, "message_id"))
+        return web.json_response({"draft": render_draft(draft)})
+
+    # -- the answer library ------------------------------------------------------------------
+
+    async def library(self, request: web.Request, session: AgentSession) -> web.Response:
+        page = await self.console.library(parse_library(request))
+        return web.json_response(render_library(page))
+
+    async def excluded(self, request: web.Request, session: AgentSession) -> web.Response:
+        text = check_text(request.query["q"], "q") if "q" in request.query else None
+        page = await self.console.excluded(
+            text,
+            query_int(request, "page", 1, MAX_PAGE, default=1),
+            query_int(request, "per_page", 1, MAX_PER_PAGE, default=20),
+        )
+        return web.json_response(render_excluded(page))
+
+    async def approve_excluded(self, request: web.Request, session: AgentSession) -> web.Response:
+        body = await read_json_body(request)
+        source = source_field(body)
+        fields = {
+            name: text_field(body, name, required=True, max_chars=MAX_ANSWER_CHARS + 50)
+            for name in ("question", "answer")
+        }
+        intent = text_field(body, "intent", required=False, max_chars=64)
+        entry = await self.console.approve_excluded(
+            session.agent, source, fields["question"] or "", fields["answer"] or "", intent
+        )
+        return web.json_response({"excluded": render_excluded_entry(entry)}, status=201)
+
+    async def answer_action(self, request: web.Request, session: AgentSession) -> web.Response:
+        action = request.path.rsplit("/", 1)[-1]
+        body = await read_json_body(request)
+        source = source_field(body)
+        if action in ("disable", "enable"):
+            entry = await self.console.disable_answer(session.agent, source, action == "disable")
+        elif action == "edit":
+            answer = text_field(body, "answer", required=True, max_chars=MAX_ANSWER_CHARS + 50)
+            assert answer is not None
+            intent = text_field(body, "intent", required=False, max_chars=64)
+            entry = await self.console.edit_answer(session.agent, source, answer, intent)
+        else:
+            entry = await self.console.approve_indexed(session.agent, source)
+        return web.json_response({"answer": render_entry(entry)})
 
     # -- canned responses and notes ----------------------------------------------------------
 

@@ -26,6 +26,8 @@ from training.data import (
 from training.registry import FileModelRegistry
 
 DEFAULT_MODELS_DIR = Path("models")
+#: What `train` and `models promote/rollback` take: the classifiers and the entity model.
+TRAIN_TASKS = (*TASKS, "entity")
 MODELS_ENV = "SUPPORTBOT_MODELS__DIR"
 CONFIG_HELP = (
     "YAML settings file, as for `serve`; its models.dir (or SUPPORTBOT_MODELS__DIR) is the "
@@ -121,7 +123,12 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         description="Fine-tune a classifier from support logs. The last line printed is the "
         "new version's directory.",
     )
-    train.add_argument("task", choices=TASKS, help="which classifier: intent or sentiment")
+    train.add_argument(
+        "task",
+        choices=TRAIN_TASKS,
+        help="intent or sentiment (classifiers), or entity (learned entities from annotated "
+        "examples: Rasa [text](entity) markup or JSONL spans)",
+    )
     train.add_argument(
         "--data",
         type=Path,
@@ -138,16 +145,14 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help="most epochs to run; early stopping may end sooner (default: enough for ~800 "
         "optimizer steps, 2 to 30)",
     )
-    train.add_argument("--batch-size", type=int, default=32, help="examples per batch (32)")
+    train.add_argument("--batch-size", type=int, help="examples per batch (32; entity models 16)")
     train.add_argument(
         "--gradient-accumulation-steps",
         type=int,
         default=1,
         help="batches summed per optimizer step (1): a larger effective batch in less memory",
     )
-    train.add_argument(
-        "--learning-rate", type=float, default=1e-4, help="encoder learning rate (1e-4)"
-    )
+    train.add_argument("--learning-rate", type=float, help="encoder learning rate (1e-4)")
     train.add_argument(
         "--max-length", type=int, default=64, help="tokens kept per text; longer ones are cut (64)"
     )
@@ -163,8 +168,8 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     train.add_argument(
         "--patience",
         type=int,
-        default=2,
-        help="stop early after this many epochs without a validation macro-F1 gain (2)",
+        help="stop early after this many epochs without a validation macro-F1 gain (2; entity "
+        "models: span F1, 3)",
     )
     train.add_argument(
         "--tuned-layers",
@@ -203,6 +208,13 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         choices=("auto", "yes", "no"),
         default="auto",
         help="make the new version live: auto = only if the task has none yet",
+    )
+    train.add_argument(
+        "--scheme",
+        choices=("all", "first"),
+        default="all",
+        help="entity models: train the BIO tags on every word piece (all, the default) or on "
+        "the first piece of each word only (first)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_columns(train)
@@ -250,10 +262,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     show = actions.add_parser("show", help="the report of a version")
     show.add_argument("model", help="version directory, task or task/vN")
     promote = actions.add_parser("promote", help="make a version live")
-    promote.add_argument("task", choices=TASKS, help="intent or sentiment")
+    promote.add_argument("task", choices=TRAIN_TASKS, help="intent, sentiment or entity")
     promote.add_argument("version", help="the version to make live, e.g. v3")
     rollback = actions.add_parser("rollback", help="make the previous live version live again")
-    rollback.add_argument("task", choices=TASKS, help="intent or sentiment")
+    rollback.add_argument("task", choices=TRAIN_TASKS, help="intent, sentiment or entity")
     # The flags are accepted after the action too (`models list --models DIR`), where users
     # type them.
     for action in (listing, show, promote, rollback):
@@ -328,20 +340,27 @@ def layers_to_tune(given: int | str | None, lora: bool) -> int | None:
     return TrainingArguments.tuned_layers if given is None else int(given)
 
 
+def _given(value: Any, default: Any) -> Any:
+    """A flag's value, or the recipe's default when the flag was not given."""
+    return default if value is None else value
+
+
 def run_train(ns: argparse.Namespace) -> int:
+    if ns.task == "entity":
+        return run_train_entity(ns)
     from training.pipeline import train_task
 
     args = TrainingArguments(
         model=ns.model,
         epochs=ns.epochs,
-        batch_size=ns.batch_size,
+        batch_size=_given(ns.batch_size, TrainingArguments.batch_size),
         gradient_accumulation_steps=ns.gradient_accumulation_steps,
-        learning_rate=ns.learning_rate,
+        learning_rate=_given(ns.learning_rate, TrainingArguments.learning_rate),
         max_length=ns.max_length,
         seed=ns.seed,
         min_examples_per_label=ns.min_examples,
         class_weighting=ns.class_weighting,
-        early_stopping_patience=ns.patience,
+        early_stopping_patience=_given(ns.patience, TrainingArguments.early_stopping_patience),
         tuned_layers=layers_to_tune(ns.tuned_layers, ns.lora),
         lora=ns.lora,
         abstain_precision=ns.abstain_precision,
@@ -373,12 +392,52 @@ def run_train(ns: argparse.Namespace) -> int:
     return 0
 
 
+def run_train_entity(ns: argparse.Namespace) -> int:
+    """`supportbot train entity`: the token-classification recipe (README: Learned entities)."""
+    from training.entities import ENTITY_DEFAULTS, train_entities
+
+    args = TrainingArguments(
+        model=ns.model,
+        epochs=ns.epochs,
+        batch_size=_given(ns.batch_size, ENTITY_DEFAULTS.batch_size),
+        gradient_accumulation_steps=ns.gradient_accumulation_steps,
+        learning_rate=_given(ns.learning_rate, ENTITY_DEFAULTS.learning_rate),
+        max_length=ns.max_length,
+        seed=ns.seed,
+        label_smoothing=ENTITY_DEFAULTS.label_smoothing,
+        early_stopping_patience=_given(ns.patience, ENTITY_DEFAULTS.early_stopping_patience),
+        tuned_layers=layers_to_tune(ns.tuned_layers, ns.lora),
+        lora=ns.lora,
+    )
+    promote = {"auto": None, "yes": True, "no": False}[ns.promote]
+    out, _ = models_dir(ns)
+    run = train_entities(
+        ns.data,
+        out,
+        args,
+        test=ns.test,
+        scheme=ns.scheme,
+        progress=not ns.no_progress,
+        promote=promote,
+        limits=limits_from_flags(ns),
+    )
+    print(f"read {len(run.files)} file(s): {', '.join(run.files)}")
+    print()
+    print(run.report)
+    state = "live" if run.version.live else "not live (promote with `supportbot models promote`)"
+    print(f"entity {run.version.version} is {state}")
+    print(run.version.path)
+    return 0
+
+
 def run_evaluate(ns: argparse.Namespace) -> int:
     from bot.nlu.classifier import TransformerClassifier
     from training.evaluation import plot_confusion, render_report
     from training.pipeline import evaluate_model
 
     path = FileModelRegistry(models_dir(ns)[0]).resolve(ns.model)
+    if (path / "entity.json").is_file():
+        return evaluate_entities(path, ns)
     classifier = TransformerClassifier(path)
     report = LoadReport()
     try:
@@ -420,6 +479,36 @@ def run_evaluate(ns: argparse.Namespace) -> int:
             from training.ood import render_oos
 
             sys.stdout.write(render_oos(metrics["out_of_scope"]))
+    return 0
+
+
+def evaluate_entities(path: Path, ns: argparse.Namespace) -> int:
+    """`evaluate` of an entity model: span metrics on annotated data (Rasa markup, JSONL)."""
+    from bot.nlu.entity_model import TokenTagger
+    from training.entities import (
+        EntityDataError,
+        load_annotated,
+        render_entity_report,
+        span_metrics,
+    )
+
+    try:
+        examples = load_annotated(ns.data, limits_from_flags(ns)).examples
+    except EntityDataError as exc:
+        raise EvaluationDataError(exc.problems) from None
+    tagger = TokenTagger(path)
+    found = tagger.spans([e.text for e in examples])
+    metrics = span_metrics(
+        [[(s.entity, s.start, s.end) for s in e.spans] for e in examples],
+        [[(f.type, f.start, f.end) for f in row] for row in found],
+        tagger.entities,
+    )
+    metrics["model"] = str(path)
+    metrics["data"] = [str(p) for p in ns.data]
+    if ns.json:
+        print(json.dumps(metrics))
+    else:
+        sys.stdout.write(render_entity_report(metrics, f"{path} on {', '.join(metrics['data'])}"))
     return 0
 
 

@@ -192,7 +192,9 @@ class FileModelRegistry:
     @staticmethod
     def _is_model_dir(path: Path) -> bool:
         try:
-            return path.is_dir() and (path / "classifier.json").exists()
+            return path.is_dir() and any(
+                (path / meta).exists() for meta in ("classifier.json", "entity.json")
+            )
         except OSError:  # e.g. a name longer than the file system takes: not a model
             return False
 

@@ -725,29 +725,49 @@ def train_candidate(
 
 def plan_index(
     settings: Settings, feedback: FeedbackSet, limits: InputLimits = DEFAULT_LIMITS
-) -> tuple[dict[str, Any], tuple[list[AnswerPair], str] | None]:
-    """Whether the answer index needs rebuilding for the approved answers, and its pairs."""
+) -> tuple[dict[str, Any], tuple[list[AnswerPair], str, dict[str, Any] | None] | None]:
+    """Whether the answer index needs rebuilding for the approved answers, and its pairs,
+    model and curation report (the current index's, kept; or that of the build from data,
+    whose lines are the plan's `curation`)."""
+    from bot.core.router import RoutingConfig  # its entities: the same curation as serve
+    from bot.retrieval.curation import AnswerCurator, Candidate
     from bot.retrieval.index import INDEX_FILE, EmbeddingAnswerIndex
-    from bot.retrieval.sources import build_answer_pairs, merge_pairs
+    from bot.retrieval.sources import PairReport, build_answer_pairs, merge_pairs
 
     directory = settings.retrieval.index_dir
     if not feedback.approved:
         return {"status": "skipped", "reason": "no approved answers from agents"}, None
+    entities = RoutingConfig.load(settings.routing.config).entities
+    report = PairReport()
+    curation_lines: list[str] = []
     if (directory / INDEX_FILE).is_file():
         current = EmbeddingAnswerIndex.load(directory)
         base = [p for p in current.pairs if not p.source.startswith("store:approved_answers:")]
         model = current.model
         old = current.fingerprint
+        curation = current.curation
+        if curation is not None:
+            curation_lines = [
+                f"curation: the current index's report is kept ({curation.get('excluded', 0)} "
+                f"answers excluded, {len(current.excluded)} listed in the console); "
+                "`supportbot index build` curates the data files again"
+            ]
     else:
-        from bot.core.router import RoutingConfig  # its entities: the same curation as serve
-
         base = build_answer_pairs(
             [*settings.retrieval.data, *settings.retrieval.faq],
+            report,
             limits=limits,
-            entities=RoutingConfig.load(settings.routing.config).entities,
+            entities=entities,
         )
         model, old = "bundled", ""
-    pairs = merge_pairs([*base, *feedback.approved])
+    # Approved answers are trusted as written; their {slot} placeholders are recorded.
+    approved = AnswerCurator(entities).curate_all(
+        [Candidate(p) for p in feedback.approved], report.curation
+    )
+    if old == "":  # built from the data files: this build's report
+        curation = report.curation.to_dict()
+        curation_lines = report.curation.lines()
+    pairs = merge_pairs([*base, *(p for p in approved if p is not None)])
     from bot.retrieval.index import fingerprint as pairs_fingerprint
 
     if pairs_fingerprint(pairs, model) == old:
@@ -762,14 +782,23 @@ def plan_index(
         "approved": len(feedback.approved),
         "pairs": len(pairs),
         "dir": str(directory),
-    }, (pairs, model)
+        "curation": curation_lines,
+    }, (pairs, model, curation)
 
 
-def rebuild_index(settings: Settings, pairs: Sequence[AnswerPair], model: str) -> None:
-    """Embed the pairs and swap the index directory in (the running bot reloads it)."""
+def rebuild_index(
+    settings: Settings,
+    pairs: Sequence[AnswerPair],
+    model: str,
+    curation: dict[str, Any] | None = None,
+) -> None:
+    """Embed the pairs and swap the index directory in (the running bot reloads it), with
+    its curation report (`curation.json`)."""
     from bot.retrieval.index import EmbeddingAnswerIndex
 
-    EmbeddingAnswerIndex.build(pairs, model=model).save(settings.retrieval.index_dir)
+    EmbeddingAnswerIndex.build(pairs, model=model, curation=curation).save(
+        settings.retrieval.index_dir
+    )
 
 
 def retrain(
@@ -935,6 +964,7 @@ def describe(result: RetrainResult) -> list[str]:
             f"answer index {verb} with {index['approved']} approved answer(s): "
             f"{index['pairs']} pairs in {index['dir']}"
         )
+        lines += index.get("curation") or []
     else:
         lines.append(f"answer index: {index.get('reason', index['status'])}")
     return lines

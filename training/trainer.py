@@ -333,6 +333,49 @@ def _autocast(device: torch.device, args: TrainingArguments) -> tuple[Any, torch
     return torch.amp.GradScaler("cuda"), torch.float16
 
 
+def optimizer_and_schedule(
+    model: nn.Module, args: TrainingArguments, examples: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
+    """AdamW over the trainable encoder parameters (no weight decay on biases and norms) and
+    the head (at `head_learning_rate_multiplier` times the rate), with linear warm-up then
+    linear decay over the run: (optimizer, scheduler, optimizer steps in the run). Shared by
+    the classifiers and the entity tagger (`model.encoder`, `model.head`)."""
+    epochs = args.resolved_epochs(examples)
+    micro_per_epoch = math.ceil(examples / args.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / args.gradient_accumulation_steps)
+    total_steps = max(1, steps_per_epoch * epochs)
+    warmup = int(total_steps * args.warmup_ratio)
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    encoder: Any = model.encoder
+    encoder_params = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
+    head: Any = model.head
+    groups = [
+        {
+            "params": [p for n, p in encoder_params if not n.endswith(no_decay)],
+            "weight_decay": args.weight_decay,
+            "lr": args.learning_rate,
+        },
+        {
+            "params": [p for n, p in encoder_params if n.endswith(no_decay)],
+            "weight_decay": 0.0,
+            "lr": args.learning_rate,
+        },
+        {
+            "params": list(head.parameters()),
+            "weight_decay": 0.0,
+            "lr": args.learning_rate * args.head_learning_rate_multiplier,
+        },
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), total_steps
+
+
 def fine_tune(
     train: Sequence[Example],
     validation: Sequence[Example],
@@ -385,37 +428,7 @@ def fine_tune(
 
     epochs = args.resolved_epochs(len(train))
     micro_per_epoch = math.ceil(len(train) / args.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / args.gradient_accumulation_steps)
-    total_steps = max(1, steps_per_epoch * epochs)
-    warmup = int(total_steps * args.warmup_ratio)
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
-    encoder_params = [(n, p) for n, p in model.encoder.named_parameters() if p.requires_grad]
-    groups = [
-        {
-            "params": [p for n, p in encoder_params if not n.endswith(no_decay)],
-            "weight_decay": args.weight_decay,
-            "lr": args.learning_rate,
-        },
-        {
-            "params": [p for n, p in encoder_params if n.endswith(no_decay)],
-            "weight_decay": 0.0,
-            "lr": args.learning_rate,
-        },
-        {
-            "params": list(model.head.parameters()),
-            "weight_decay": 0.0,
-            "lr": args.learning_rate * args.head_learning_rate_multiplier,
-        },
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    optimizer, scheduler, _ = optimizer_and_schedule(model, args, len(train))
     scaler, amp_dtype = _autocast(device, args)
     loss_weights = weights.to(device) if weights is not None else None
 

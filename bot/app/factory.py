@@ -46,6 +46,8 @@ from bot.store.accounts import SqlAccountStore
 from bot.store.api_keys import SqlApiKeyStore
 from bot.store.conversations import SqlConversationStore
 from bot.store.desk import SqlDeskStore
+from bot.store.lease import SqlLease, lease_holder
+from bot.store.privacy import PURGE_LEASE, RetentionPurge, SqlPrivacyStore
 from connectors.console import ConsoleConnector
 from connectors.openapi import OPENAPI
 from connectors.rest import RestConnector, is_loopback
@@ -218,6 +220,8 @@ def build_runtime(settings: Settings) -> Runtime:
         ack_interval_s=settings.handoff.ack_interval_s,
         redact=settings.privacy.redact,
         min_margin=settings.retrieval.min_margin,
+        # The answer library's disabled and edited answers, read from the database.
+        controls=SqlDeskStore(store),
     )
     return Runtime(
         settings,
@@ -369,6 +373,8 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         settings.escalation.unclaimed_timeout_s,
         hours=settings.handoff.business_hours(),
         ask_rating=settings.handoff.csat,
+        answer_pairs=lambda: runtime.answers.current.pairs,
+        excluded_answers=lambda: runtime.answers.current.excluded,
     )
     ConsoleConnector(
         desk,
@@ -393,6 +399,17 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         runtime.answers,
         desk,
     ]
+    if settings.privacy.retention_days is not None:
+        # Needs the started store; one replica per interval purges (a lease in the database).
+        holder = lease_holder(settings.server.replica)
+        components.append(
+            RetentionPurge(
+                SqlPrivacyStore(runtime.store),
+                SqlLease(runtime.store, PURGE_LEASE, holder),
+                settings.privacy.retention_days,
+                settings.privacy.purge_interval_s,
+            )
+        )
     if settings.telegram.token is not None:
         telegram = TelegramConnector(runtime.service, settings.telegram, runtime.dispatcher)
         telegram.add_routes(app)

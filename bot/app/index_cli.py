@@ -1,4 +1,7 @@
-"""The `index` command: build the answer index from support logs and FAQs, and query it."""
+"""The `index` command: build the answer index from support logs, FAQs and the agents'
+approved answers in the database, and query it. `build_index` is also what `serve` runs when
+the index is missing.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,26 @@ import argparse
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.core.datafiles import add_limit_flags, limits_from_flags, path_argument
+from bot.core.datafiles import (
+    DEFAULT_LIMITS,
+    InputLimits,
+    add_limit_flags,
+    limits_from_flags,
+    path_argument,
+)
 from bot.core.errors import ConfigurationError
 from bot.nlu.artifacts import DEFAULT_BACKBONE
 from training.cli import DeprecatedAlias
+
+if TYPE_CHECKING:
+    from bot.core.entities import EntityConfig
+    from bot.retrieval.index import EmbeddingAnswerIndex
+    from bot.retrieval.sources import AnswerPair, PairReport
+    from bot.settings import Settings
 
 DEFAULT_INDEX_DIR = Path("models") / "answers"
 
@@ -65,6 +80,13 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     _add_index_flags(build, path_argument)
     build.add_argument(
+        "--no-approved",
+        dest="approved",
+        action="store_false",
+        help="leave out the agents' approved answers from the database (store.url from "
+        "--config; read by default when the database exists)",
+    )
+    build.add_argument(
         "--out",
         dest="index",
         type=path_argument,
@@ -110,28 +132,122 @@ def index_dir(ns: argparse.Namespace) -> Path:
     return Path(ns.index) if ns.index is not None else settings.retrieval.index_dir
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (None: not SQLite, or in memory)."""
+    for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+        if url.startswith(prefix):
+            name = url[len(prefix) :].split("?", 1)[0]
+            return None if name in ("", ":memory:") else Path(name)
+    return None
+
+
+def approved_from_store(settings: Settings) -> tuple[list[AnswerPair], str]:
+    """The agents' approved answers in the database (`store.url`), as `retrain` reads them,
+    and a line saying how many (or why none were read: no database file yet, or the database
+    cannot be reached). A SQLite file that does not exist is not created."""
+    from bot.core.errors import SupportbotError
+
+    url = settings.store.url
+    file = sqlite_file(url)
+    where = str(file) if file is not None else url.split("@")[-1]
+    if url.startswith("sqlite") and (file is None or not file.is_file()):
+        return [], f"approved answers from the database: none (no database file {where})"
+    try:
+        approved = asyncio.run(_read_approved(url))
+    except (SupportbotError, OSError) as exc:
+        return [], (
+            f"approved answers from the database: none read, {where} cannot be read ({exc}); "
+            "check store.url, or pass --no-approved"
+        )
+    return approved, f"approved answers from the database ({where}): {len(approved)}"
+
+
+async def _read_approved(url: str) -> list[AnswerPair]:
+    from bot.store.conversations import SqlConversationStore
+    from training.feedback import read_feedback
+
+    store = SqlConversationStore(url)
+    await store.start()
+    try:
+        return (await read_feedback(store)).approved
+    finally:
+        await store.stop()
+
+
+def build_index(
+    paths: Sequence[Path],
+    out: Path,
+    *,
+    entities: EntityConfig | None = None,
+    approved: Callable[[], Sequence[AnswerPair]] = tuple,
+    model: str = DEFAULT_BACKBONE,
+    limits: InputLimits = DEFAULT_LIMITS,
+) -> tuple[EmbeddingAnswerIndex, PairReport]:
+    """Read, curate and embed `paths` plus the store's approved answers (`approved()`, read
+    once the files proved valid; trusted, their placeholders recorded), and save the index
+    with its curation report (`curation.json`) to `out`. Returns the index and the report
+    (`PairReport.lines` to print).
+
+    Raises:
+        AnswerDataError: the files have problems (all listed).
+        AnswerIndexError: nothing to index.
+    """
+    from bot.retrieval.curation import AnswerCurator, Candidate
+    from bot.retrieval.index import EmbeddingAnswerIndex
+    from bot.retrieval.sources import PairReport, build_answer_pairs, merge_pairs
+
+    report = PairReport()
+    pairs = build_answer_pairs(paths, report, limits, entities)
+    stored = approved()
+    if stored:
+        curated = AnswerCurator(entities).curate_all(
+            [Candidate(p) for p in stored], report.curation
+        )
+        pairs = merge_pairs([*pairs, *(p for p in curated if p is not None)])
+    index = EmbeddingAnswerIndex.build(pairs, model=model, curation=report.curation.to_dict())
+    index.save(out)
+    return index, report
+
+
 def run_build(ns: argparse.Namespace) -> int:
     from bot.core.router import RoutingConfig
-    from bot.retrieval.index import EmbeddingAnswerIndex
-    from bot.retrieval.sources import PairReport, build_answer_pairs
+    from bot.settings import load_settings
 
     if not ns.data and not ns.faq:
         raise ConfigurationError(
             "nothing to index; give --data with conversation logs and/or --faq with FAQ files"
         )
-    report = PairReport()
-    from bot.settings import load_settings
-
-    routing = ns.routing if ns.routing is not None else load_settings(ns.config).routing.config
+    settings = load_settings(ns.config)
+    routing = ns.routing if ns.routing is not None else settings.routing.config
     entities = RoutingConfig.load(routing).entities
-    pairs = build_answer_pairs([*ns.data, *ns.faq], report, limits_from_flags(ns), entities)
+    said = ["approved answers from the database: left out (--no-approved)"]
+
+    def approved() -> list[AnswerPair]:
+        if not ns.approved:
+            return []
+        pairs, said[0] = approved_from_store(settings)
+        return pairs
+
     started = time.perf_counter()
     out = index_dir(ns)
-    index = EmbeddingAnswerIndex.build(pairs, model=ns.model)
-    index.save(out)
+    index, report = build_index(
+        [*ns.data, *ns.faq],
+        out,
+        entities=entities,
+        approved=approved,
+        model=ns.model,
+        limits=limits_from_flags(ns),
+    )
     elapsed = time.perf_counter() - started
+    print(said[0])
     for line in report.lines():
         print(line)
+    if report.curation.excluded:
+        print(
+            f"{len(index.excluded)} excluded answers (the most frequent distinct ones) saved "
+            "in curation.json with the index: approve clean versions in the console's answer "
+            'library, "Excluded by curation"'
+        )
     print(
         f"indexed {len(index)} pairs with {ns.model} ({index.dimension} dimensions) "
         f"in {elapsed:.1f} s"

@@ -62,8 +62,8 @@ def prepare(settings: Settings) -> None:
             print(run.report, flush=True)
     index = settings.retrieval
     if not (index.index_dir / "index.json").exists() and index.build_if_missing:
-        from bot.retrieval.index import EmbeddingAnswerIndex
-        from bot.retrieval.sources import build_answer_pairs
+        from bot.app.index_cli import approved_from_store, build_index
+        from bot.retrieval.sources import AnswerPair
 
         print(
             f"no answer index in {index.index_dir}: building it from "
@@ -73,8 +73,17 @@ def prepare(settings: Settings) -> None:
         from bot.core.router import RoutingConfig
 
         entities = RoutingConfig.load(settings.routing.config).entities
-        pairs = build_answer_pairs([*index.data, *index.faq], entities=entities)
-        EmbeddingAnswerIndex.build(pairs).save(index.index_dir)
+        said = []
+
+        def approved() -> list[AnswerPair]:
+            pairs, line = approved_from_store(settings)
+            said.append(line)
+            return pairs
+
+        _, report = build_index(
+            [*index.data, *index.faq], index.index_dir, entities=entities, approved=approved
+        )
+        print("\n".join([*said, *report.lines()]), flush=True)
     url = settings.store.url
     for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
         if url.startswith(prefix):

@@ -17,11 +17,18 @@ the rated question's row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from bot.core.datafiles import normalize
 from bot.core.records import Answer, AnswerRating
+
+# A full re-read of the ratings at most this often (seconds): between two, only ratings with a
+# higher feedback id than the last one seen are read. The full read also catches a rating
+# whose transaction committed after a later id had been read (possible on PostgreSQL) and
+# forgets ratings an erasure or a retention purge deleted.
+FULL_READ_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,14 +57,71 @@ def demotions(ratings: Iterable[AnswerRating]) -> tuple[Demotion, ...]:
     answer (`{order_id}`) has a different text in each conversation but one source. A later
     "up" on the same source (or text) for the same intent lifts the demotion.
     """
-    by_source: dict[tuple[str, str | None], str] = {}
-    by_text: dict[tuple[str, str | None], str] = {}
-    for rating in ratings:
-        by_source[(rating.source, rating.intent)] = rating.rating
-        by_text[(normalize(rating.text), rating.intent)] = rating.rating
-    found = [Demotion(s, None, i) for (s, i), r in by_source.items() if r == "down"]
-    found += [Demotion(None, t, i) for (t, i), r in by_text.items() if r == "down"]
-    return tuple(found)
+    state = RatedAnswers()
+    state.apply(ratings)
+    return state.current
+
+
+class RatedAnswers:
+    """The demotions as the store's ratings say, kept up to date by reading only the ratings
+    added since the last read (a full read every `full_read_s`), so that choosing an answer
+    does not read every rating ever given.
+
+    Args:
+        full_read_s: seconds between full reads (see FULL_READ_S).
+        now: a monotonic clock (injected in tests).
+    """
+
+    def __init__(
+        self, full_read_s: float = FULL_READ_S, now: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._full_read_s = full_read_s
+        self._now = now
+        self._read_at: float | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._by_source: dict[tuple[str, str | None], str] = {}
+        self._by_text: dict[tuple[str, str | None], str] = {}
+        self._last = 0
+        self._current: tuple[Demotion, ...] = ()
+
+    @property
+    def current(self) -> tuple[Demotion, ...]:
+        """The demotions after the ratings applied so far."""
+        return self._current
+
+    async def read(
+        self, ratings: Callable[[int], Awaitable[Sequence[AnswerRating]]]
+    ) -> tuple[Demotion, ...]:
+        """The demotions, after applying what `ratings(after)` (the store's
+        `answer_ratings`) returns beyond the last feedback id seen, or all of it when the
+        last full read is older than `full_read_s`."""
+        now = self._now()
+        if self._read_at is None or now - self._read_at >= self._full_read_s:
+            fresh = await ratings(0)
+            self._reset()
+            self._read_at = now
+        else:
+            fresh = await ratings(self._last)
+        self.apply(fresh)
+        return self._current
+
+    def apply(self, ratings: Iterable[AnswerRating]) -> None:
+        """Take ratings in (oldest first); those at or below the last feedback id seen are
+        skipped, so two concurrent reads that return the same rows count them once."""
+        changed = False
+        for rating in ratings:
+            if rating.feedback_id and rating.feedback_id <= self._last:
+                continue
+            self._by_source[(rating.source, rating.intent)] = rating.rating
+            self._by_text[(normalize(rating.text), rating.intent)] = rating.rating
+            self._last = max(self._last, rating.feedback_id)
+            changed = True
+        if changed:
+            found = [Demotion(s, None, i) for (s, i), r in self._by_source.items() if r == "down"]
+            found += [Demotion(None, t, i) for (t, i), r in self._by_text.items() if r == "down"]
+            self._current = tuple(found)
 
 
 def without_demoted(

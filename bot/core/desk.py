@@ -10,11 +10,14 @@ within `escalation.unclaimed_timeout_s` gets the customer one notice.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Protocol
 
 from bot.core import csat
 from bot.core.background import cancel_and_wait
@@ -22,8 +25,22 @@ from bot.core.bus import EventBus
 from bot.core.clock import Clock, utcnow
 from bot.core.csat import CsatFigures
 from bot.core.delivery import DeliveryError, Dispatcher
-from bot.core.errors import BadRequestError, ForbiddenError, StoreUnavailableError
+from bot.core.errors import (
+    BadRequestError,
+    ForbiddenError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from bot.core.hours import BusinessHours
+from bot.core.library import (
+    AnswerControl,
+    ExcludedAnswer,
+    ExcludedEntry,
+    ExcludedPage,
+    by_source,
+    excluded_page,
+    replaced_by,
+)
 from bot.core.metrics import Metrics
 from bot.core.ports import ConversationStore, DeskStore
 from bot.core.records import (
@@ -495,6 +512,349 @@ def approved_question(
     return text
 
 
+# -- "Save as approved answer": which question the reply answers ----------------------------
+
+# Intents of messages that ask nothing an answer could be kept for: asking for a person,
+# small talk.
+NOT_A_QUESTION_INTENTS = frozenset({"talk_to_human", "greeting", "thanks", "goodbye"})
+# Bot replies that answered something (a reply of another route, a rephrase prompt or the
+# hand-off notice, answered nothing).
+ANSWERING_ROUTES = frozenset(AUTOMATED_ROUTES)
+_WORD = re.compile(r"[\w'-]+")
+# A short message naming a person is a hand-off request ("I want a human", "agent please").
+_HANDOFF_WORDS = frozenset(
+    {"human", "person", "agent", "someone", "somebody", "representative", "operator"}
+)
+MAX_HANDOFF_WORDS = 8
+# Messages made only of these words are small talk ("hi there", "ok thanks", "hello?").
+_SMALL_TALK_WORD = re.compile(
+    r"hi|hello|hey|hiya|hallo|yo|there|good|morning|afternoon|evening|day|thanks?|you|thx|ty|"
+    r"cheers|ok|okay|k|yes|yeah|yep|no|nope|sure|please|pls|bye|goodbye|great|cool|fine|"
+    r"perfect|awesome|hm+|um+|uh+|anyone|again|still|waiting|so|much|very|lot"
+)
+
+
+def _intent_of(message: StoredMessage, labels: Mapping[int, MessageLabels]) -> str | None:
+    """An agent's correction of the message's intent, else the model's."""
+    label = labels.get(message.id)
+    return label.intent if label is not None and label.intent else message.intent
+
+
+def is_question(message: StoredMessage, labels: Mapping[int, MessageLabels]) -> bool:
+    """Whether a customer message says what the customer needs, rather than asking for a
+    person ("I want a human"), greeting or thanking: its intent (an agent's correction, else
+    the model's) is none of `NOT_A_QUESTION_INTENTS`, it has 2 words or more, and it is not
+    small talk or a short request for a person."""
+    if message.role != Role.CUSTOMER or _intent_of(message, labels) in NOT_A_QUESTION_INTENTS:
+        return False
+    words = [w.casefold() for w in _WORD.findall(message.text)]
+    if len(words) < 2 or all(_SMALL_TALK_WORD.fullmatch(w) for w in words):
+        return False
+    return not (len(words) <= MAX_HANDOFF_WORDS and _HANDOFF_WORDS.intersection(words))
+
+
+def suggest_question(
+    messages: Sequence[StoredMessage],
+    answer_id: int,
+    labels: Mapping[int, MessageLabels] | None = None,
+) -> tuple[StoredMessage, ...]:
+    """The customer messages a reply answers, oldest first (empty when there is none).
+
+    Those written since the previous reply that answered something (an agent's reply, or the
+    bot's answer, response or handler result; not a rephrase prompt or a hand-off notice),
+    without hand-off requests, greetings and thanks (`is_question`). When none of those is a
+    question, the last customer message before the reply that is one; failing that, the last
+    customer message before it.
+
+    Args:
+        messages: the conversation, oldest first.
+        answer_id: the reply's message id.
+        labels: the agents' labels by message id (their intent corrections count).
+    """
+    labels = labels or {}
+    before = [m for m in messages if m.id < answer_id]
+    since: list[StoredMessage] = []
+    for message in reversed(before):
+        answered = message.role == Role.AGENT or (
+            message.role == Role.BOT and message.route in ANSWERING_ROUTES
+        )
+        if answered:
+            break
+        if message.role == Role.CUSTOMER:
+            since.insert(0, message)
+    asked = [m for m in since if is_question(m, labels)]
+    if asked:
+        return tuple(asked)
+    customers = [m for m in before if m.role == Role.CUSTOMER]
+    earlier = next((m for m in reversed(customers) if is_question(m, labels)), None)
+    if earlier is not None:
+        return (earlier,)
+    return (customers[-1],) if customers else ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDraft:
+    """What "Save as approved answer" proposes for a reply, for the agent to edit.
+
+    Attributes:
+        answer: the agent's reply.
+        questions: the customer messages it answers (`suggest_question`), oldest first.
+        question: their texts, one per line (empty when there is none).
+        intent: an agent's correction of the first one's intent, else the model's (None for
+            a hand-off request or small talk).
+    """
+
+    answer: StoredMessage
+    questions: tuple[StoredMessage, ...]
+    question: str
+    intent: str | None
+
+
+def approval_draft(
+    messages: Sequence[StoredMessage],
+    answer: StoredMessage,
+    labels: Mapping[int, MessageLabels] | None = None,
+) -> ApprovalDraft:
+    """The pair "Save as approved answer" proposes for `answer` (see `suggest_question`)."""
+    labels = labels or {}
+    questions = suggest_question(messages, answer.id, labels)
+    intent = _intent_of(questions[0], labels) if questions else None
+    if intent in NOT_A_QUESTION_INTENTS:
+        intent = None
+    return ApprovalDraft(answer, questions, "\n".join(m.text for m in questions), intent)
+
+
+# -- the answer library ----------------------------------------------------------------------
+
+LIBRARY_KINDS = ("conversation", "faq", "approved")
+MAX_ANSWER_CHARS = 4000
+MAX_SOURCE_CHARS = 1000
+
+
+class IndexedPair(Protocol):
+    """A question/answer pair of the live answer index, as the library reads it (the
+    retrieval's `AnswerPair`)."""
+
+    @property
+    def question(self) -> str: ...
+    @property
+    def answer(self) -> str: ...
+    @property
+    def intent(self) -> str | None: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerUsage:
+    """How often the bot served an indexed answer, and how customers and agents rated it."""
+
+    served: int = 0
+    up: int = 0
+    down: int = 0
+
+
+NO_USAGE = AnswerUsage()
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryQuery:
+    """What the answer library shows; every filter is optional and all given ones hold.
+
+    Attributes:
+        text: the question, the answer (or its edit) or the source contains it (case ignored).
+        intent: the pair's intent, exactly.
+        kind: conversation, faq or approved.
+        rated_down: only answers rated down at least once.
+        disabled: only disabled answers.
+        page, per_page: which page, the most served answers first (index order on a tie).
+    """
+
+    text: str | None = None
+    intent: str | None = None
+    kind: str | None = None
+    rated_down: bool = False
+    disabled: bool = False
+    page: int = 1
+    per_page: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryEntry:
+    """An indexed answer with its use, its ratings and what agents decided about it."""
+
+    question: str
+    answer: str
+    intent: str | None
+    source: str
+    kind: str
+    usage: AnswerUsage
+    control: AnswerControl | None
+    # The approved answer that replaced this edited one in the index (`library.replaced_by`).
+    replaced_by: str | None = None
+
+    @property
+    def served_text(self) -> str:
+        """What a customer gets: the agent's edit when there is one."""
+        if self.control is not None and self.control.answer is not None:
+            return self.control.answer
+        return self.answer
+
+
+@dataclass(frozen=True, slots=True)
+class LibraryPage:
+    """One page of the library and how many answers the filters found in all."""
+
+    entries: tuple[LibraryEntry, ...]
+    total: int
+    page: int
+    per_page: int
+    indexed: int
+    intents: tuple[str, ...]
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def check_library(query: LibraryQuery) -> LibraryQuery:
+    """`query` with blank filters as None, or BadRequestError saying which field is wrong."""
+    if query.page < 1:
+        raise BadRequestError(f"page must be 1 or more; got {query.page}")
+    if not 1 <= query.per_page <= MAX_PER_PAGE:
+        raise BadRequestError(f"per_page must be from 1 to {MAX_PER_PAGE}; got {query.per_page}")
+    text = (query.text or "").strip() or None
+    if text is not None and len(text) > MAX_SEARCH_CHARS:
+        raise BadRequestError(f"q is {len(text)} characters; search for at most {MAX_SEARCH_CHARS}")
+    kind = (query.kind or "").strip() or None
+    if kind is not None and kind not in LIBRARY_KINDS:
+        raise BadRequestError(f"kind must be one of {', '.join(LIBRARY_KINDS)}; got {kind[:40]!r}")
+    intent = (query.intent or "").strip() or None
+    return replace(query, text=text, kind=kind, intent=intent)
+
+
+class LibraryCatalog:
+    """The live index's pairs prepared for the library's filters: what the text filter looks
+    in (case folded), rows by intent and by source, the intents. Made once per index (the
+    desk keeps it until another index is swapped in), so a request over 100,000 pairs scans
+    lists rather than objects.
+    """
+
+    def __init__(self, pairs: Sequence[IndexedPair]) -> None:
+        self.pairs = pairs
+        self.text = [f"{p.question}\n{p.answer}\n{p.source}".casefold() for p in pairs]
+        self.kinds = [p.kind for p in pairs]
+        self.row_of: dict[str, int] = {}
+        by_intent: dict[str, list[int]] = {}
+        for row, pair in enumerate(pairs):
+            self.row_of.setdefault(pair.source, row)
+            if pair.intent is not None:
+                by_intent.setdefault(pair.intent, []).append(row)
+        self.rows_by_intent = by_intent
+        self.intents = tuple(sorted(by_intent))
+
+
+def library_page(
+    catalog: LibraryCatalog,
+    controls: Mapping[str, AnswerControl],
+    usage: Mapping[str, AnswerUsage],
+    query: LibraryQuery,
+) -> LibraryPage:
+    """One page of the indexed answers `query` finds (checked by `check_library`), the most
+    served first, index order on a tie; the in-memory rule both stores share.
+
+    The rows are narrowed by the most selective filter first (disabled and rated-down
+    answers are few and known by source); only the matching rows that were ever served are
+    sorted, the others follow in index order without being listed.
+    """
+    pairs = catalog.pairs
+    # Decisions about the pairs listed (not about another pair a source once named).
+    controls = {
+        source: control
+        for source, control in controls.items()
+        if (row := catalog.row_of.get(source)) is not None
+        and control.holds_for(pairs[row].question)
+    }
+    rows: Sequence[int] = range(len(pairs))
+    if query.disabled:
+        rows = _rows_of(catalog, (s for s, c in controls.items() if c.disabled))
+    if query.rated_down:
+        down = _rows_of(catalog, (s for s, u in usage.items() if u.down))
+        rows = down if len(rows) == len(pairs) else sorted(set(rows) & set(down))
+    if query.intent is not None:
+        own = catalog.rows_by_intent.get(query.intent, [])
+        rows = own if len(rows) == len(pairs) else sorted(set(rows) & set(own))
+    if query.kind is not None:
+        kinds = catalog.kinds
+        rows = [r for r in rows if kinds[r] == query.kind]
+    if query.text is not None:
+        wanted = query.text.casefold()
+        edited = {
+            catalog.row_of[s]
+            for s, c in controls.items()
+            if c.answer is not None and s in catalog.row_of and wanted in c.answer.casefold()
+        }
+        text = catalog.text
+        rows = [r for r in rows if wanted in text[r] or r in edited]
+    matched = rows if isinstance(rows, range) else set(rows)
+    served = [
+        (-u.served, row)
+        for s, u in usage.items()
+        if u.served and (row := catalog.row_of.get(s)) is not None and row in matched
+    ]
+    start = (query.page - 1) * query.per_page
+    top = heapq.nsmallest(start + query.per_page, served)
+    page = [row for _, row in top[start:]]
+    if len(page) < query.per_page:
+        served_rows = {row for _, row in served}
+        rest = (r for r in rows if r not in served_rows)
+        skip = max(0, start - len(served))
+        page += itertools.islice(rest, skip, skip + query.per_page - len(page))
+    entries = tuple(library_entry(pairs[row], controls, usage, catalog.row_of) for row in page)
+    return LibraryPage(entries, len(rows), query.page, query.per_page, len(pairs), catalog.intents)
+
+
+def _rows_of(catalog: LibraryCatalog, sources: Iterable[str]) -> list[int]:
+    return sorted(row for s in sources if (row := catalog.row_of.get(s)) is not None)
+
+
+def library_entry(
+    pair: IndexedPair,
+    controls: Mapping[str, AnswerControl],
+    usage: Mapping[str, AnswerUsage],
+    indexed: Container[str] = (),
+) -> LibraryEntry:
+    """The library's view of `pair`; `indexed` holds the index's sources (to say whether an
+    edited answer's approved replacement is indexed)."""
+    control = controls.get(pair.source)
+    if control is not None and not control.holds_for(pair.question):
+        control = None  # taken about another pair that had this source: not applied
+    return LibraryEntry(
+        pair.question,
+        pair.answer,
+        pair.intent,
+        pair.source,
+        pair.kind,
+        usage.get(pair.source, NO_USAGE),
+        control,
+        replaced_by(control, indexed),
+    )
+
+
+def check_answer_text(text: str) -> str:
+    """An edited answer's text, trimmed, or BadRequestError when it is empty or too long."""
+    text = text.strip()
+    if not text:
+        raise BadRequestError('field "answer" is empty; write the answer customers should get')
+    if len(text) > MAX_ANSWER_CHARS:
+        raise BadRequestError(
+            f'field "answer" is {len(text)} characters; an answer holds at most {MAX_ANSWER_CHARS}'
+        )
+    return text
+
+
 def known_intents(model_labels: Sequence[str], corrected: Sequence[str]) -> list[str]:
     """The live model's intents, the ones agents named and `OUT_OF_SCOPE`, each once, sorted."""
     return sorted(set(model_labels) | set(corrected) | {OUT_OF_SCOPE})
@@ -517,6 +877,10 @@ class AgentDesk:
         clock: the current time (injected so tests control it).
         hours: when agents answer (default: always).
         ask_rating: after resolving, ask the customer to rate the help (CSAT).
+        answer_pairs: the live answer index's pairs (they change when a rebuilt index is
+            swapped in), for the answer library.
+        excluded_answers: the answers curation kept out of the live index, the most frequent
+            first (saved with it), for the library's "Excluded by curation" view.
     """
 
     def __init__(
@@ -532,6 +896,8 @@ class AgentDesk:
         clock: Clock = utcnow,
         hours: BusinessHours | None = None,
         ask_rating: bool = True,
+        answer_pairs: Callable[[], Sequence[IndexedPair]] = tuple,
+        excluded_answers: Callable[[], Sequence[ExcludedAnswer]] = tuple,
     ) -> None:
         self.conversations = conversations
         self.desk = desk
@@ -544,6 +910,9 @@ class AgentDesk:
         self.clock = clock
         self.hours = hours
         self.ask_rating = ask_rating
+        self.answer_pairs = answer_pairs
+        self.excluded_answers = excluded_answers
+        self._catalog: LibraryCatalog | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -786,6 +1155,19 @@ class AgentDesk:
         """Store an agent's overall sentiment of a conversation."""
         return await self.desk.label_conversation(conversation_id, sentiment, agent.name)
 
+    async def approval_draft(self, answer_message_id: int) -> ApprovalDraft:
+        """The question and intent "Save as approved answer" proposes for an agent's reply
+        (`suggest_question`), for the agent to check and edit before saving.
+
+        Raises:
+            NotFoundError: no message has this id.
+            BadRequestError: it is not an agent's reply.
+        """
+        answer = await self.desk.message(answer_message_id)
+        check_approvable(answer)
+        view = await self.desk.view(answer.conversation_id)
+        return approval_draft(view.messages, answer, view.labels)
+
     async def approve_answer(
         self,
         agent: Agent,
@@ -793,18 +1175,195 @@ class AgentDesk:
         question_message_id: int | None = None,
         question: str | None = None,
         intent: str | None = None,
+        answer: str | None = None,
     ) -> int:
-        """Save an agent's reply as an approved answer (for the next answer index).
+        """Save an agent's reply (or `answer`, the agent's cleaner version of it) as an
+        approved answer (for the next answer index). Without `question` and
+        `question_message_id`, the question is the one `approval_draft` proposes.
 
         Raises:
-            BadRequestError: `intent` is neither a known intent nor a valid new name, or the
-                messages do not fit (see `DeskStore.approve_answer`).
+            BadRequestError: `intent` is neither a known intent nor a valid new name, `answer`
+                is empty or too long, or the messages do not fit (see
+                `DeskStore.approve_answer`).
             NotFoundError: a message does not exist.
         """
         if intent is not None:
             await self._check_intent(intent)
+        if answer is not None:
+            answer = check_answer_text(answer)
+        if question is not None:
+            question = question.strip() or None
+        if question_message_id is None and question is None:
+            draft = await self.approval_draft(answer_message_id)
+            if draft.questions:
+                question_message_id = draft.questions[0].id
+                question = draft.question
+                intent = intent if intent is not None else draft.intent
         return await self.desk.approve_answer(
-            answer_message_id, agent.name, question_message_id, question, intent
+            answer_message_id, agent.name, question_message_id, question, intent, answer
+        )
+
+    # -- the answer library --------------------------------------------------------------------
+
+    async def library(self, query: LibraryQuery) -> LibraryPage:
+        """One page of the live index's answers with their use, ratings and the agents'
+        decisions (BadRequestError for a malformed query)."""
+        query = check_library(query)
+        controls = by_source(await self.desk.answer_controls())
+        usage = await self.desk.answer_usage()
+        return library_page(self._library_catalog(), controls, usage, query)
+
+    async def disable_answer(
+        self, agent: Agent, source: str, disabled: bool = True
+    ) -> LibraryEntry:
+        """Stop serving an indexed answer from the next message on, on every replica
+        (`disabled` False: serve it again). Any agent may, as with canned responses.
+
+        Raises:
+            NotFoundError: the live index holds no answer of this source (to disable).
+        """
+        pair = self._pair(source) if disabled else self._find_pair(source)
+        question = None if pair is None else pair.question
+        await self.desk.disable_answer(source, disabled, agent.name, question)
+        await self._answer_changed(source, "disabled" if disabled else "enabled", agent)
+        return await self._entry(source, pair)
+
+    async def edit_answer(
+        self, agent: Agent, source: str, answer: str, intent: str | None = None
+    ) -> LibraryEntry:
+        """Replace an indexed answer with an agent's clean version: served at once in place
+        of the original (same question, same embedding row), and saved as an approved
+        answer (trusted as written) that joins the index at the next `supportbot index
+        build` or `supportbot retrain` (then it replaces the original: see
+        `library.controlled`).
+
+        Raises:
+            NotFoundError: the live index holds no answer of this source.
+            BadRequestError: the text is empty or too long, or the intent is malformed.
+        """
+        pair = self._pair(source)
+        text = check_answer_text(answer)
+        if intent is not None:
+            await self._check_intent(intent)
+        await self.desk.edit_answer(
+            source, pair.question, text, intent if intent is not None else pair.intent, agent.name
+        )
+        await self._answer_changed(source, "edited", agent)
+        return await self._entry(source, pair)
+
+    async def approve_indexed(self, agent: Agent, source: str) -> LibraryEntry:
+        """Keep an indexed conversation answer as an approved answer (trusted as written from
+        the next `supportbot index build` or retrain); FAQ entries and approved answers
+        already are.
+
+        Raises:
+            NotFoundError: the live index holds no answer of this source.
+            BadRequestError: the answer is an FAQ entry or already approved.
+        """
+        pair = self._pair(source)
+        if pair.kind != "conversation":
+            raise BadRequestError(
+                f"{source} is {'an' if pair.kind == 'approved' else 'a'} {pair.kind} answer, "
+                "trusted as written already; only conversation answers need approving"
+            )
+        await self.desk.approve_indexed(source, pair.question, pair.answer, pair.intent, agent.name)
+        await self._answer_changed(source, "approved", agent)
+        return await self._entry(source, pair)
+
+    async def excluded(
+        self, text: str | None = None, page: int = 1, per_page: int = 20
+    ) -> ExcludedPage:
+        """One page of the answers curation kept out of the live index, the most frequent
+        first, with what agents did about them (BadRequestError for a malformed query)."""
+        query = check_library(LibraryQuery(text=text, page=page, per_page=per_page))
+        controls = by_source(await self.desk.answer_controls())
+        return excluded_page(
+            self.excluded_answers(), controls, query.text, query.page, query.per_page
+        )
+
+    async def approve_excluded(
+        self,
+        agent: Agent,
+        source: str,
+        question: str,
+        answer: str,
+        intent: str | None = None,
+    ) -> ExcludedEntry:
+        """Save an agent's clean version of an excluded answer as an approved answer (the
+        store path of an edit: trusted as written, indexed at the next `supportbot index
+        build` or retrain); saving again updates the same approved answer.
+
+        Raises:
+            NotFoundError: the live index's curation report lists no answer from `source`.
+            BadRequestError: the question or answer is empty or too long, or the intent is
+                malformed.
+        """
+        found = next((e for e in self.excluded_answers() if e.source == source), None)
+        if found is None:
+            raise NotFoundError(
+                f"the answer index's curation report lists no excluded answer from "
+                f"{source[:200]!r}; the index may have been rebuilt: reload the answer library"
+            )
+        asked = question.strip()
+        if not asked:
+            raise BadRequestError(
+                'field "question" is empty; write the question customers ask, without '
+                "this customer's details"
+            )
+        if len(asked) > MAX_ANSWER_CHARS:
+            raise BadRequestError(
+                f'field "question" is {len(asked)} characters; at most {MAX_ANSWER_CHARS}'
+            )
+        text = check_answer_text(answer)
+        if intent is not None:
+            await self._check_intent(intent)
+        await self.desk.edit_answer(
+            source,
+            found.question,
+            text,
+            intent if intent is not None else found.intent,
+            agent.name,
+            clean_question=asked,
+        )
+        await self._answer_changed(source, "approved", agent)
+        controls = by_source(await self.desk.answer_controls())
+        return excluded_page([found], controls).entries[0]
+
+    def _library_catalog(self) -> LibraryCatalog:
+        """The live pairs' catalog (made again only when another index was swapped in)."""
+        pairs = self.answer_pairs()
+        if self._catalog is None or self._catalog.pairs is not pairs:
+            self._catalog = LibraryCatalog(pairs)
+        return self._catalog
+
+    def _find_pair(self, source: str) -> IndexedPair | None:
+        catalog = self._library_catalog()
+        row = catalog.row_of.get(source)
+        return None if row is None else catalog.pairs[row]
+
+    def _pair(self, source: str) -> IndexedPair:
+        pair = self._find_pair(source)
+        if pair is None:
+            raise NotFoundError(
+                f"the answer index holds no answer from {source[:200]!r}; it may have been "
+                "rebuilt: reload the answer library"
+            )
+        return pair
+
+    async def _entry(self, source: str, pair: IndexedPair | None) -> LibraryEntry:
+        controls = by_source(await self.desk.answer_controls())
+        usage = await self.desk.answer_usage()
+        if pair is None:  # re-enabled after the index dropped it
+            control = controls.get(source)
+            text = control.answer if control is not None and control.answer else ""
+            return LibraryEntry("", text, None, source, "", usage.get(source, NO_USAGE), control)
+        return library_entry(pair, controls, usage, self._library_catalog().row_of)
+
+    async def _answer_changed(self, source: str, action: str, agent: Agent) -> None:
+        log.info("answer %s %s by %s", source, action, agent.name)
+        await self.bus.publish(
+            TOPIC,
+            {"type": "answer.changed", "source": source, "action": action, "agent": agent.name},
         )
 
     # -- canned responses and notes ----------------------------------------------------------

@@ -38,7 +38,7 @@ ALWAYS_REDACTED = frozenset({CARD, IBAN})
 RESERVED_KEYS = frozenset({"phone_region"})
 # Slots an answer template can do without: dropped when unknown ("Hi {name}," -> "Hi,").
 OPTIONAL_SLOTS = frozenset({"name"})
-_SPEC_FIELDS = frozenset({"pattern", "lookup", "normalize", "ignore_case", "slot"})
+_SPEC_FIELDS = frozenset({"pattern", "lookup", "normalize", "ignore_case", "slot", "looks_like"})
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
@@ -87,6 +87,9 @@ class EntityDefinition:
         slot: whether a value identifies one customer's case (an order number), so that a past
             answer naming one is turned into a template; lookup-only entities (product names)
             default to False.
+        looks_like: what a customer writes when they mean one but get it wrong ("order
+            1234", "BC-111"): such a text with no value of the entity makes the bot ask for it
+            (a slot question) instead of guessing.
     """
 
     name: str
@@ -94,6 +97,7 @@ class EntityDefinition:
     normalize: str | None = None
     lookup: Mapping[str, str] = field(default_factory=dict)
     slot: bool = True
+    looks_like: tuple[re.Pattern[str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +233,32 @@ def _parse_definition(name: str, spec: Any, problems: list[str]) -> EntityDefini
     if not isinstance(slot, bool):
         problems.append(f"{where}.slot: must be true or false, found {slot!r}")
         slot = bool(patterns)
-    return EntityDefinition(name, tuple(patterns), normalize, lookup, slot)
+    looks_like = _parse_looks_like(spec.get("looks_like"), ignore_case, where, problems)
+    return EntityDefinition(name, tuple(patterns), normalize, lookup, slot, looks_like)
+
+
+def _parse_looks_like(
+    raw: Any, ignore_case: bool, where: str, problems: list[str]
+) -> tuple[re.Pattern[str], ...]:
+    """`looks_like:` is one regular expression or a list of them."""
+    if raw is None:
+        return ()
+    found = []
+    for index, value in enumerate(raw if isinstance(raw, list) else [raw]):
+        label = f"{where}.looks_like" + (f"[{index}]" if isinstance(raw, list) else "")
+        if not isinstance(value, str) or not value:
+            problems.append(f"{label}: expected a non-empty regular expression, found {value!r}")
+            continue
+        try:
+            compiled = re.compile(value, re.IGNORECASE if ignore_case else 0)
+        except re.error as exc:
+            problems.append(f"{label}: invalid regular expression {value!r} ({exc})")
+            continue
+        if compiled.match(""):
+            problems.append(f"{label}: {value!r} matches empty text; it must match something")
+            continue
+        found.append(compiled)
+    return tuple(found)
 
 
 def _parse_lookup(raw: Any, where: str, problems: list[str]) -> dict[str, str]:
@@ -316,6 +345,14 @@ class EntityExtractor:
                 key = " ".join(match.group(0).casefold().split())
                 found.append(Entity(name, table[key], match.group(0), *match.span()))
         return found
+
+
+def merge(rules: Iterable[Entity], learned: Iterable[Entity]) -> tuple[Entity, ...]:
+    """The rule-based entities and the learned ones that overlap none of them, in text
+    order: where a pattern and the model disagree about a span, the pattern wins."""
+    kept = list(rules)
+    kept += [e for e in learned if not any(e.start < k.end and k.start < e.end for k in kept)]
+    return tuple(sorted(kept, key=lambda e: e.start))
 
 
 def _normalized(template: str, match: re.Match[str]) -> str:
@@ -615,3 +652,65 @@ def fill(
         text = re.sub(rf",\s*{tag}(?=\s*,)", "", text)
         text = re.sub(rf" ?{tag}", "", text)
     return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+# The customer introducing themselves; the name is one or two words, the second capitalised
+# ("my name is Ada Lovelace", but "my name is ada and ..." is just "Ada").
+_NAME_INTRO = re.compile(
+    r"(?i:\bmy name is|\bmy name's|\bname's)\s+"
+    r"([^\W\d_][\w'-]*(?:\s+[A-Z][\w'-]*)?)"
+)
+# A direct reply to "what's your name?": "Ada", "it's Ada Lovelace", "I'm Ada".
+_NAME_REPLY = re.compile(
+    r"^\s*(?i:(?:it's|it is|i'm|i am|this is)\s+)?([^\W\d_][\w'-]*(?:\s+[^\W\d_][\w'-]*){0,2})"
+    r"\s*[.!]?\s*$"
+)
+
+
+# Words of a short reply that make it something else than a name ("I don't know", "why?").
+_NOT_NAMES = frozenset(
+    {
+        *("i", "i'm", "me", "my", "you", "your", "the", "a", "an", "is", "it", "order"),
+        *("no", "not", "nope", "don't", "dont", "know", "idk", "yes", "ok", "okay", "sure"),
+        *("why", "what", "who", "how", "sorry", "please", "help", "thanks"),
+        *("hi", "hello", "hey", "bye"),
+    }
+)
+
+
+def name_in(text: str, answering: bool = False) -> Entity | None:
+    """The customer's name when `text` gives it, as a `name` entity (the `name` slot).
+
+    Args:
+        text: a customer message.
+        answering: the message answers the bot's question for the name, so a reply of one
+            to three words ("Ada", "it's Ada Lovelace") is the name itself.
+    """
+    match = _NAME_INTRO.search(text) or (_NAME_REPLY.match(text) if answering else None)
+    if match is None:
+        return None
+    written = match.group(1)
+    if any(word.lower() in _NOT_NAMES for word in written.split()):
+        return None
+    value = written.title() if written.islower() else written
+    return Entity("name", value, written, match.start(1), match.end(1))
+
+
+def near_misses(config: EntityConfig, text: str, entities: Iterable[Entity]) -> tuple[str, ...]:
+    """The configured entities `text` tries to give but gets wrong: a `looks_like` match
+    that is not (part of) a value found in it ("order 1234" while order numbers are
+    BC-123456), in the routing file's order."""
+    found = list(entities)
+    missed = []
+    for definition in config.definitions:
+        for pattern in definition.looks_like:
+            if any(
+                not any(
+                    e.type == definition.name and e.start < m.end() and m.start() < e.end
+                    for e in found
+                )
+                for m in pattern.finditer(text)
+            ):
+                missed.append(definition.name)
+                break
+    return tuple(missed)

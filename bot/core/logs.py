@@ -32,6 +32,10 @@ conversation_id: ContextVar[str | None] = ContextVar("conversation_id", default=
 
 # Third-party loggers that log every request URL at INFO/DEBUG: warnings and errors only.
 QUIET_LOGGERS = ("httpx", "httpcore")
+# Third-party loggers whose DEBUG lines carry customer texts before redaction (PTB logs every
+# update and Bot API result whole, aiosqlite every statement with its parameters): INFO and
+# above only, so that DEBUG logs hold no card number or e-mail address either.
+PAYLOAD_LOGGERS = ("telegram.ext.ExtBot", "telegram.ext.Application", "aiosqlite")
 REDACTED = "<redacted>"
 # A Telegram bot token (`<bot id>:<35 characters>`), and the Bot API path that carries one
 # (`/bot<token>/getUpdates`), whatever the token looks like.
@@ -143,9 +147,12 @@ def configure_logging(
 
 
 def quiet_http_clients() -> None:
-    """Let the HTTP client libraries log warnings and errors only (see QUIET_LOGGERS)."""
+    """Let the HTTP client libraries log warnings and errors only (see QUIET_LOGGERS), and the
+    libraries that log message payloads nothing below INFO (see PAYLOAD_LOGGERS)."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    for name in PAYLOAD_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
 
 
 def new_request_id(given: str | None) -> str:

@@ -27,6 +27,7 @@ from bot.core.records import (
 
 if TYPE_CHECKING:
     from bot.core.desk import (
+        AnswerUsage,
         CannedResponse,
         ConversationView,
         CustomerHistory,
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
         SearchPage,
         SearchQuery,
     )
+    from bot.core.library import AnswerControl
 
 
 class ConversationStore(Protocol):
@@ -138,10 +140,11 @@ class ConversationStore(Protocol):
     async def feedback(self, message_id: int) -> list[Feedback]:
         """Feedback stored for a message, oldest first."""
 
-    async def answer_ratings(self) -> list[AnswerRating]:
-        """Every "up"/"down" on a bot reply served from the answer index (route `answer`),
-        oldest first, with the reply's source and text and its question's intent
-        (`bot/core/demotion.py` derives the demoted answers from them)."""
+    async def answer_ratings(self, after: int = 0) -> list[AnswerRating]:
+        """Every "up"/"down" on a bot reply served from the answer index (route `answer`)
+        whose feedback id is above `after`, in feedback id order, with the reply's source and
+        text and its question's intent (`bot/core/demotion.py` derives the demoted answers
+        from them, reading only the new ones after the first time)."""
 
 
 class Understander(Protocol):
@@ -238,8 +241,10 @@ class DeskStore(Protocol):
         question_message_id: int | None = None,
         question: str | None = None,
         intent: str | None = None,
+        answer: str | None = None,
     ) -> int:
-        """Save an agent's reply as an approved answer; returns its id."""
+        """Save an agent's reply (or `answer`, the agent's edit of it) as an approved
+        answer; returns its id."""
 
     async def corrected_intents(self) -> list[str]:
         """Intents agents have named in corrections, sorted."""
@@ -269,6 +274,47 @@ class DeskStore(Protocol):
 
     async def dashboard(self, days: int) -> Dashboard:
         """Per-day figures for the last `days` UTC days (today included)."""
+
+    # -- the answer library (bot/core/library.py) --
+
+    async def answer_controls(self) -> list[AnswerControl]:
+        """The agents' decisions about indexed answers (see `AnswerControls`)."""
+
+    async def answer_usage(self) -> dict[str, AnswerUsage]:
+        """Per index source: how often the bot served it, its ratings up and down."""
+
+    async def disable_answer(
+        self, source: str, disabled: bool, author: str, question: str | None = None
+    ) -> AnswerControl:
+        """Stop (or resume) serving the indexed answer `source` (the pair of `question`;
+        None keeps the one recorded)."""
+
+    async def edit_answer(
+        self,
+        source: str,
+        question: str,
+        answer: str,
+        intent: str | None,
+        author: str,
+        clean_question: str | None = None,
+    ) -> AnswerControl:
+        """Serve `answer` in place of `source`'s text, and keep the pair as an approved
+        answer (the one of an earlier edit is updated) to `clean_question` (default
+        `question`, the pair's)."""
+
+    async def approve_indexed(
+        self, source: str, question: str, answer: str, intent: str | None, author: str
+    ) -> AnswerControl:
+        """Keep an indexed pair as an approved answer (once: again returns the same)."""
+
+
+class AnswerControls(Protocol):
+    """Where the service reads which indexed answers agents disabled or edited (the
+    answer library, `bot/core/library.py`); read for every answer it chooses, so a change
+    holds from the next message on every replica."""
+
+    async def answer_controls(self) -> list[AnswerControl]:
+        """Every indexed answer agents disabled, edited or approved."""
 
 
 class SessionStore(Protocol):

@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bot.core.entities import Entity
 
 
 class Role(StrEnum):
@@ -59,6 +62,7 @@ class Route(StrEnum):
     ANSWER = "answer"  # retrieved from past agents' answers / FAQ
     HANDLER = "handler"  # a custom Python handler
     REPHRASE = "rephrase"  # not sure: asked the customer to rephrase
+    SLOT_QUESTION = "slot_question"  # asked for a detail the intent's route requires
     HANDOFF = "handoff"  # escalated to a person
     AGENT = "agent"  # conversation is with an agent: the bot stayed silent
     DUPLICATE = "duplicate"  # a retried delivery of a message already handled
@@ -114,6 +118,8 @@ class Understanding:
             out-of-scope label it was trained with); `intent` is then None.
         oos_score: the detector's score (higher: further from anything trained; the
             threshold is in the intent model's `oos_detector.json`); None without a detector.
+        entities: the spans the learned entity model found (`supportbot train entity`);
+            empty without one. The service merges them with the rule-based entities.
     """
 
     intent: str | None
@@ -126,6 +132,7 @@ class Understanding:
     query_embedding: Any = field(default=None, compare=False, repr=False)
     out_of_scope: bool = False
     oos_score: float | None = None
+    entities: tuple[Entity, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,12 +202,15 @@ class AnswerRating:
         text: the reply as the customer saw it.
         intent: the intent of the customer's question it answered (None when unsure).
         rating: "up" or "down".
+        feedback_id: the feedback row's id (ratings come in this order; a reader asks for
+            the ones after the last it saw).
     """
 
     source: str
     text: str
     intent: str | None
     rating: str
+    feedback_id: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

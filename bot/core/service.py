@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,19 +21,29 @@ from bot.core.entities import (
     Entity,
     EntityExtractor,
     mask,
+    name_in,
+    near_misses,
     slot_values,
 )
+from bot.core.entities import merge as merge_entities
 from bot.core.errors import (
     BadRequestError,
     ConfigurationError,
     NotFoundError,
     StoreUnavailableError,
 )
-from bot.core.escalation import ASKED_FOR_HUMAN, EscalationPolicy
+from bot.core.escalation import ASKED_FOR_HUMAN, REPEATED_FALLBACK, EscalationPolicy
 from bot.core.hours import BusinessHours, describe_opening
+from bot.core.library import by_source, controlled, edited_sources
 from bot.core.locks import KeyedLocks
 from bot.core.metrics import Metrics
-from bot.core.ports import AnswerIndex, ConversationStore, TurnLocks, Understander
+from bot.core.ports import (
+    AnswerControls,
+    AnswerIndex,
+    ConversationStore,
+    TurnLocks,
+    Understander,
+)
 from bot.core.records import (
     Answer,
     Conversation,
@@ -47,7 +58,7 @@ from bot.core.records import (
     Turn,
     Understanding,
 )
-from bot.core.router import HandlerContext, Router
+from bot.core.router import HandlerContext, Router, SlotRequirement
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +84,100 @@ class _Decision:
     escalation: Escalation | None = None
     failed_turns: int = 0
     quick_replies: tuple[str, ...] = ()
+
+
+# A slot question is asked at most this many times in a row (the question, then once
+# rephrased); the reply after that is routed as a new message.
+MAX_SLOT_QUESTIONS = 2
+# A reply holding the awaited slot says something else too when it has more words than this
+# besides the detail ("actually I want to cancel BC-204719"): then a confident intent of its
+# own wins over the question's. "it's BC-204719", "my order number is BC-204719" do not.
+FOLLOW_UP_WORDS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class _FollowUp:
+    """The bot's last reply asked for a slot (`details["awaiting"]` of that reply, read back
+    from the store so that any replica handles the answer), and what this message holds.
+
+    Attributes:
+        intent: the intent of the question the slot is for (None: the model was unsure
+            of it; the question gave the slot mistyped, "order 1234").
+        slot: the slot asked for.
+        asked: how many times in a row it was asked (1, then 2 when rephrased).
+        message_id: the customer message the question is about (its text is what the
+            answer index is searched with once the slot is given).
+        holds: this message gives the slot.
+        says_more: this message has more to it than the detail (see FOLLOW_UP_WORDS).
+    """
+
+    intent: str | None
+    slot: str
+    asked: int
+    message_id: int
+    holds: bool
+    says_more: bool
+
+    @staticmethod
+    def awaiting(recent: Sequence[StoredMessage]) -> dict[str, Any] | None:
+        """`details["awaiting"]` of the last reply before the newest message, if it asked."""
+        for m in reversed(recent[:-1]):
+            if m.role == Role.CUSTOMER:
+                continue
+            awaiting = m.details.get("awaiting") if m.role == Role.BOT else None
+            return awaiting if isinstance(awaiting, dict) else None
+        return None
+
+    @classmethod
+    def of(
+        cls, recent: Sequence[StoredMessage], text: str, entities: Sequence[Entity]
+    ) -> _FollowUp | None:
+        """The pending question and what `text` (the new message; `entities` are its own)
+        makes of it; None when the bot's last reply asked for nothing."""
+        awaiting = cls.awaiting(recent)
+        if awaiting is None:
+            return None
+        intent, slot = awaiting.get("intent"), awaiting.get("slot")
+        message_id = awaiting.get("message_id")
+        if not isinstance(slot, str) or not isinstance(message_id, int):
+            return None
+        if intent is not None and not isinstance(intent, str):
+            return None
+        found = [e for e in entities if e.type == slot]
+        rest = text
+        for e in sorted(found, key=lambda e: -e.start):
+            rest = rest[: e.start] + " " + rest[e.end :]
+        return cls(
+            intent,
+            slot,
+            int(awaiting.get("asked", 1)),
+            message_id,
+            holds=bool(found),
+            says_more=len(re.findall(r"\w+", rest)) > FOLLOW_UP_WORDS,
+        )
+
+    def record(self, key: str) -> dict[str, Any]:
+        """What the turn stores about it: `{key: {"intent", "slot", "message_id"}}`."""
+        return {key: {"intent": self.intent, "slot": self.slot, "message_id": self.message_id}}
+
+
+def _stored_entities(details: Mapping[str, Any]) -> list[Entity] | None:
+    """The entities stored with a customer message (`details["entities"]`), None when it has
+    none stored (a message from before entities were extracted)."""
+    stored = details.get("entities")
+    if not isinstance(stored, list):
+        return None
+    return [
+        Entity(
+            str(e["type"]),
+            str(e["value"]),
+            str(e.get("text", "")),
+            int(e.get("start", 0)),
+            int(e.get("end", 0)),
+        )
+        for e in stored
+        if isinstance(e, dict) and "type" in e and "value" in e
+    ]
 
 
 def reply_of(message: StoredMessage) -> Reply:
@@ -161,6 +266,8 @@ class ConversationService:
         min_margin: the best answer must score at least this much above the runner-up (a
             different answer) to be served; closer, the bot is unsure which one fits and asks
             to rephrase (`retrieval.min_margin`; 0 serves the best answer, however close).
+        controls: where agents' decisions in the answer library are read (disabled answers
+            are not served, edited ones are served with the agent's text); None: none.
     """
 
     def __init__(
@@ -180,8 +287,12 @@ class ConversationService:
         clock: Clock = utcnow,
         redact: Iterable[str] = (),
         min_margin: float = 0.0,
+        controls: AnswerControls | None = None,
     ) -> None:
         self._store = store
+        # The demoted answers, read incrementally from the store's ratings.
+        self._rated = demotion.RatedAnswers()
+        self._controls = controls
         self._understander = understander
         self._answers = answers
         self._router = router
@@ -303,6 +414,8 @@ class ConversationService:
             await self._understander.understand(message.text), entities
         )
         model_seconds["nlu"] = time.perf_counter() - stage
+        # The learned entity model's spans join the rule-based ones (a rule wins on overlap).
+        entities = merge_entities(entities, understanding.entities)
         self._metrics.stage_seconds.labels("nlu").observe(model_seconds["nlu"])
         if understanding.out_of_scope:
             self._metrics.out_of_scope.labels(message.channel).inc()
@@ -329,13 +442,18 @@ class ConversationService:
             self._metrics.messages.labels(message.channel, Route.AGENT).inc()
             return replies, conversation.status
 
+        slot_entities = [*entities, *self._name_given(message.text, recent)]
         decision = await self._decide(
             conversation,
             message,
             understanding,
             model_seconds,
             earlier_negativity(recent),
-            self._slots(message, recent, entities),
+            self._slots(message, recent, slot_entities),
+            follow_up=_FollowUp.of(recent, message.text, slot_entities),
+            recent=recent,
+            message_id=stored.id,
+            mistyped=near_misses(self._router.config.entities, message.text, slot_entities),
         )
         reply = await self._record(
             conversation,
@@ -345,7 +463,7 @@ class ConversationService:
             decision.details,
             started,
             decision,
-            entities,
+            slot_entities,
         )
         self._metrics.messages.labels(message.channel, decision.route).inc()
         if decision.route == Route.REPHRASE:
@@ -457,13 +575,26 @@ class ConversationService:
         """What the conversation has told the bot: the entities of its recent customer
         messages (the newest value of a type wins) and the customer's name; a past answer
         that needs a slot (`{order_id}`) is served only when it is here."""
-        earlier = [m.text for m in recent[:-1] if m.role == Role.CUSTOMER]
-        values = slot_values(
-            [*(e for text in earlier for e in self._entities.extract(text)), *entities]
-        )
+        earlier: list[Entity] = []
+        for m in recent[:-1]:
+            if m.role == Role.SYSTEM and m.details.get("event") == "resolved":
+                # An agent closed the case: the next question may be about another order.
+                earlier = []
+            elif m.role == Role.CUSTOMER:
+                stored = _stored_entities(m.details)
+                earlier.extend(self._entities.extract(m.text) if stored is None else stored)
+        values = slot_values([*earlier, *entities])
         if message.sender_name:
             values.setdefault("name", message.sender_name)
         return values
+
+    def _name_given(self, text: str, recent: Sequence[StoredMessage]) -> list[Entity]:
+        """The customer's name when this message gives it: "my name is John", or a short
+        reply to the bot's question for the `name` slot (kept with the message's entities, so
+        later turns know it)."""
+        asked = _FollowUp.awaiting(recent)
+        found = name_in(text, answering=asked is not None and asked.get("slot") == "name")
+        return [found] if found is not None else []
 
     async def _record(
         self,
@@ -508,10 +639,127 @@ class ConversationService:
         model_seconds: dict[str, float],
         earlier: list[float],
         slots: Mapping[str, str] | None = None,
+        follow_up: _FollowUp | None = None,
+        recent: Sequence[StoredMessage] = (),
+        message_id: int | None = None,
+        mistyped: Sequence[str] = (),
     ) -> _Decision:
         escalation = self._policy.assess(understanding, earlier)
         if escalation is not None:
             return self._handoff(escalation, message)
+        slots = dict(slots or {})
+        if understanding.out_of_scope and any(s not in slots for s in mistyped):
+            # Like a message naming an order number (`_in_scope_by_entity`), one that tries to
+            # ("charged twice for order 1234") is about this business: unsure, not declined.
+            understanding = dataclasses.replace(understanding, out_of_scope=False)
+        # What the turn is about: the message itself, unless it answers a slot question.
+        question, embedding, origin = message.text, understanding.query_embedding, message_id
+        not_asked: frozenset[str] = frozenset()
+        noted: dict[str, Any] = {}
+        if follow_up is not None:
+            step = self._follow_up_step(follow_up, understanding)
+            if step == "resume":
+                # "BC-204719" means nothing by itself: go on with the question it answers.
+                asked = next((m for m in recent if m.id == follow_up.message_id), None)
+                if asked is not None:
+                    question, embedding = asked.text, None
+                origin = follow_up.message_id
+                understanding = dataclasses.replace(
+                    understanding, intent=follow_up.intent, out_of_scope=False
+                )
+                noted = follow_up.record("resumes")
+            elif step == "again":
+                return self._ask(
+                    self._router.requirement(follow_up.intent, follow_up.slot),
+                    follow_up.intent,
+                    follow_up.asked + 1,
+                    follow_up.message_id,
+                    message,
+                    again=True,
+                )
+            elif step == "drop":
+                # Asked twice in vain: route the message as it is, and do not ask a third
+                # time for what the customer does not have.
+                not_asked = frozenset({follow_up.slot})
+                noted = follow_up.record("dropped")
+        decision = await self._route(
+            conversation,
+            message,
+            understanding,
+            model_seconds,
+            slots,
+            question,
+            embedding,
+            origin,
+            not_asked,
+            mistyped,
+        )
+        if follow_up is not None and "resumes" in noted and decision.route == Route.REPHRASE:
+            # The customer gave what the bot asked for: "could you rephrase?" now would be
+            # absurd. A person takes over, with the question and the detail in the transcript.
+            decision = self._handoff(
+                Escalation(
+                    REPEATED_FALLBACK,
+                    priority=round(1.0 + max(0.0, understanding.negativity), 4),
+                    explanation=f"The customer gave the {follow_up.slot} the bot asked for, "
+                    "but no answer fits the question.",
+                    scores={"negativity": round(understanding.negativity, 4)},
+                ),
+                message,
+            )
+        if noted:
+            return dataclasses.replace(decision, details={**decision.details, **noted})
+        return decision
+
+    @staticmethod
+    def _follow_up_step(follow_up: _FollowUp, understanding: Understanding) -> str:
+        """What a reply to a slot question does: `resume` the question's intent with the slot
+        given, ask `again` (once), `drop` the question after the second miss, or be routed
+        as the `other` thing it clearly is (a confident intent of its own)."""
+        other = understanding.intent is not None and understanding.intent != follow_up.intent
+        if follow_up.holds and not (other and follow_up.says_more):
+            return "resume"
+        if other:
+            return "other"
+        if follow_up.asked < MAX_SLOT_QUESTIONS:
+            return "again"
+        return "drop"
+
+    def _ask(
+        self,
+        requirement: SlotRequirement,
+        intent: str | None,
+        asked: int,
+        message_id: int | None,
+        message: Message,
+        again: bool = False,
+    ) -> _Decision:
+        """Ask for a slot; the reply records what the bot waits for, for the next turn."""
+        texts = requirement.again if again else requirement.questions
+        awaiting: dict[str, Any] = {"intent": intent, "slot": requirement.name, "asked": asked}
+        if message_id is not None:
+            awaiting["message_id"] = message_id
+        return _Decision(
+            Route.SLOT_QUESTION,
+            self._router.render(texts, message.sender_name),
+            {"awaiting": awaiting},
+        )
+
+    async def _route(
+        self,
+        conversation: Conversation,
+        message: Message,
+        understanding: Understanding,
+        model_seconds: dict[str, float],
+        slots: Mapping[str, str],
+        question: str,
+        embedding: Any,
+        origin: int | None,
+        not_asked: frozenset[str],
+        mistyped: Sequence[str] = (),
+    ) -> _Decision:
+        """The routing file's entry for the intent: ask for a missing slot it requires, else
+        its response, handler or a search of the answer index for `question`."""
         route = self._router.route_for(understanding.intent)
         if understanding.out_of_scope:
             # About none of the intents: the routing file's `out_of_scope` entry decides
@@ -532,12 +780,33 @@ class ConversationService:
                 ),
                 message,
             )
+        missing = [r for r in route.requires if r.name not in slots]
+        to_ask = [r for r in missing if r.name not in not_asked]
+        if to_ask and understanding.intent is not None:
+            # Given but mistyped ("my order BC-111"): the question that explains the format.
+            again = to_ask[0].name in mistyped
+            return self._ask(to_ask[0], understanding.intent, 1, origin, message, again=again)
+        garbled = [s for s in mistyped if s not in slots and s not in not_asked]
+        if garbled and route.kind == "answer":
+            # The customer means to name an order but the number is not one ("charged twice
+            # for order 1234"): say what one looks like, rather than answer as if it were.
+            intent = understanding.intent or self._needing(understanding, garbled[0])
+            requirement = self._router.requirement(intent, garbled[0])
+            return self._ask(requirement, intent, 1, origin, message, again=True)
+        if missing and route.kind != "answer":
+            # The customer could not give what the response or handler needs: the fallback
+            # ladder (rephrase, then a person) rather than a half-filled answer.
+            return self._rephrase(conversation, message, understanding, None)
         if route.kind == "response":
-            text = self._router.render(route.responses, message.sender_name)
+            # The name the customer gave ("my name is John") or the channel's display name.
+            name = slots.get("name") or message.sender_name
+            text = self._router.render(route.responses, name, slots)
             return _Decision(Route.RESPONSE, text, {}, quick_replies=route.quick_replies)
         if route.kind == "handler" and route.handler:
             handler = self._router.handlers[route.handler]
-            text = await handler(HandlerContext(message, understanding, conversation.id))
+            text = await handler(
+                HandlerContext(message, understanding, conversation.id, dict(slots))
+            )
             return _Decision(
                 Route.HANDLER, text, {"handler": route.handler}, quick_replies=route.quick_replies
             )
@@ -545,23 +814,32 @@ class ConversationService:
         # searched for like the others, then skipped, so the next answer can take its place.
         demoted = [
             d
-            for d in demotion.demotions(await self._store.answer_ratings())
+            for d in await self._rated.read(self._store.answer_ratings)
             if d.applies_to(understanding.intent)
         ]
+        # Disabled or edited by agents in the answer library (bot/core/library.py).
+        controls = by_source(await self._controls.answer_controls()) if self._controls else {}
         stage = time.perf_counter()
         found = await self._answers.search(
-            message.text,
-            k=3 + len(demoted),
+            question,
+            k=3 + len(demoted) + sum(c.disabled for c in controls.values()),
             intent=understanding.intent,
-            embedding=understanding.query_embedding,
+            embedding=embedding,
             slots=slots,
         )
         model_seconds["retrieval"] = time.perf_counter() - stage
         self._metrics.stage_seconds.labels("retrieval").observe(model_seconds["retrieval"])
-        hits, skipped = demotion.without_demoted(found, demoted, understanding.intent)
+        found, disabled = controlled(found, controls, slots)
+        # An agent's edit replaces a rated-down original: only ratings of its text count.
+        edited = edited_sources(found, controls)
+        hits, skipped = demotion.without_demoted(
+            found, [d for d in demoted if d.source not in edited], understanding.intent
+        )
         unsure: dict[str, Any] = {}
         if skipped:
             unsure["demoted"] = sorted({a.source for a in skipped})
+        if disabled:
+            unsure["disabled"] = sorted({a.source for a in disabled})
         if hits and hits[0].score >= self._min_answer_score:
             best = hits[0]
             margin = self._margin(hits)
@@ -581,6 +859,17 @@ class ConversationService:
         return self._rephrase(
             conversation, message, understanding, hits[0] if hits else None, unsure
         )
+
+    def _needing(self, understanding: Understanding, slot: str) -> str | None:
+        """The model's best guess when the model was unsure (no intent) and that guess's
+        route requires `slot`: a mistyped order number ("my order BC-111 is late") is
+        evidence for an intent about one order, so the answer given once the customer
+        writes the number is searched among that intent's answers. None otherwise."""
+        if not understanding.top_intents:
+            return None
+        guess = understanding.top_intents[0].label
+        route = self._router.route_for(guess)
+        return guess if any(r.name == slot for r in route.requires) else None
 
     @staticmethod
     def _margin(hits: Sequence[Answer]) -> float | None:

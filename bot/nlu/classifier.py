@@ -136,15 +136,34 @@ def save_classifier(
     model: MeanPoolingClassifier, tokenizer: Any, meta: ClassifierMeta, directory: Path
 ) -> None:
     """Write a model directory in the format described in this module's docstring."""
+    write_model_directory(
+        model, tokenizer, meta.labels, meta.to_dict(), directory, HEAD_FILE, META_FILE
+    )
+
+
+def write_model_directory(
+    model: nn.Module,
+    tokenizer: Any,
+    labels: Sequence[str],
+    meta: dict[str, Any],
+    directory: Path,
+    head_file: str,
+    meta_file: str,
+) -> None:
+    """The encoder directory (with `labels` as the config's `id2label`), the tokenizer,
+    `model.head`'s weights in `head_file` and `meta` as JSON in `meta_file`: the layout of
+    the classifiers and of the entity tagger (bot/nlu/entity_model.py)."""
     directory.mkdir(parents=True, exist_ok=True)
-    config: Any = model.encoder.config
-    config.id2label = dict(enumerate(meta.labels))
-    config.label2id = {label: i for i, label in enumerate(meta.labels)}
-    model.encoder.save_pretrained(directory)
+    encoder: Any = model.encoder
+    config: Any = encoder.config
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    encoder.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    head = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    save_file(head, str(directory / HEAD_FILE))
-    (directory / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    head_module: Any = model.head
+    head = {k: v.detach().cpu().contiguous() for k, v in head_module.state_dict().items()}
+    save_file(head, str(directory / head_file))
+    (directory / meta_file).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def _not_a_model(directory: Path, what: str) -> ModelNotFoundError:

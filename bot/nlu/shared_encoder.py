@@ -1,4 +1,4 @@
-"""One encoder pass per message for intent, sentiment and the answer index.
+"""One encoder pass per message for intent, sentiment, entities and the answer index.
 
 Every message needs three encodings: the intent classifier, the sentiment classifier and the
 answer index's sentence encoder. All three start from the same backbone, and training
@@ -12,6 +12,10 @@ Texts are truncated at the longest max length of the models sharing the pass (th
 index's encoder takes 256 tokens, the classifiers were trained on 64): a very long message is
 classified on more of its text than the classifier saw in training, which mean pooling
 tolerates, rather than searched on less than the index was embedded with.
+
+The learned entity model (`bot/nlu/entity_model.py`, when one is live) is one more branch: it
+needs every word piece's last state, not their mean, so `run` hands those back for it and
+only its tagging head runs on them.
 
 The common part is found by comparing weights when the models are loaded, never assumed from
 metadata, and the shared computation is checked against each model's own forward on probe
@@ -177,10 +181,21 @@ class SharedEncoder:
 
     def pooled(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Mean-pooled last states of every branch, shape (len(texts), hidden), input order."""
+        return self.run(texts)[0]
+
+    def run(
+        self, texts: Sequence[str], token_branches: frozenset[str] = frozenset()
+    ) -> tuple[dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]:
+        """Mean-pooled last states of every branch and, for `token_branches` (a token
+        tagger such as the entity model), each text's last states per word piece, shape
+        (pieces, hidden), without padding; both in input order."""
         hidden_size = int(self._config.hidden_size)
         out = {b.name: torch.empty(len(texts), hidden_size) for b in self.branches}
+        tokens: dict[str, list[torch.Tensor]] = {
+            name: [torch.empty(0)] * len(texts) for name in token_branches & self.names
+        }
         if not texts:
-            return out
+            return out, tokens
         with torch.inference_mode():
             for chunk, input_ids, mask in length_chunks(
                 self.tokenizer, texts, self.max_length, self.batch_size
@@ -189,9 +204,13 @@ class SharedEncoder:
                 layer_mask = self._mask(hidden, mask)
                 for layer in self._shared:
                     hidden = layer(hidden, layer_mask)
+                lengths = mask.sum(dim=1).tolist()
                 for name, top in self._tops.items():
                     states = hidden
                     for layer in top:
                         states = layer(states, layer_mask)
                     out[name][chunk] = mean_pool(states, mask).float()
-        return out
+                    if name in tokens:
+                        for row, i in enumerate(chunk):
+                            tokens[name][i] = states[row, : int(lengths[row])].float()
+        return out, tokens

@@ -1,4 +1,5 @@
-"""Understanding messages: the live intent and sentiment models, micro-batched, hot-reloaded."""
+"""Understanding messages: the live intent, sentiment and (when trained) entity models,
+micro-batched, hot-reloaded."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from bot.core.records import Scored, Understanding
 from bot.infra.batching import MicroBatcher
 from bot.nlu.artifacts import TASKS, read_live_versions
 from bot.nlu.classifier import TransformerClassifier
+from bot.nlu.entity_model import TokenTagger
 from bot.nlu.oos import OosDetector
 from bot.nlu.shared_encoder import (
     PROBE_TEXTS,
@@ -36,9 +38,12 @@ from bot.nlu.shared_encoder import (
 log = logging.getLogger(__name__)
 
 MODELS_TOPIC = "models"
+#: The optional live model: served when the registry has one, never required.
+ENTITY_TASK = "entity"
+SERVED_TASKS = (*TASKS, ENTITY_TASK)
 
 
-def quantize(classifier: TransformerClassifier) -> None:
+def quantize(classifier: TransformerClassifier | TokenTagger) -> None:
     """int8 dynamic quantization of the linear layers: about 2x faster on CPU, same answers
     on all but borderline inputs (measured in benchmarks/inference_benchmark.py)."""
     from torch.ao.quantization import quantize_dynamic
@@ -58,9 +63,10 @@ class QueryEncoder(Protocol):
 
 @dataclass(frozen=True)
 class ModelSet:
-    """The intent and sentiment classifiers of one registry state.
+    """The intent and sentiment classifiers (and the entity model, when the registry has
+    a live one) of one registry state.
 
-    `shared` is set when the classifiers (and the answer index's encoder, when given) have
+    `shared` is set when the models (and the answer index's encoder, when given) have
     their embeddings and lower layers in common: then one forward serves all of them and
     every `Understanding` carries the message's query embedding for the answer index.
     """
@@ -70,6 +76,7 @@ class ModelSet:
     versions: dict[str, str]
     shared: SharedEncoder | None = None
     oos: OosDetector | None = None
+    entity: TokenTagger | None = None
 
     @classmethod
     def load(
@@ -92,24 +99,42 @@ class ModelSet:
                 live["intent"],
             )
         sentiment = TransformerClassifier(models_dir / "sentiment" / live["sentiment"])
-        versions = {task: live[task] for task in TASKS}
-        shared = share_forward(intent, sentiment, query_encoder)
+        entity = None
+        if ENTITY_TASK in live:
+            entity = TokenTagger(models_dir / ENTITY_TASK / live[ENTITY_TASK])
+        versions = {task: live[task] for task in SERVED_TASKS if task in live}
+        shared = share_forward(intent, sentiment, query_encoder, entity)
         if quantized:
-            # int8 only where the classifiers compute on their own: the shared layers stay
+            # int8 only where the models compute on their own: the shared layers stay
             # float32, since the answer index was embedded in float32 (int8 moved its
             # embeddings too far, see README).
-            on_own = {"intent", "sentiment"}
+            on_own = {"intent", "sentiment"} | ({ENTITY_TASK} if entity else set())
             if shared is not None:
                 shared.quantize_tops(on_own)
                 on_own -= shared.names
-            for name, model in (("intent", intent), ("sentiment", sentiment)):
-                if name in on_own:
+            own: list[tuple[str, TransformerClassifier | TokenTagger | None]] = [
+                ("intent", intent),
+                ("sentiment", sentiment),
+                (ENTITY_TASK, entity),
+            ]
+            for name, model in own:
+                if name in on_own and model is not None:
                     quantize(model)
-        return cls(intent, sentiment, versions, shared, oos)
+        return cls(intent, sentiment, versions, shared, oos, entity)
 
     def classify(self, texts: Sequence[str]) -> list[Understanding]:
         """Intent and sentiment for a batch of texts (blocking; runs in the worker thread)."""
-        pooled = self.shared.pooled(texts) if self.shared is not None else {}
+        pooled: dict[str, torch.Tensor] = {}
+        tokens: dict[str, list[torch.Tensor]] = {}
+        if self.shared is not None:
+            pooled, tokens = self.shared.run(texts, frozenset({ENTITY_TASK}))
+        found: list[list[Any]] = [[] for _ in texts]
+        if self.entity is not None:
+            if ENTITY_TASK in tokens and self.shared is not None:
+                logits = self.entity.head_logits(tokens[ENTITY_TASK])
+                found = self.entity.decode(texts, logits, self.shared.max_length)
+            else:
+                found = self.entity.spans(texts)
         if "intent" in pooled:
             intent_pooled = pooled["intent"]
             intent_logits = self.intent.head_logits(intent_pooled)
@@ -158,6 +183,7 @@ class ModelSet:
                     query_embedding=None if query is None else query[row].numpy(),
                     out_of_scope=out_of_scope,
                     oos_score=oos_scores[row],
+                    entities=tuple(found[row]),
                 )
             )
         return out
@@ -167,16 +193,19 @@ def share_forward(
     intent: TransformerClassifier,
     sentiment: TransformerClassifier,
     query_encoder: QueryEncoder | None,
+    entity: TokenTagger | None = None,
 ) -> SharedEncoder | None:
-    """A shared forward for the largest group of the models (intent, sentiment, the answer
-    index's encoder) that have layers in common, e.g. intent and the index when sentiment was
-    trained with every layer tuned; None when no two share anything or the shared forward
-    does not give what each model gives on its own (checked on probe texts, float32, before
-    quantization). Models outside the group run their own forward."""
+    """A shared forward for the largest group of the models (intent, sentiment, the entity
+    model, the answer index's encoder) that have layers in common, e.g. intent and the index
+    when sentiment was trained with every layer tuned; None when no two share anything or
+    the shared forward does not give what each model gives on its own (checked on probe
+    texts, float32, before quantization). Models outside the group run their own forward."""
     models: dict[str, tuple[Any, int]] = {
         "intent": (intent.model.encoder, intent.meta.max_length),
         "sentiment": (sentiment.model.encoder, sentiment.meta.max_length),
     }
+    if entity is not None:
+        models[ENTITY_TASK] = (entity.model.encoder, entity.meta.max_length)
     query = query_encoder.shareable() if query_encoder is not None else None
     if query is not None:
         models["query"] = (query[0], query[2])
@@ -193,7 +222,7 @@ def share_forward(
         max_length = max(models[name][1] for name in names)
         shared = SharedEncoder(branches, intent.tokenizer, max_length, depth=depth)
         try:
-            worst = _check_shared(shared, intent, sentiment, query_encoder)
+            worst = _check_shared(shared, intent, sentiment, query_encoder, entity)
         except ValueError as exc:
             log.warning("%s", exc)
             continue
@@ -216,6 +245,7 @@ def _check_shared(
     intent: TransformerClassifier,
     sentiment: TransformerClassifier,
     query_encoder: QueryEncoder | None,
+    entity: TokenTagger | None = None,
     tolerance: float = 1e-3,
 ) -> float:
     """Largest difference between the shared forward and each model's own on PROBE_TEXTS.
@@ -224,7 +254,7 @@ def _check_shared(
         ValueError: above `tolerance` (e.g. different tokenizers).
     """
     texts = list(PROBE_TEXTS)
-    pooled = shared.pooled(texts)
+    pooled, tokens = shared.run(texts, frozenset({ENTITY_TASK}))
     pairs = [
         (model.head_logits(pooled[name]), model.logits(texts))
         for name, model in (("intent", intent), ("sentiment", sentiment))
@@ -237,6 +267,15 @@ def _check_shared(
                 torch.as_tensor(query_encoder(texts)).float(),
             )
         )
+    if entity is not None and ENTITY_TASK in tokens:
+        own = entity.token_logits(texts)
+        for a, b in zip(entity.head_logits(tokens[ENTITY_TASK]), own, strict=True):
+            if a.shape != b.shape:
+                raise ValueError(
+                    "the shared forward cuts texts into other word pieces than the entity "
+                    "model; serving each model on its own"
+                )
+            pairs.append((a, b))
     worst = max(float((a - b).abs().max()) for a, b in pairs)
     if worst > tolerance:
         raise ValueError(
@@ -333,7 +372,7 @@ class TransformerUnderstander:
     async def reload_if_changed(self) -> bool:
         """Load the registry's live versions if they differ from the served ones."""
         live = read_live_versions(self.models_dir)
-        if not live or all(live.get(t) == self.versions.get(t) for t in TASKS):
+        if not live or all(live.get(t) == self.versions.get(t) for t in SERVED_TASKS):
             return False
         loop = asyncio.get_running_loop()
         started = time.perf_counter()

@@ -24,6 +24,10 @@ FAQ entries and agents' approved answers were written to be reused and are trust
 (their `{slot}` placeholders are recorded). The customer's question is scrubbed too (slot
 values become placeholders, card numbers, IBANs, emails and phones are masked), because it is
 shown next to the answer it found.
+
+`CurationReport` counts the verdicts for `supportbot index build` and keeps the excluded
+answers, the most frequent first (`to_dict`, saved with the index as `curation.json`), for the
+console's answer library, where an agent approves a clean version of them.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.core.datafiles import normalize
 from bot.core.entities import (
@@ -51,12 +55,15 @@ from bot.core.entities import (
     mask,
     placeholders,
 )
+from bot.core.library import ExcludedAnswer
 
 if TYPE_CHECKING:  # sources.py runs the curation, so it cannot be imported back at run time
     from bot.retrieval.sources import AnswerPair
 
 NAME_SLOT = "name"
 PLACEHOLDER = "{{type}}"  # `mask` template: an order_id span becomes {order_id}
+# How many excluded answers `CurationReport.to_dict` keeps (the most frequent).
+MAX_EXCLUDED_SAVED = 500
 # A value named in the answers of at least this many conversations is the shop's (its hotline,
 # opening hours, a price), not one customer's.
 SHARED_MIN_CONVERSATIONS = 3
@@ -184,17 +191,24 @@ class Verdict:
         pair: the pair to index (templated and scrubbed), or None when excluded.
         reasons: why it was excluded (empty when kept).
         templated: placeholders replaced some of its details.
+        question: the scrubbed question of an excluded pair (None: the pair's own).
+        shape: an excluded answer with its details as placeholders (`{order_id}`, `{email}`,
+            `{name}`, `{number}`): answers of the same shape count as one in the report.
     """
 
     pair: AnswerPair | None
     reasons: tuple[str, ...] = ()
     templated: bool = False
+    question: str | None = None
+    shape: str | None = None
 
 
 @dataclass
 class CurationReport:
     """Counts for `supportbot index build`: kept, templated, excluded by reason, and the
-    excluded answers seen most often (to approve a clean version of in the console)."""
+    excluded answers seen most often (to approve a clean version of in the console): answers
+    that differ only in their details (order number, email, the customer's name) count as one,
+    shown as the first conversation's."""
 
     kept: int = 0
     templated: int = 0
@@ -202,15 +216,20 @@ class CurationReport:
     excluded: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     excluded_answers: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    examples: dict[str, ExcludedAnswer] = field(default_factory=dict)
 
     def add(self, candidate: Candidate, verdict: Verdict) -> None:
         if verdict.pair is None:
             self.excluded += 1
             self.reasons.update(verdict.reasons)
-            key = normalize(candidate.pair.answer)
+            pair = candidate.pair
+            key = normalize(verdict.shape or pair.answer)
             self.excluded_answers[key] += 1
-            self.examples.setdefault(key, (candidate.pair.answer, verdict.reasons))
+            if key not in self.examples:
+                question = pair.question if verdict.question is None else verdict.question
+                self.examples[key] = ExcludedAnswer(
+                    question, pair.answer, verdict.reasons, pair.source, pair.intent
+                )
         elif candidate.pair.kind != "conversation":
             self.trusted += 1
         elif verdict.templated:
@@ -233,10 +252,70 @@ class CurationReport:
                 "serve it):"
             )
             for key, count in self.excluded_answers.most_common(top):
-                text, why = self.examples[key]
+                example = self.examples[key]
+                text = example.answer
                 short = text if len(text) <= 100 else text[:97] + "..."
-                out.append(f"  {count}x [{', '.join(why)}] {short}")
+                out.append(f"  {count}x [{', '.join(example.reasons)}] {short}")
         return out
+
+    def excluded_list(self, limit: int = MAX_EXCLUDED_SAVED) -> list[ExcludedAnswer]:
+        """The `limit` most frequent excluded answers, each with how many conversations had
+        it (the first one's question, reasons and source), the most frequent first."""
+        return [
+            replace(self.examples[key], conversations=count)
+            for key, count in self.excluded_answers.most_common(limit)
+        ]
+
+    def to_dict(self, limit: int = MAX_EXCLUDED_SAVED) -> dict[str, Any]:
+        """The report as `curation.json` holds it: the counts and the `limit` most frequent
+        excluded answers (`excluded_from_dict` reads them back)."""
+        return {
+            "kept": self.kept,
+            "templated": self.templated,
+            "trusted": self.trusted,
+            "excluded": self.excluded,
+            "distinct_excluded": len(self.excluded_answers),
+            "reasons": dict(self.reasons.most_common()),
+            "excluded_answers": [
+                {
+                    "question": e.question,
+                    "answer": e.answer,
+                    "reasons": list(e.reasons),
+                    "source": e.source,
+                    "intent": e.intent,
+                    "conversations": e.conversations,
+                }
+                for e in self.excluded_list(limit)
+            ],
+        }
+
+
+def excluded_from_dict(data: Any) -> tuple[ExcludedAnswer, ...]:
+    """The excluded answers of a `CurationReport.to_dict` (as read from `curation.json`).
+
+    Raises:
+        ValueError: `data` is not such a report (the message says which entry and field).
+    """
+    if not isinstance(data, dict) or not isinstance(data.get("excluded_answers"), list):
+        raise ValueError('expected an object with an "excluded_answers" list')
+    out = []
+    for number, item in enumerate(data["excluded_answers"], start=1):
+        try:
+            out.append(
+                ExcludedAnswer(
+                    str(item["question"]),
+                    str(item["answer"]),
+                    tuple(str(r) for r in item["reasons"]),
+                    str(item["source"]),
+                    None if item.get("intent") is None else str(item["intent"]),
+                    int(item.get("conversations", 1)),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"excluded answer {number}: field {exc} is missing or malformed"
+            ) from exc
+    return tuple(out)
 
 
 class AnswerCurator:
@@ -304,7 +383,8 @@ class AnswerCurator:
         }
         replacements: list[Entity] = []
         slot_values: dict[str, set[str]] = {}
-        for entity in self.extractor.extract(answer):
+        found = self.extractor.extract(answer)
+        for entity in found:
             key = (entity.type, entity.value)
             if entity.type in self.slot_types:
                 replacements.append(entity)
@@ -333,7 +413,9 @@ class AnswerCurator:
                 reasons.append(COPIED_NUMBER)
                 break
         if reasons:
-            return Verdict(None, tuple(dict.fromkeys(reasons)))
+            shape = mask(answer, found, {e.type for e in found}, PLACEHOLDER)
+            shape = _DIGITS.sub("{number}", _replace_names(shape, names)[0])
+            return Verdict(None, tuple(dict.fromkeys(reasons)), question=question, shape=shape)
         templated = mask(answer, replacements, self.slot_types, PLACEHOLDER)
         templated, named = _replace_names(templated, names)
         slots = tuple(

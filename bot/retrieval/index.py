@@ -1,6 +1,7 @@
 """The answer index: question -> answer pairs with their question embeddings, searched by
 exact cosine similarity (`EmbeddingAnswerIndex`), its directory format (`index.json`,
-`embeddings.npy`, `pairs.jsonl`, fingerprinted) and the served index that swaps in a rebuilt
+`embeddings.npy`, `pairs.jsonl`, fingerprinted; `curation.json`, the curation report of the
+build, with the answers it excluded) and the served index that swaps in a rebuilt
 directory without a restart (`ReloadingAnswerIndex`).
 """
 
@@ -31,8 +32,10 @@ from bot.core.errors import (
     ModelNotFoundError,
     SupportbotError,
 )
+from bot.core.library import ExcludedAnswer
 from bot.core.records import Answer
 from bot.nlu.artifacts import DEFAULT_BACKBONE
+from bot.retrieval.curation import excluded_from_dict
 from bot.retrieval.embedder import AsyncEmbed, Embed, SentenceEmbedder, Vectors, normalized_rows
 from bot.retrieval.sources import AnswerPair
 
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 PAIRS_FILE = "pairs.jsonl"
+CURATION_FILE = "curation.json"
 FORMAT_VERSION = 1
 
 
@@ -100,6 +104,8 @@ class EmbeddingAnswerIndex:
         embed_async: when given, `search` awaits it for the query vector instead of running
             `embed` in a thread; the runtime passes its micro-batcher's `submit` here.
         built_at: when the embeddings were made (ISO 8601); default now.
+        curation: the build's curation report (`CurationReport.to_dict`), saved with the
+            index; its excluded answers are `excluded`.
 
     Raises:
         AnswerIndexError: embeddings and pairs do not match.
@@ -114,6 +120,7 @@ class EmbeddingAnswerIndex:
         model: str = DEFAULT_BACKBONE,
         embed_async: AsyncEmbed | None = None,
         built_at: str | None = None,
+        curation: Mapping[str, Any] | None = None,
     ) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(pairs):
             raise AnswerIndexError(
@@ -123,6 +130,11 @@ class EmbeddingAnswerIndex:
         self.pairs: tuple[AnswerPair, ...] = tuple(pairs)
         self.model = model
         self.built_at = built_at or datetime.now(UTC).isoformat(timespec="seconds")
+        self.curation = None if curation is None else dict(curation)
+        # The answers curation kept out, the most frequent first (the console lists them).
+        self.excluded: tuple[ExcludedAnswer, ...] = (
+            () if curation is None else excluded_from_dict(curation)
+        )
         self._embeddings = normalized_rows(embeddings)
         self._embed: Embed = embed if embed is not None else SentenceEmbedder(model)
         self._embed_async = embed_async
@@ -171,6 +183,7 @@ class EmbeddingAnswerIndex:
         model: str = DEFAULT_BACKBONE,
         embed: Embed | None = None,
         embed_async: AsyncEmbed | None = None,
+        curation: Mapping[str, Any] | None = None,
     ) -> EmbeddingAnswerIndex:
         """Embed the questions of `pairs`.
 
@@ -179,7 +192,7 @@ class EmbeddingAnswerIndex:
             model: the sentence encoder (`bundled`, a Hugging Face name or a path).
             embed: use this instead of loading `model` (it must be the same model for `save`
                 to record the truth).
-            embed_async: see the class docstring.
+            embed_async, curation: see the class docstring.
 
         Raises:
             AnswerIndexError: no pairs, or the encoder returned the wrong number of rows.
@@ -191,10 +204,11 @@ class EmbeddingAnswerIndex:
             )
         embed = embed if embed is not None else SentenceEmbedder(model)
         vectors = np.asarray(embed([p.question for p in pairs]), dtype=np.float32)
-        return cls(pairs, vectors, embed, model=model, embed_async=embed_async)
+        return cls(pairs, vectors, embed, model=model, embed_async=embed_async, curation=curation)
 
     def save(self, directory: Path) -> Path:
-        """Write `embeddings.npy`, `pairs.jsonl` and `index.json` to `directory`.
+        """Write `embeddings.npy`, `pairs.jsonl`, `index.json` and (when the index has a
+        curation report) `curation.json` to `directory`.
 
         The files are written to a sibling temporary directory that then replaces `directory`,
         so a reader never sees a mix of old and new files.
@@ -226,6 +240,11 @@ class EmbeddingAnswerIndex:
                 "fingerprint": self.fingerprint,
                 "kinds": dict(Counter(p.kind for p in self.pairs)),
             }
+            if self.curation is not None:
+                (staging / CURATION_FILE).write_text(
+                    json.dumps(self.curation, ensure_ascii=False, indent=1) + "\n",
+                    encoding="utf-8",
+                )
             (staging / INDEX_FILE).write_text(json.dumps(meta, indent=2) + "\n")
             if directory.exists():
                 retired = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
@@ -279,6 +298,7 @@ class EmbeddingAnswerIndex:
             model=str(meta["model"]),
             embed_async=embed_async,
             built_at=str(meta.get("built_at") or ""),
+            curation=read_curation(directory),
         )
         if index.fingerprint != meta.get("fingerprint"):
             raise AnswerIndexError(
@@ -421,6 +441,22 @@ class EmbeddingAnswerIndex:
             if window >= n:
                 return picked
             window = min(n, window * 4)
+
+
+def read_curation(directory: Path) -> dict[str, Any] | None:
+    """The curation report saved with the index at `directory` (None: there is none, e.g. an
+    index built before reports were saved; a broken one is logged and ignored, as it only
+    feeds the console's list of excluded answers)."""
+    path = directory / CURATION_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        excluded_from_dict(data)
+    except (OSError, ValueError) as exc:
+        log.warning("%s is unreadable, no excluded answers are listed: %s", path, exc)
+        return None
+    return dict(data)
 
 
 def _check_k(k: int) -> None:

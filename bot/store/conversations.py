@@ -711,9 +711,10 @@ class SqlConversationStore:
             rows = (await session.scalars(query)).all()
         return [to_feedback(row) for row in rows]
 
-    async def answer_ratings(self) -> list[AnswerRating]:
-        """Every "up"/"down" on a bot reply of route `answer`, oldest first, with the reply's
-        index source and text and the intent of the question it answered.
+    async def answer_ratings(self, after: int = 0) -> list[AnswerRating]:
+        """Every "up"/"down" on a bot reply of route `answer` with a feedback id above
+        `after`, in id order, with the reply's index source and text and the intent of the
+        question it answered.
 
         Ratings of replies without a source (none was recorded) are left out: there is no
         indexed answer to demote.
@@ -721,21 +722,22 @@ class SqlConversationStore:
         reply = aliased(MessageRow)
         question = aliased(MessageRow)
         query = (
-            select(FeedbackRow.rating, reply.text, reply.details, question.intent)
+            select(FeedbackRow.id, FeedbackRow.rating, reply.text, reply.details, question.intent)
             .join(reply, reply.id == FeedbackRow.message_id)
             .outerjoin(question, question.id == reply.reply_to)
             .where(
+                FeedbackRow.id > after,
                 FeedbackRow.rating.is_not(None),
                 reply.role == Role.BOT.value,
                 reply.route == Route.ANSWER.value,
             )
-            .order_by(FeedbackRow.created_at, FeedbackRow.id)
+            .order_by(FeedbackRow.id)
         )
         async with self._read("read answer ratings") as session:
             rows = (await session.execute(query)).all()
         return [
-            AnswerRating(str(details["source"]), text, intent, rating)
-            for rating, text, details, intent in rows
+            AnswerRating(str(details["source"]), text, intent, rating, feedback_id)
+            for feedback_id, rating, text, details, intent in rows
             if details and details.get("source")
         ]
 

@@ -34,6 +34,7 @@ from bot.core import csat, handoff
 from bot.core.desk import (
     AUTOMATED_ROUTES,
     RESOLVED,
+    AnswerUsage,
     CannedResponse,
     ConversationView,
     CustomerHistory,
@@ -56,12 +57,14 @@ from bot.core.desk import (
     most_urgent_first,
 )
 from bot.core.errors import ConflictError, NotFoundError
+from bot.core.library import AnswerControl
 from bot.core.records import (
     Conversation,
     ConversationStatus,
     EscalationRecord,
     EscalationStatus,
     Role,
+    Route,
     StoredMessage,
 )
 from bot.store.conversations import SqlConversationStore
@@ -77,6 +80,7 @@ from bot.store.mapping import (
 )
 from bot.store.schema import (
     AgentRow,
+    AnswerControlRow,
     ApprovedAnswerRow,
     CannedResponseRow,
     ConversationLabelRow,
@@ -418,8 +422,10 @@ class SqlDeskStore:
         question_message_id: int | None = None,
         question: str | None = None,
         intent: str | None = None,
+        answer: str | None = None,
     ) -> int:
-        """Save an agent's reply as an approved answer to a customer's question.
+        """Save an agent's reply (or `answer`, the agent's edit of it) as an approved answer
+        to a customer's question.
 
         The question defaults to the last customer message before the answer, the intent to
         an agent's correction of that message, else the model's intent.
@@ -436,27 +442,27 @@ class SqlDeskStore:
             answer_row = await session.get(MessageRow, answer_message_id)
             if answer_row is None:
                 raise NotFoundError(f"message {answer_message_id} does not exist")
-            answer = to_message(answer_row)
-            check_approvable(answer)
+            reply = to_message(answer_row)
+            check_approvable(reply)
             asked_row: MessageRow | None
             if question_message_id is not None:
                 asked_row = await session.get(MessageRow, question_message_id)
                 if asked_row is None:
                     raise NotFoundError(f"message {question_message_id} does not exist")
-                check_question(to_message(asked_row), answer)
+                check_question(to_message(asked_row), reply)
             else:
                 asked_row = await session.scalar(
                     select(MessageRow)
                     .where(
-                        MessageRow.conversation_id == answer.conversation_id,
+                        MessageRow.conversation_id == reply.conversation_id,
                         MessageRow.role == Role.CUSTOMER.value,
-                        MessageRow.id < answer.id,
+                        MessageRow.id < reply.id,
                     )
                     .order_by(MessageRow.id.desc())
                     .limit(1)
                 )
             asked = None if asked_row is None else to_message(asked_row)
-            text = approved_question(answer, question, asked)
+            text = approved_question(reply, question, asked)
             if intent is None and asked is not None:
                 intent = await session.scalar(
                     select(FeedbackRow.corrected_intent)
@@ -470,11 +476,11 @@ class SqlDeskStore:
                 intent = intent or asked.intent
             row = ApprovedAnswerRow(
                 question=text,
-                answer=answer.text,
+                answer=reply.text if answer is None else answer,
                 intent=intent,
-                conversation_id=answer.conversation_id,
+                conversation_id=reply.conversation_id,
                 question_message_id=None if asked is None else asked.id,
-                answer_message_id=answer.id,
+                answer_message_id=reply.id,
                 author=author,
                 created_at=self.store.clock(),
             )
@@ -491,6 +497,141 @@ class SqlDeskStore:
         )
         async with self.store.reading("read corrected intents") as session:
             return sorted(str(i) for i in (await session.scalars(query)).all())
+
+    # -- the answer library ------------------------------------------------------------------
+
+    async def answer_controls(self) -> list[AnswerControl]:
+        """Every indexed answer agents disabled, edited or approved (one small table, read
+        by the service for every answer it chooses)."""
+        columns = (
+            AnswerControlRow.source,
+            AnswerControlRow.disabled,
+            AnswerControlRow.answer,
+            AnswerControlRow.action,
+            AnswerControlRow.approved_answer_id,
+            AnswerControlRow.author,
+            AnswerControlRow.updated_at,
+            AnswerControlRow.question,
+        )
+        # Plain rows, not ORM objects: the service reads this for every answer it chooses.
+        async with self.store.reading("read the answer library's decisions") as session:
+            rows = (await session.execute(select(*columns))).all()
+        return [AnswerControl(s, bool(d), a, c, i, by, at, q) for s, d, a, c, i, by, at, q in rows]
+
+    async def answer_usage(self) -> dict[str, AnswerUsage]:
+        """Per index source: the bot replies that served it (route `answer`, the source in
+        their details) and the "up"/"down" ratings of those replies (customers' thumbs and
+        agents' Good/Bad), counted in SQL."""
+        source = MessageRow.details["source"].as_string()
+        served = (
+            select(source, func.count())
+            .where(MessageRow.role == Role.BOT.value, MessageRow.route == Route.ANSWER.value)
+            .group_by(source)
+        )
+        rated = (
+            select(source, FeedbackRow.rating, func.count())
+            .join(MessageRow, MessageRow.id == FeedbackRow.message_id)
+            .where(
+                FeedbackRow.rating.is_not(None),
+                MessageRow.role == Role.BOT.value,
+                MessageRow.route == Route.ANSWER.value,
+            )
+            .group_by(source, FeedbackRow.rating)
+        )
+        counts: dict[str, dict[str, int]] = {}
+        async with self.store.reading("count served answers") as session:
+            for name, count in (await session.execute(served)).all():
+                if name:
+                    counts.setdefault(str(name), {})["served"] = int(count)
+            for name, rating, count in (await session.execute(rated)).all():
+                if name:
+                    counts.setdefault(str(name), {})[str(rating)] = int(count)
+        return {
+            name: AnswerUsage(c.get("served", 0), c.get("up", 0), c.get("down", 0))
+            for name, c in counts.items()
+        }
+
+    async def disable_answer(
+        self, source: str, disabled: bool, author: str, question: str | None = None
+    ) -> AnswerControl:
+        """Stop (or resume) serving the indexed answer `source`, the pair of `question`
+        (None: the one recorded)."""
+        action = "disabled" if disabled else "enabled"
+        async with self.store.writing(f"{action[:-1]} an answer") as session:
+            row = await self._control(session, source, author, question)
+            row.disabled, row.action = disabled, action
+            return await _saved_control(session, row)
+
+    async def edit_answer(
+        self,
+        source: str,
+        question: str,
+        answer: str,
+        intent: str | None,
+        author: str,
+        clean_question: str | None = None,
+    ) -> AnswerControl:
+        """Serve `answer` in place of `source`'s text (and serve it again if it was
+        disabled), and keep the pair as an approved answer to `clean_question` (default:
+        the pair's `question`; an excluded answer's clean version may ask it better): the
+        one an earlier edit or approval saved is updated, else a new one is made."""
+        async with self.store.writing("edit an answer") as session:
+            row = await self._control(session, source, author, question)
+            approved = await self._approved(session, row)
+            if approved is None:
+                approved = ApprovedAnswerRow(created_at=self.store.clock())
+                session.add(approved)
+            approved.question = question if clean_question is None else clean_question
+            approved.answer, approved.intent = answer, intent
+            approved.author = author
+            await session.flush()
+            row.answer, row.disabled, row.action = answer, False, "edited"
+            row.approved_answer_id = approved.id
+            return await _saved_control(session, row)
+
+    async def approve_indexed(
+        self, source: str, question: str, answer: str, intent: str | None, author: str
+    ) -> AnswerControl:
+        """Keep an indexed pair as an approved answer; when one was kept already (by an
+        earlier approval or edit), nothing changes."""
+        async with self.store.writing("approve an indexed answer") as session:
+            row = await self._control(session, source, author, question)
+            if await self._approved(session, row) is not None:
+                return _to_control(row)
+            approved = ApprovedAnswerRow(
+                question=question,
+                answer=answer,
+                intent=intent,
+                author=author,
+                created_at=self.store.clock(),
+            )
+            session.add(approved)
+            await session.flush()
+            row.approved_answer_id, row.action = approved.id, "approved"
+            return await _saved_control(session, row)
+
+    async def _control(
+        self, session: AsyncSession, source: str, author: str, question: str | None
+    ) -> AnswerControlRow:
+        """The source's decision row (a new one, not yet flushed, when there is none),
+        stamped with `author`, now and the pair's `question` (when given)."""
+        now = self.store.clock()
+        row = await session.scalar(
+            select(AnswerControlRow).where(AnswerControlRow.source == source).with_for_update()
+        )
+        if row is None:
+            row = AnswerControlRow(source=source, disabled=False, action="", created_at=now)
+            session.add(row)
+        row.author, row.updated_at = author, now
+        if question is not None:
+            row.question = question
+        return row
+
+    @staticmethod
+    async def _approved(session: AsyncSession, row: AnswerControlRow) -> ApprovedAnswerRow | None:
+        if row.approved_answer_id is None:
+            return None
+        return await session.get(ApprovedAnswerRow, row.approved_answer_id)
 
     # -- canned responses and notes ----------------------------------------------------------
 
@@ -746,6 +887,32 @@ class SqlDeskStore:
             outcomes={str(outcome): int(count) for outcome, count in outcome_rows},
             csat=csat.CsatFigures.of((details or {}).get("csat") for details in rated),
         )
+
+
+def _to_control(row: AnswerControlRow) -> AnswerControl:
+    return AnswerControl(
+        source=row.source,
+        disabled=bool(row.disabled),
+        answer=row.answer,
+        action=row.action,
+        approved_answer_id=row.approved_answer_id,
+        author=row.author,
+        updated_at=row.updated_at,
+        question=row.question,
+    )
+
+
+async def _saved_control(session: AsyncSession, row: AnswerControlRow) -> AnswerControl:
+    """Flush the decision; a colleague who made the first decision about the same answer at
+    the same moment wins (ConflictError: reload and try again)."""
+    try:
+        await session.flush()
+    except IntegrityError as exc:
+        raise ConflictError(
+            f"a colleague changed the answer {row.source[:200]!r} at the same moment; reload "
+            "the answer library and try again"
+        ) from exc
+    return _to_control(row)
 
 
 def _to_canned(row: CannedResponseRow) -> CannedResponse:

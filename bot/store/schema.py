@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -354,3 +355,44 @@ class ErasureRow(Base):
     # Rows removed per table, e.g. {"messages": 12, "feedback": 1}.
     counts: Mapped[dict[str, int]] = mapped_column(Json)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AnswerControlRow(Base):
+    """The agents' decision about one indexed answer in the console's answer library:
+    disabled (not served), edited (served with `answer` in place of the indexed text) or
+    approved; one row per index source, holding the last action, who took it and when."""
+
+    __tablename__ = "answer_controls"
+    __table_args__ = (UniqueConstraint("source"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    # The answer's index source (`file:line`, `store:approved_answers:<id>`).
+    source: Mapped[str] = mapped_column(String(1000))
+    # The pair's question when decided: the decision holds only for that pair (a rewritten
+    # data file may put another one at the same `file:line`).
+    question: Mapped[str | None] = mapped_column(Text)
+    disabled: Mapped[bool] = mapped_column(Boolean)
+    # The agent's edited text, served instead of the indexed one (None: not edited).
+    answer: Mapped[str | None] = mapped_column(Text)
+    # disabled | enabled | edited | approved: the last action.
+    action: Mapped[str] = mapped_column(String(16))
+    # The approved answer an edit or an approval saved (no foreign key: an erasure may delete
+    # approved answers, and the decision about the indexed answer stays).
+    approved_answer_id: Mapped[int | None] = mapped_column(BigId)
+    author: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class LeaseRow(Base):
+    """A named lease: work that one replica of several does at a time (the retention purge).
+
+    Whoever holds it until `expires_at` may do the work; the others skip it. A replica that
+    dies holding it is replaced once it expires."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Replica name, process id and a random suffix of the holding process.
+    holder: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

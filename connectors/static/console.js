@@ -3,7 +3,7 @@
  *
  * Talks to the JSON API under /console/api and listens on its events WebSocket; the contract
  * is docs/console.md. The parts are in console/ (api, queue, conversation, search and
- * history, canned responses, shortcuts and notifications, events, dashboard and charts, tabs,
+ * history, canned responses, the answer library and the approval dialog, shortcuts and notifications, events, dashboard and charts, tabs,
  * alerts, format) and the code shared with the chat widget in lib/. All
  * text from the API is rendered as text, never as HTML.
  */
@@ -13,9 +13,11 @@ import { wireAlerts } from "./console/alerts.js";
 import { loadCanned, wireCanned } from "./console/canned.js";
 import { api, loadAgent, SIGN_IN } from "./console/api.js";
 import { loadColleagues, loadIntents, openConversation, wireConversation } from "./console/conversation.js";
+import { wireApproval } from "./console/approval.js";
 import { wireDashboard } from "./console/dashboard.js";
 import { connect, wireEvents } from "./console/events.js";
 import { loadQueue, wireQueue } from "./console/queue.js";
+import { wireLibrary } from "./console/library.js";
 import { wireSearch } from "./console/search.js";
 import { wireShortcuts } from "./console/shortcuts.js";
 import { selectTab, wireTabs } from "./console/tabs.js";
@@ -27,6 +29,8 @@ function wire() {
   wireDashboard();
   wireSearch(openConversation);
   wireCanned();
+  wireLibrary();
+  wireApproval();
   wireShortcuts(openConversation);
   wireAlerts();
   wireEvents();

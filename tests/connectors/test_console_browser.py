@@ -243,6 +243,10 @@ async def test_a_widget_customer_goes_to_an_agent_and_back_to_the_bot(
         "button", name="Save as approved answer"
     )
     await approve.click()
+    # The pair is shown before it is saved: the customer's question, not a hand-off request.
+    dialog = agent.get_by_role("dialog", name="Save as approved answer")
+    await expect(dialog.get_by_label("Answer")).to_have_value(answer)
+    await dialog.get_by_role("button", name="Save approved answer").click()
     await expect(transcript.locator("article.msg.agent")).to_contain_text(
         "Saved as an approved answer"
     )
@@ -400,7 +404,7 @@ async def test_sign_in_roles_and_the_operator_dashboard(
         replies = []
         for sender, text in [
             ("u1", "hi"),
-            ("u1", "where is my order"),
+            ("u1", "when will my refund arrive"),  # "where is my order" asks for its number
             ("u2", "how long does a refund take"),
             ("u3", "i want to talk to a human"),
         ]:
@@ -473,7 +477,7 @@ async def test_sign_in_roles_and_the_operator_dashboard(
     await expect(tab).to_have_attribute("aria-selected", "true")
     # Tabs by keyboard: the arrow keys move between them, Home goes to the first.
     await page.keyboard.press("ArrowLeft")
-    await expect(page.get_by_role("tab", name="Canned responses")).to_have_attribute(
+    await expect(page.get_by_role("tab", name="Answer library")).to_have_attribute(
         "aria-selected", "true"
     )
     await expect(page.get_by_role("tabpanel", name="Dashboard")).to_be_hidden()

@@ -29,6 +29,7 @@ from bot.core.csat import CsatFigures
 from bot.core.desk import (
     AUTOMATED_ROUTES,
     RESOLVED,
+    AnswerUsage,
     CannedResponse,
     ConversationView,
     CustomerHistory,
@@ -55,6 +56,7 @@ from bot.core.desk import (
 )
 from bot.core.errors import ConflictError, NotFoundError, StoreUnavailableError
 from bot.core.handoff import Handoff
+from bot.core.library import AnswerControl
 from bot.core.records import (
     AnswerRating,
     Conversation,
@@ -103,9 +105,10 @@ class ApprovedAnswer:
     question: str
     answer: str
     intent: str | None
-    conversation_id: str
+    # None for an answer approved in the answer library (no conversation's reply).
+    conversation_id: str | None
     question_message_id: int | None
-    answer_message_id: int
+    answer_message_id: int | None
     author: str
     created_at: datetime
 
@@ -125,6 +128,7 @@ class MemoryTables:
     agents: list[str] = field(default_factory=list)  # console accounts (a test adds them)
     canned: dict[int, CannedResponse] = field(default_factory=dict)
     notes: list[Note] = field(default_factory=list)
+    controls: dict[str, AnswerControl] = field(default_factory=dict)  # by source
     _ids: dict[str, Iterator[int]] = field(default_factory=dict)
 
     def next_id(self, table: str) -> int:
@@ -392,10 +396,12 @@ class InMemoryConversationStore:
         await self.enter("feedback")
         return [e.feedback for e in self.tables.feedback if e.feedback.message_id == message_id]
 
-    async def answer_ratings(self) -> list[AnswerRating]:
+    async def answer_ratings(self, after: int = 0) -> list[AnswerRating]:
         await self.enter("answer_ratings")
         ratings = []
-        for entry in sorted(self.tables.feedback, key=lambda e: (e.created_at, e.id)):
+        for entry in sorted(self.tables.feedback, key=lambda e: e.id):
+            if entry.id <= after:
+                continue
             reply = self.tables.messages[entry.feedback.message_id]
             source = reply.details.get("source")
             if (
@@ -407,7 +413,9 @@ class InMemoryConversationStore:
                 continue
             asked = self.tables.messages.get(self.tables.reply_to.get(reply.id, -1))
             intent = asked.intent if asked is not None else None
-            ratings.append(AnswerRating(str(source), reply.text, intent, entry.feedback.rating))
+            ratings.append(
+                AnswerRating(str(source), reply.text, intent, entry.feedback.rating, entry.id)
+            )
         return ratings
 
     # -- the tables, for both fakes ----------------------------------------------------------
@@ -763,23 +771,24 @@ class InMemoryDeskStore:
         question_message_id: int | None = None,
         question: str | None = None,
         intent: str | None = None,
+        answer: str | None = None,
     ) -> int:
         """Save an agent's reply as an approved answer (see `SqlDeskStore.approve_answer`)."""
         await self.store.enter("approve_answer")
-        answer = self.store.message_row(answer_message_id)
-        check_approvable(answer)
+        reply = self.store.message_row(answer_message_id)
+        check_approvable(reply)
         asked: StoredMessage | None
         if question_message_id is not None:
             asked = self.store.message_row(question_message_id)
-            check_question(asked, answer)
+            check_question(asked, reply)
         else:
             before = [
                 m
-                for m in self.store.messages_of(answer.conversation_id)
-                if m.role == Role.CUSTOMER and m.id < answer.id
+                for m in self.store.messages_of(reply.conversation_id)
+                if m.role == Role.CUSTOMER and m.id < reply.id
             ]
             asked = before[-1] if before else None
-        text = approved_question(answer, question, asked)
+        text = approved_question(reply, question, asked)
         if intent is None and asked is not None:
             corrected = [
                 e.feedback.corrected_intent
@@ -790,11 +799,11 @@ class InMemoryDeskStore:
         approved = ApprovedAnswer(
             id=self.tables.next_id("approved"),
             question=text,
-            answer=answer.text,
+            answer=reply.text if answer is None else answer,
             intent=intent,
-            conversation_id=answer.conversation_id,
+            conversation_id=reply.conversation_id,
             question_message_id=None if asked is None else asked.id,
-            answer_message_id=answer.id,
+            answer_message_id=reply.id,
             author=author,
             created_at=self.clock(),
         )
@@ -806,6 +815,115 @@ class InMemoryDeskStore:
         return sorted(
             {i for e in self.tables.feedback if (i := e.feedback.corrected_intent) is not None}
         )
+
+    # -- the answer library (see `SqlDeskStore`) -----------------------------------------------
+
+    async def answer_controls(self) -> list[AnswerControl]:
+        await self.store.enter("answer_controls")
+        return list(self.tables.controls.values())
+
+    async def answer_usage(self) -> dict[str, AnswerUsage]:
+        await self.store.enter("answer_usage")
+        counts: dict[str, dict[str, int]] = {}
+        for message in self.tables.messages.values():
+            source = message.details.get("source")
+            if message.role == Role.BOT and message.route == Route.ANSWER and source:
+                served = counts.setdefault(str(source), {})
+                served["served"] = served.get("served", 0) + 1
+        for entry in self.tables.feedback:
+            reply = self.tables.messages[entry.feedback.message_id]
+            source = reply.details.get("source")
+            rating = entry.feedback.rating
+            if rating and reply.role == Role.BOT and reply.route == Route.ANSWER and source:
+                rated = counts.setdefault(str(source), {})
+                rated[rating] = rated.get(rating, 0) + 1
+        return {
+            name: AnswerUsage(c.get("served", 0), c.get("up", 0), c.get("down", 0))
+            for name, c in counts.items()
+        }
+
+    async def disable_answer(
+        self, source: str, disabled: bool, author: str, question: str | None = None
+    ) -> AnswerControl:
+        await self.store.enter("disable_answer")
+        action = "disabled" if disabled else "enabled"
+        return self._control(source, author, question, disabled=disabled, action=action)
+
+    async def edit_answer(
+        self,
+        source: str,
+        question: str,
+        answer: str,
+        intent: str | None,
+        author: str,
+        clean_question: str | None = None,
+    ) -> AnswerControl:
+        await self.store.enter("edit_answer")
+        before = self.tables.controls.get(source)
+        kept = self._approved(before)
+        approved = ApprovedAnswer(
+            id=kept.id if kept is not None else self.tables.next_id("approved"),
+            question=question if clean_question is None else clean_question,
+            answer=answer,
+            intent=intent,
+            conversation_id=None if kept is None else kept.conversation_id,
+            question_message_id=None if kept is None else kept.question_message_id,
+            answer_message_id=None if kept is None else kept.answer_message_id,
+            author=author,
+            created_at=self.clock() if kept is None else kept.created_at,
+        )
+        self.tables.approved = [a for a in self.tables.approved if a.id != approved.id]
+        self.tables.approved.append(approved)
+        return self._control(
+            source,
+            author,
+            question,
+            disabled=False,
+            answer=answer,
+            action="edited",
+            approved_answer_id=approved.id,
+        )
+
+    async def approve_indexed(
+        self, source: str, question: str, answer: str, intent: str | None, author: str
+    ) -> AnswerControl:
+        await self.store.enter("approve_indexed")
+        before = self.tables.controls.get(source)
+        if before is not None and self._approved(before) is not None:
+            return self._control(source, author, question)
+        approved = ApprovedAnswer(
+            id=self.tables.next_id("approved"),
+            question=question,
+            answer=answer,
+            intent=intent,
+            conversation_id=None,
+            question_message_id=None,
+            answer_message_id=None,
+            author=author,
+            created_at=self.clock(),
+        )
+        self.tables.approved.append(approved)
+        return self._control(
+            source, author, question, action="approved", approved_answer_id=approved.id
+        )
+
+    def _approved(self, control: AnswerControl | None) -> ApprovedAnswer | None:
+        if control is None or control.approved_answer_id is None:
+            return None
+        wanted = control.approved_answer_id
+        return next((a for a in self.tables.approved if a.id == wanted), None)
+
+    def _control(
+        self, source: str, author: str, question: str | None, **changes: Any
+    ) -> AnswerControl:
+        before = self.tables.controls.get(source) or AnswerControl(
+            source, False, None, "", None, author, self.clock()
+        )
+        if question is not None:
+            changes["question"] = question
+        control = replace(before, author=author, updated_at=self.clock(), **changes)
+        self.tables.controls[source] = control
+        return control
 
     # -- canned responses and notes ----------------------------------------------------------
 

@@ -5,6 +5,7 @@
  */
 
 import { $, el } from "../lib/dom.js";
+import { openApproval } from "./approval.js";
 import { announce } from "./alerts.js";
 import { agent, api } from "./api.js";
 import { channelLabel, customerLabel, fixed, formatTime, humanize, percent, reasonLabel } from "./format.js";
@@ -504,12 +505,16 @@ function approvalControls(message) {
     "data-control": "approve",
     text: "Save as approved answer",
   });
-  button.addEventListener("click", () =>
-    act(async () => {
-      await api("POST", "approved-answers", { answer_message_id: message.id });
-      announce("Saved as an approved answer.");
-    }, button, error)
-  );
+  button.addEventListener("click", async () => {
+    button.disabled = true;
+    try {
+      await openApproval(message, () => Promise.all([loadQueue(), loadConversation()]));
+      error.textContent = "";
+    } catch (failure) {
+      if (failure.status !== 401) error.textContent = failure.status ? `${failure.message} (${failure.status})` : failure.message;
+    }
+    button.disabled = false;
+  });
   box.append(button, error);
   return box;
 }

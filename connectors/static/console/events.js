@@ -8,6 +8,7 @@ import { $ } from "../lib/dom.js";
 import { Backoff, connectingText, offlineText } from "../lib/backoff.js";
 import { API, api } from "./api.js";
 import { currentConversationId, loadConversation } from "./conversation.js";
+import { libraryChanged } from "./library.js";
 import { loadQueue } from "./queue.js";
 
 const REFRESH_DELAY_MS = 120; // events in a burst cause one refetch
@@ -67,6 +68,9 @@ function receive(event) {
       break;
     case "lagged":
       refresh({ queue: true, conversation: true });
+      break;
+    case "answer.changed":
+      libraryChanged();
       break;
     default: {
       const current = currentConversationId();

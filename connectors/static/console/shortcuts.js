@@ -99,6 +99,7 @@ function typing(target) {
 
 function onKey(event) {
   if (event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
+  if (!$("approve").hidden) return; // the approval dialog has the keyboard (Esc closes it)
   if (event.key === "Escape") {
     if (!$("help").hidden) {
       event.preventDefault();

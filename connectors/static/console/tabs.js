@@ -1,5 +1,5 @@
 /*
- * The Queue, Search, Canned responses and Dashboard tabs (WAI-ARIA tabs: arrow keys, Home and End move between them).
+ * The Queue, Search, Canned responses, Answer library and Dashboard tabs (WAI-ARIA tabs: arrow keys, Home and End move between them).
  * The dashboard is reloaded each time its tab is shown, and #dashboard in the address keeps
  * it across reloads.
  */
@@ -8,6 +8,7 @@ import { $ } from "../lib/dom.js";
 import { currentConversationId } from "./conversation.js";
 import { loadDashboard } from "./dashboard.js";
 import { loadCanned } from "./canned.js";
+import { loadLibrary } from "./library.js";
 
 function tabs() {
   return Array.from(document.querySelectorAll('[role="tab"]')).filter((tab) => !tab.hidden);
@@ -22,6 +23,7 @@ export function selectTab(tab, focus) {
   }
   if (focus) tab.focus();
   if (tab.id === "tab-canned") loadCanned(currentConversationId());
+  if (tab.id === "tab-library") loadLibrary(1);
   if (tab.id === "tab-dashboard") {
     loadDashboard();
     if (!currentConversationId()) history.replaceState(null, "", "#dashboard");

@@ -7,7 +7,7 @@ The real service on the in-memory fakes (`in_memory_core` of test_service.py).
 
 from __future__ import annotations
 
-from bot.core.demotion import Demotion, demotions, without_demoted
+from bot.core.demotion import Demotion, RatedAnswers, demotions, without_demoted
 from bot.core.records import Answer, AnswerRating, Feedback, Route
 from bot.core.service import HandleResult
 from tests.bot.core.test_service import CHANNEL, InMemoryCore, in_memory_core
@@ -160,3 +160,41 @@ async def test_by_default_a_close_runner_up_does_not_stop_the_best_answer() -> N
         core.answers.add(GENERAL, 0.80, question=QUESTION, source="faq.csv:3")
         result = await core.say(QUESTION, intent="refund_status")
         assert (result.replies[0].route, result.replies[0].text) == (Route.ANSWER, PERSONAL)
+
+
+async def test_ratings_are_read_incrementally_with_a_full_read_now_and_then() -> None:
+    """Choosing an answer reads only the ratings given since the last read; a full read
+    every `full_read_s` forgets deleted ratings (an erasure) and catches late commits."""
+    stored = [
+        AnswerRating("a:1", "Refunds take 5 days.", "refund", "down", 1),
+        AnswerRating("b:2", "It shipped.", "shipping", "down", 2),
+    ]
+    asked: list[int] = []
+
+    async def ratings(after: int) -> list[AnswerRating]:
+        asked.append(after)
+        return [r for r in stored if r.feedback_id > after]
+
+    clock = [0.0]
+    state = RatedAnswers(full_read_s=60, now=lambda: clock[0])
+    assert {d.source for d in await state.read(ratings) if d.source} == {"a:1", "b:2"}
+    stored.append(AnswerRating("a:1", "Refunds take 5 days.", "refund", "up", 3))
+    clock[0] = 30.0
+    assert {d.source for d in await state.read(ratings) if d.source} == {"b:2"}
+    assert await state.read(ratings) == state.current  # nothing new: same demotions
+    assert asked == [0, 2, 3]
+    # A rating that committed late (id 2 after 3 was read) is missed until the full read;
+    # so is a deleted one remembered.
+    del stored[1]
+    clock[0] = 61.0
+    assert {d.source for d in await state.read(ratings) if d.source} == set()
+    assert asked[-1] == 0
+
+
+def test_a_rating_seen_twice_counts_once() -> None:
+    state = RatedAnswers()
+    down = AnswerRating("a:1", "Refunds take 5 days.", "refund", "down", 4)
+    up = AnswerRating("a:1", "Refunds take 5 days.", "refund", "up", 5)
+    state.apply([down, up])
+    state.apply([down])  # a concurrent read returned it again: not a newer "down"
+    assert state.current == ()

@@ -299,3 +299,9 @@ async def test_answer_ratings_are_the_up_and_down_on_served_answers_oldest_first
         AnswerRating("faq:1", "re: hmm", None, "down"),
         AnswerRating("logs:3", "re: where is my refund", "refund_status", "up"),
     ]
+    # Only the ratings after a feedback id: what a reader that saw the first one asks for.
+    first, *rest = await store.answer_ratings()
+    assert first.feedback_id > 0
+    assert await store.answer_ratings(after=first.feedback_id) == rest
+    assert [r.feedback_id for r in rest] == sorted(r.feedback_id for r in rest)
+    assert await store.answer_ratings(after=rest[-1].feedback_id) == []

@@ -546,6 +546,8 @@ async def test_migrations_are_idempotent_and_match_the_models(
         "Running upgrade 0002 -> 0003",
         "Running upgrade 0003 -> 0004",
         "Running upgrade 0004 -> 0005",
+        "Running upgrade 0005 -> 0006",
+        "Running upgrade 0006 -> 0007",
     ], upgrades
     engine = create_store_engine(database_url)
     try:
@@ -556,7 +558,7 @@ async def test_migrations_are_idempotent_and_match_the_models(
             differences = await connection.run_sync(schema_differences)
     finally:
         await engine.dispose()
-    assert version == migration_head() == "0005"
+    assert version == migration_head() == "0007"
     assert differences == []
 
 

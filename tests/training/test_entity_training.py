@@ -1,0 +1,255 @@
+"""Learned entities: annotated data (Rasa markup, JSONL spans) with located errors, span
+metrics, and a real fine-tune of the bundled backbone that finds a city it never saw."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from bot.app.cli import main
+from bot.nlu.entity_model import (
+    TokenTagger,
+    best_tags,
+    bio_tags,
+    decode_spans,
+    encode_with_offsets,
+    is_entity_model_dir,
+)
+from training.data import load_examples
+from training.entities import (
+    MIN_VALIDATION,
+    EntityDataError,
+    Span,
+    load_annotated,
+    parse_markup,
+    piece_targets,
+    span_metrics,
+)
+
+TEMPLATES = (
+    "I live in [{city}](city)",
+    "please ship my order to [{city}](city)",
+    "do you deliver to [{city}](city)?",
+    "my parcel is stuck in [{city}](city) since monday",
+    "is there a pickup point in [{city}](city)",
+)
+CITIES = ("Berlin", "Paris", "London", "Rome", "Vienna", "Lisbon", "Oslo", "Dublin")
+NEGATIVES = ("where is my order", "I want a refund", "hello there", "thanks a lot")
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Train on one torch thread: two on a busy two-core machine made a step 5x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def rasa_file(path: Path) -> Path:
+    lines = ["version: '3.1'", "nlu:", "- intent: delivery", "  examples: |"]
+    for i, template in enumerate(TEMPLATES):
+        for city in CITIES[i % 3 :: 1][:7]:
+            lines.append(f"    - {template.format(city=city)}")
+    lines.append('    - ship it to [NYC]{"entity": "city", "value": "New York"}')
+    lines += ["- intent: other", "  examples: |", *(f"    - {t}" for t in NEGATIVES)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def jsonl(path: Path, records: list[object]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_markup_gives_plain_text_spans_and_synonym_values() -> None:
+    text, spans, problems = parse_markup(
+        'fly to [Berlin](city) from [NYC](city:New York) on [monday]{"entity": "day"}'
+    )
+    assert problems == []
+    assert text == "fly to Berlin from NYC on monday"
+    assert [(s.entity, text[s.start : s.end], s.value) for s in spans] == [
+        ("city", "Berlin", None),
+        ("city", "NYC", "New York"),
+        ("day", "monday", None),
+    ]
+
+
+def test_rasa_entities_are_loaded_and_intent_loading_still_strips_the_markup(
+    tmp_path: Path,
+) -> None:
+    path = rasa_file(tmp_path / "nlu.yml")
+    data = load_annotated([path])
+    assert data.entities == ("city",)
+    nyc = next(e for e in data.examples if "NYC" in e.text)
+    assert nyc.text == "ship it to NYC"
+    assert data.synonyms == {"city": {"nyc": "New York"}}
+    assert any(not e.spans for e in data.examples)  # sentences with no entity are kept
+    intents = load_examples([path], "intent", min_examples=0)
+    assert "ship it to NYC" in {e.text for e in intents}
+    assert not any("[" in e.text for e in intents)
+
+
+def test_rasa_synonym_blocks_give_values(tmp_path: Path) -> None:
+    path = tmp_path / "nlu.yml"
+    path.write_text(
+        "nlu:\n- intent: travel\n  examples: |\n    - go to [Big Apple](city)\n"
+        "- synonym: New York\n  examples: |\n    - big apple\n"
+    )
+    assert load_annotated([path]).synonyms == {"city": {"big apple": "New York"}}
+
+
+def test_bad_spans_are_reported_with_file_line_and_field(tmp_path: Path) -> None:
+    path = jsonl(
+        tmp_path / "spans.jsonl",
+        [
+            {"text": "to Berlin", "entities": [{"start": 3, "end": 9, "entity": "city"}]},
+            {"text": "to Berlin", "entities": [{"start": 3, "end": 30, "entity": "city"}]},
+            {
+                "text": "New York City",
+                "entities": [
+                    {"start": 0, "end": 8, "entity": "city"},
+                    {"start": 4, "end": 13, "entity": "city"},
+                ],
+            },
+            {"text": "to Rome", "entities": [{"start": 3, "end": 7, "entity": " "}]},
+            {"text": "", "entities": []},
+        ],
+    )
+    with pytest.raises(EntityDataError) as caught:
+        load_annotated([path])
+    message = str(caught.value)
+    assert "4 problems" in message
+    assert f'{path} line 2: field "entities[0].end": 30 is beyond the text (9 characters)' in (
+        message
+    )
+    assert f'{path} line 3: field "entities": spans overlap: city 0:8 and city 4:13' in message
+    assert f'{path} line 4: field "entities[0].entity": is missing or empty' in message
+    assert f'{path} line 5: field "text": is missing or empty' in message
+
+
+def test_bad_markup_is_reported_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "nlu.yml"
+    path.write_text(
+        "nlu:\n- intent: travel\n  examples: |\n    - go to [Berlin](city)\n"
+        "    - go to [Paris]()\n    - go to [Rome]{entity: city}\n"
+    )
+    with pytest.raises(EntityDataError) as caught:
+        load_annotated([path])
+    message = str(caught.value)
+    assert f'{path} line 5: field "examples": [Paris](): the entity name is empty' in message
+    assert f"{path} line 6" in message and "is not valid JSON" in message
+
+
+def test_data_without_any_entity_is_refused(tmp_path: Path) -> None:
+    path = jsonl(tmp_path / "plain.jsonl", [{"text": "hello"}])
+    with pytest.raises(EntityDataError, match="holds no annotated entity"):
+        load_annotated([path])
+
+
+def test_span_metrics_count_exact_spans_per_entity() -> None:
+    gold = [[("city", 0, 6), ("day", 10, 16)], [("city", 3, 8)]]
+    predicted = [[("city", 0, 6), ("day", 10, 15)], [("city", 3, 8), ("day", 0, 2)]]
+    metrics = span_metrics(gold, predicted)
+    assert metrics["per_entity"]["city"]["f1"] == 1.0
+    assert metrics["per_entity"]["day"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 1,
+        "predicted": 2,
+    }
+    assert metrics["micro_f1"] == pytest.approx(2 * (2 / 4) * (2 / 3) / (2 / 4 + 2 / 3), abs=1e-4)
+    assert metrics["macro_f1"] == 0.5
+    assert metrics["exact_match"] == 0.0
+
+
+def test_bio_targets_and_constrained_decoding_round_trip() -> None:
+    import torch
+    from transformers import AutoTokenizer
+
+    from bot.nlu.artifacts import resolve_backbone
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("bundled"))
+    text = "ship to Los Angeles tomorrow"
+    spans = [Span("city", 8, 19)]
+    tags = bio_tags(["city", "state"])
+    encoded = encode_with_offsets(tokenizer, [text], 32)
+    index = {t: i for i, t in enumerate(tags)}
+    targets = piece_targets(spans, encoded.offsets[0], encoded.words[0], index, "all")
+    named = [tags[t] if t >= 0 else None for t in targets]
+    assert named == [None, "O", "O", "B-city", "I-city", "O", None]
+    # "Angeles" scored as the inside of a state, after the beginning of a city: argmax gives
+    # two fragments; the BIO-constrained best path keeps one city.
+    logits = torch.full((len(targets), len(tags)), -5.0)
+    for position, tag in enumerate(["O", "O", "O", "B-city", "I-state", "O", "O"]):
+        logits[position, index[tag]] = 5.0
+    logits[4, index["I-city"]] = 4.0
+    predicted = best_tags(logits, encoded.words[0], tags)
+    assert decode_spans(text, predicted, encoded.offsets[0], encoded.words[0]) == [("city", 8, 19)]
+    argmax = [tags[int(k)] for k in logits.argmax(-1)]
+    assert len(decode_spans(text, argmax, encoded.offsets[0], encoded.words[0])) == 2
+
+
+@pytest.mark.slow
+def test_train_entity_finds_an_unseen_city_and_the_artifact_round_trips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = rasa_file(tmp_path / "nlu.yml")
+    models = tmp_path / "models"
+    with one_thread():
+        status = main(
+            [
+                "train",
+                "entity",
+                "--data",
+                str(data),
+                "--models",
+                str(models),
+                "--epochs",
+                "15",
+                "--batch-size",
+                "8",
+                "--no-progress",
+            ]
+        )
+    assert status == 0
+    out = capsys.readouterr().out
+    assert "entity v1 is live" in out
+    assert f"fewer than {MIN_VALIDATION}" in out  # the tiny set trained without early stopping
+    version = models / "entity" / "v1"
+    assert is_entity_model_dir(version)
+    meta = json.loads((version / "entity.json").read_text())
+    assert meta["tags"] == ["O", "B-city", "I-city"] and meta["tuned_layers"] == 3
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert set(metrics["per_entity"]) == {"city"}
+    assert (version / "test_set.jsonl").is_file()
+    # Loaded again from disk: Madrid and Amsterdam were never in the training data.
+    tagger = TokenTagger(version)
+    texts = ["please ship my order to Madrid", "hello there", "is there a pickup point in NYC"]
+    found = tagger.spans(texts)
+    assert [(e.type, e.text, texts[0][e.start : e.end]) for e in found[0]] == [
+        ("city", "Madrid", "Madrid")
+    ]
+    assert found[1] == []
+    assert [(e.text, e.value) for e in found[2]] == [("NYC", "New York")]  # the synonym
+    listing = main(["models", "--models", str(models), "list"])
+    assert listing == 0 and "entity:" in capsys.readouterr().out
+    unseen = jsonl(
+        tmp_path / "unseen.jsonl",
+        [
+            {"text": "ship it to Madrid", "entities": [{"start": 11, "end": 17, "entity": "city"}]},
+            {"text": "hello there"},
+        ],
+    )
+    assert main(["evaluate", str(version), "--data", str(unseen), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["per_entity"]["city"]["support"] == 1 and evaluated["n"] == 2
