@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -154,6 +155,15 @@ def parse_metrics(text: str) -> dict[str, float]:
     return samples
 
 
+def entry_point(root: Path) -> str:
+    """`module:function` of the `supportbot` console script in `root`'s pyproject.toml."""
+    try:
+        project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+        return str(project["project"]["scripts"]["supportbot"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "bot.app.cli:main"
+
+
 class Server:
     """`supportbot serve` in a subprocess, its output in a log file."""
 
@@ -176,7 +186,10 @@ class Server:
         script = Path(sys.executable).with_name("supportbot")
         if self.root == ROOT and script.is_file():
             return [str(script), "serve", "--port", str(self.port)]
-        return [sys.executable, "-m", "bot.app.cli", "serve", "--port", str(self.port)]
+        # The `supportbot` entry point of the revision in `root` (its module moved over time).
+        module, _, function = entry_point(self.root).partition(":")
+        run = f"import sys; from {module} import {function}; sys.exit({function}())"
+        return [sys.executable, "-c", run, "serve", "--port", str(self.port)]
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -591,10 +604,11 @@ def server_env(
         )
     name = f"{release}-{mode}".replace(" ", "-").replace(":", "") if release else mode
     store = ns.store_url or f"sqlite+aiosqlite:///{workdir / f'bench-{name}.db'}"
+    index = ns.baseline_index if root != ROOT and ns.baseline_index else ns.index
     env.update(
         {
             "SUPPORTBOT_MODELS__DIR": str(ns.models),
-            "SUPPORTBOT_RETRIEVAL__INDEX_DIR": str(ns.index),
+            "SUPPORTBOT_RETRIEVAL__INDEX_DIR": str(index),
             "SUPPORTBOT_STORE__URL": store,
             "SUPPORTBOT_MODELS__TRAIN_IF_MISSING": "false",
             "SUPPORTBOT_RETRIEVAL__BUILD_IF_MISSING": "false",
@@ -701,9 +715,20 @@ def main() -> int:
         help="also serve this git revision (a temporary worktree) first, on the same models, "
         "data and seed, and print the ratios working tree / baseline",
     )
+    parser.add_argument(
+        "--baseline-index",
+        type=Path,
+        metavar="DIR",
+        help="the answer index the baseline serves (default: --index), for a revision that "
+        "cannot read this one's index format: build it with that revision's `index build`",
+    )
     ns = parser.parse_args()
     ns.models = ns.models.resolve()
     ns.index = (ns.index or ns.models / "answers").resolve()
+    if ns.baseline_index is not None:
+        if not ns.baseline:
+            sys.exit("--baseline-index needs --baseline REF")
+        ns.baseline_index = ns.baseline_index.resolve()
     if not (ns.models / "registry.json").is_file():
         sys.exit(f"{ns.models} holds no registry.json; pass a trained models root with --models")
     if not (ns.index / "index.json").is_file():
