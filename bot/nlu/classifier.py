@@ -16,10 +16,10 @@ all-MiniLM-L6-v2 were trained with it; a [CLS] head throws that training away.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -36,6 +36,10 @@ from bot.nlu.artifacts import (  # noqa: F401  (re-exported for callers of the a
 
 HEAD_FILE = "classifier_head.safetensors"
 META_FILE = "classifier.json"
+
+
+# The module a model directory is read into (a classifier or the entity tagger).
+M = TypeVar("M", bound=nn.Module)
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -193,19 +197,38 @@ def read_meta(directory: Path) -> ClassifierMeta:
 
 def load_model(directory: Path) -> tuple[MeanPoolingClassifier, Any, ClassifierMeta]:
     """Load the module, tokenizer and meta of a model directory (CPU, eval mode)."""
+
+    meta = read_meta(directory)
+    model, tokenizer = read_model_directory(
+        directory,
+        HEAD_FILE,
+        lambda encoder: MeanPoolingClassifier(encoder, len(meta.labels)),
+        lambda what: _not_a_model(directory, what),
+    )
+    return model, tokenizer, meta
+
+
+def read_model_directory(
+    directory: Path,
+    head_file: str,
+    build: Callable[[Any], M],
+    not_a_model: Callable[[str], Exception],
+) -> tuple[M, Any]:
+    """The module `build` makes of the directory's encoder, with `head_file`'s weights in
+    its `head`, and the tokenizer (CPU, eval mode): the counterpart of
+    `write_model_directory`, for the classifiers and the entity tagger."""
     from transformers import AutoModel, AutoTokenizer
 
     quiet_transformers()
-    meta = read_meta(directory)
-    missing = [name for name in (HEAD_FILE, "config.json") if not (directory / name).is_file()]
+    missing = [name for name in (head_file, "config.json") if not (directory / name).is_file()]
     if missing:
-        raise _not_a_model(directory, f"{', '.join(missing)} missing")
+        raise not_a_model(f"{', '.join(missing)} missing")
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    encoder = AutoModel.from_pretrained(str(directory))
-    model = MeanPoolingClassifier(encoder, len(meta.labels))
-    model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
+    model = build(AutoModel.from_pretrained(str(directory)))
+    head: Any = model.head
+    head.load_state_dict(load_file(str(directory / head_file)))
     model.eval()
-    return model, tokenizer, meta
+    return model, tokenizer
 
 
 class TransformerClassifier:

@@ -23,14 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from bot.core.datafiles import abbreviate
 from bot.core.entities import Entity
 from bot.core.errors import ModelNotFoundError
-from bot.nlu.artifacts import quiet_transformers
-from bot.nlu.classifier import write_model_directory
+from bot.nlu.classifier import read_model_directory, write_model_directory
 
 HEAD_FILE = "entity_head.safetensors"
 META_FILE = "entity.json"
@@ -144,18 +142,13 @@ def read_entity_meta(directory: Path) -> EntityMeta:
 
 def load_tagger(directory: Path) -> tuple[TokenTaggerModule, Any, EntityMeta]:
     """Load the module, tokenizer and meta of an entity model directory (CPU, eval mode)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    quiet_transformers()
     meta = read_entity_meta(directory)
-    missing = [name for name in (HEAD_FILE, "config.json") if not (directory / name).is_file()]
-    if missing:
-        raise _not_a_model(directory, f"{', '.join(missing)} missing")
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    encoder = AutoModel.from_pretrained(str(directory))
-    model = TokenTaggerModule(encoder, len(meta.tags))
-    model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
-    model.eval()
+    model, tokenizer = read_model_directory(
+        directory,
+        HEAD_FILE,
+        lambda encoder: TokenTaggerModule(encoder, len(meta.tags)),
+        lambda what: _not_a_model(directory, what),
+    )
     return model, tokenizer, meta
 
 
