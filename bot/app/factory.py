@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from bot.core import logs
 from bot.core.bus import EventBus, LocalBus
 from bot.core.delivery import Dispatcher
+from bot.core.demotion import RatedAnswers
 from bot.core.desk import AgentDesk
 from bot.core.errors import (
     BadRequestError,
@@ -131,6 +132,7 @@ class Runtime:
     dispatcher: Dispatcher
     bus: EventBus
     router: Router
+    rated: RatedAnswers
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -203,6 +205,8 @@ def build_runtime(settings: Settings) -> Runtime:
     # One process delivers pushed replies directly; replicas send them over the bus to
     # whichever replica holds the customer's socket.
     dispatcher = Dispatcher(remote)
+    # The demoted answers: the service reads them, its ratings and the desk's touch them.
+    rated = RatedAnswers()
     service = ConversationService(
         store,
         understander,
@@ -222,6 +226,7 @@ def build_runtime(settings: Settings) -> Runtime:
         min_margin=settings.retrieval.min_margin,
         # The answer library's disabled and edited answers, read from the database.
         controls=SqlDeskStore(store),
+        rated=rated,
     )
     return Runtime(
         settings,
@@ -237,6 +242,7 @@ def build_runtime(settings: Settings) -> Runtime:
         dispatcher,
         bus,
         router,
+        rated,
     )
 
 
@@ -375,6 +381,7 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         ask_rating=settings.handoff.csat,
         answer_pairs=lambda: runtime.answers.current.pairs,
         excluded_answers=lambda: runtime.answers.current.excluded,
+        rated=runtime.rated,
     )
     ConsoleConnector(
         desk,

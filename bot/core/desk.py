@@ -25,6 +25,7 @@ from bot.core.bus import EventBus
 from bot.core.clock import Clock, utcnow
 from bot.core.csat import CsatFigures
 from bot.core.delivery import DeliveryError, Dispatcher
+from bot.core.demotion import RatedAnswers
 from bot.core.errors import (
     BadRequestError,
     ForbiddenError,
@@ -881,6 +882,8 @@ class AgentDesk:
             swapped in), for the answer library.
         excluded_answers: the answers curation kept out of the live index, the most frequent
             first (saved with it), for the library's "Excluded by curation" view.
+        rated: the service's demoted answers: an agent's Good/Bad touches them, so it holds
+            from the next message (see `bot.core.demotion.RatedAnswers`).
     """
 
     def __init__(
@@ -898,6 +901,7 @@ class AgentDesk:
         ask_rating: bool = True,
         answer_pairs: Callable[[], Sequence[IndexedPair]] = tuple,
         excluded_answers: Callable[[], Sequence[ExcludedAnswer]] = tuple,
+        rated: RatedAnswers | None = None,
     ) -> None:
         self.conversations = conversations
         self.desk = desk
@@ -912,6 +916,7 @@ class AgentDesk:
         self.ask_rating = ask_rating
         self.answer_pairs = answer_pairs
         self.excluded_answers = excluded_answers
+        self.rated = rated
         self._catalog: LibraryCatalog | None = None
         self._watcher: asyncio.Task[None] | None = None
 
@@ -1149,7 +1154,7 @@ class AgentDesk:
             corrected_sentiment=sentiment,
             author=agent.name,
         )
-        return await store_feedback(self.conversations, self.metrics, feedback)
+        return await store_feedback(self.conversations, self.metrics, feedback, self.rated)
 
     async def label_conversation(self, conversation_id: str, agent: Agent, sentiment: str) -> int:
         """Store an agent's overall sentiment of a conversation."""

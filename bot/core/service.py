@@ -231,11 +231,19 @@ def _annotation(understanding: Understanding, details: dict[str, Any]) -> dict[s
     }
 
 
-async def store_feedback(store: ConversationStore, metrics: Metrics, feedback: Feedback) -> int:
+async def store_feedback(
+    store: ConversationStore,
+    metrics: Metrics,
+    feedback: Feedback,
+    rated: demotion.RatedAnswers | None = None,
+) -> int:
     """Store feedback (a customer's rating or an agent's label) and count it; the one place
-    both the service and the agents' desk record feedback."""
+    both the service and the agents' desk record feedback. A rating touches `rated` (the
+    service's demotions), so it holds from the next message."""
     feedback_id = await store.record_feedback(feedback)
     metrics.feedback.labels(feedback.rating or "label").inc()
+    if rated is not None and feedback.rating is not None:
+        rated.touch()
     return feedback_id
 
 
@@ -288,10 +296,12 @@ class ConversationService:
         redact: Iterable[str] = (),
         min_margin: float = 0.0,
         controls: AnswerControls | None = None,
+        rated: demotion.RatedAnswers | None = None,
     ) -> None:
         self._store = store
-        # The demoted answers, read incrementally from the store's ratings.
-        self._rated = demotion.RatedAnswers()
+        # The demoted answers, read incrementally from the store's ratings (shared with the
+        # agents' desk, whose ratings touch it).
+        self._rated = rated if rated is not None else demotion.RatedAnswers()
         self._controls = controls
         self._understander = understander
         self._answers = answers
@@ -975,7 +985,7 @@ class ConversationService:
 
     async def record_feedback(self, feedback: Feedback) -> int:
         """Store feedback on a reply (NotFoundError for an unknown message id)."""
-        return await store_feedback(self._store, self._metrics, feedback)
+        return await store_feedback(self._store, self._metrics, feedback, self._rated)
 
     async def record_customer_feedback(self, channel: str, sender: str, feedback: Feedback) -> int:
         """A customer's rating of a bot reply in their own conversation.

@@ -7,6 +7,10 @@ The real service on the in-memory fakes (`in_memory_core` of test_service.py).
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+
 from bot.core.demotion import Demotion, RatedAnswers, demotions, without_demoted
 from bot.core.records import Answer, AnswerRating, Feedback, Route
 from bot.core.service import HandleResult
@@ -176,7 +180,7 @@ async def test_ratings_are_read_incrementally_with_a_full_read_now_and_then() ->
         return [r for r in stored if r.feedback_id > after]
 
     clock = [0.0]
-    state = RatedAnswers(full_read_s=60, now=lambda: clock[0])
+    state = RatedAnswers(full_read_s=60, poll_s=0, now=lambda: clock[0])
     assert {d.source for d in await state.read(ratings) if d.source} == {"a:1", "b:2"}
     stored.append(AnswerRating("a:1", "Refunds take 5 days.", "refund", "up", 3))
     clock[0] = 30.0
@@ -189,6 +193,56 @@ async def test_ratings_are_read_incrementally_with_a_full_read_now_and_then() ->
     clock[0] = 61.0
     assert {d.source for d in await state.read(ratings) if d.source} == set()
     assert asked[-1] == 0
+
+
+async def test_ratings_are_polled_at_most_every_poll_s_unless_touched() -> None:
+    """Under load the ratings are not read per message: at most every `poll_s`, at once
+    after a rating recorded in this process (`touch`), and concurrent reads share a query."""
+    stored = [AnswerRating("a:1", "Refunds take 5 days.", "refund", "down", 1)]
+    asked: list[int] = []
+    gate = asyncio.Event()
+
+    async def ratings(after: int) -> list[AnswerRating]:
+        asked.append(after)
+        await gate.wait()
+        return [r for r in stored if r.feedback_id > after]
+
+    clock = [0.0]
+    state = RatedAnswers(full_read_s=60, poll_s=1.0, now=lambda: clock[0])
+    gate.set()
+    assert {d.source for d in await state.read(ratings) if d.source} == {"a:1"}
+    stored.append(AnswerRating("b:2", "It shipped.", "shipping", "down", 2))
+    clock[0] = 0.5
+    assert {d.source for d in await state.read(ratings) if d.source} == {"a:1"}  # polled 0.5 s ago
+    assert asked == [0]
+    state.touch()  # a rating recorded on this replica holds from the next message
+    assert {d.source for d in await state.read(ratings) if d.source} == {"a:1", "b:2"}
+    assert asked == [0, 1]
+    stored.append(AnswerRating("b:2", "It shipped.", "shipping", "up", 3))
+    clock[0] = 1.6  # another replica's rating: seen within poll_s
+    gate.clear()
+    reads = [asyncio.create_task(state.read(ratings)) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*reads)
+    assert asked == [0, 1, 2]  # five concurrent reads, one query
+    assert all({d.source for d in r if d.source} == {"a:1"} for r in results)
+
+
+async def test_a_failed_ratings_read_is_retried_on_the_next_message() -> None:
+    calls: list[int] = []
+
+    async def ratings(after: int) -> list[AnswerRating]:
+        calls.append(after)
+        if len(calls) == 1:
+            raise ConnectionError("database away")
+        return [AnswerRating("a:1", "Refunds take 5 days.", "refund", "down", 1)]
+
+    state = RatedAnswers(poll_s=60, now=lambda: 0.0)
+    with pytest.raises(ConnectionError):
+        await state.read(ratings)
+    assert {d.source for d in await state.read(ratings) if d.source} == {"a:1"}
+    assert len(calls) == 2
 
 
 def test_a_rating_seen_twice_counts_once() -> None:

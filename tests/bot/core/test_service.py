@@ -19,6 +19,7 @@ import pytest
 
 from bot.core.bus import Event, LocalBus, Subscription
 from bot.core.delivery import Deliverer, Dispatcher
+from bot.core.demotion import RatedAnswers
 from bot.core.desk import AgentDesk
 from bot.core.errors import BadRequestError, StoreUnavailableError
 from bot.core.escalation import (
@@ -190,6 +191,7 @@ async def in_memory_core(
     )
     settings = EscalationSettings(**escalation)
     metrics = Metrics()
+    rated = RatedAnswers()  # shared as the factory does: the desk's ratings touch it
     service = ConversationService(
         store,
         understander,
@@ -203,6 +205,7 @@ async def in_memory_core(
         clock=clock,
         redact=redact,
         min_margin=min_margin,
+        rated=rated,
     )
     desk = AgentDesk(
         store,
@@ -214,6 +217,7 @@ async def in_memory_core(
         intent_labels=lambda: INTENT_LABELS,
         unclaimed_timeout_s=settings.unclaimed_timeout_s,
         clock=clock,
+        rated=rated,
     )
     console = BusRecorder(bus, "console")
     core = InMemoryCore(
