@@ -54,10 +54,10 @@ class TrainingArguments:
         abstain_precision: the stored abstain threshold is the lowest calibrated confidence
             at which validation predictions above it are at least this precise.
         oos_method: how an intent model tells out-of-scope messages (about none of its
-            intents) apart: `knn+energy` (the default, see training/ood.py and the README's
-            out-of-scope table), another name in `bot.nlu.oos.COMPONENTS` or two joined by
-            `+`, or `none` for no detector (the model then only abstains below its
-            confidence threshold).
+            intents) apart: `knn+energy+sentence-knn` (the default, see training/ood.py and
+            the README's out-of-scope table), another name in `bot.nlu.oos.COMPONENTS` or two
+            or three joined by `+`, or `none` for no detector (the model then only abstains
+            below its confidence threshold).
         oos_keep_recall: the detector's operating point: the share of correctly answered
             in-scope validation messages it keeps (0.98 costs at most about 2 points of
             in-scope accuracy; lower declines more out-of-scope messages and more in-scope).
@@ -92,7 +92,7 @@ class TrainingArguments:
     lora_dropout: float = 0.1
     mixed_precision: str = "auto"
     abstain_precision: float = 0.9
-    oos_method: str = "knn+energy"
+    oos_method: str = "knn+energy+sentence-knn"
     oos_keep_recall: float = 0.98
     oos_label: str | None = None
 
@@ -148,9 +148,13 @@ class TrainingArguments:
         parts = self.oos_method.split("+")
         need(
             self.oos_method == "none"
-            or (1 <= len(parts) <= 2 and all(part in OOS_COMPONENTS for part in parts)),
-            f"oos_method must be none, one of {', '.join(OOS_COMPONENTS)} or two of them "
-            f"joined by '+', got {self.oos_method!r}",
+            or (
+                1 <= len(parts) <= 3
+                and len(set(parts)) == len(parts)
+                and all(part in OOS_COMPONENTS for part in parts)
+            ),
+            f"oos_method must be none, one of {', '.join(OOS_COMPONENTS)} or two or three of "
+            f"them joined by '+', got {self.oos_method!r}",
         )
         need(
             0.5 <= self.oos_keep_recall < 1,

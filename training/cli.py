@@ -188,8 +188,9 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     train.add_argument(
         "--oos-method",
         default=TrainingArguments.oos_method,
-        help="intent models: how out-of-scope messages are told apart: knn+energy (default), "
-        "msp, energy, mahalanobis, knn, two joined by '+', or none (README: Out of scope)",
+        help="intent models: how out-of-scope messages are told apart: knn+energy+sentence-knn "
+        "(default), msp, energy, mahalanobis, knn, sentence-knn, two or three joined by '+', "
+        "or none (README: Out of scope)",
     )
     train.add_argument(
         "--oos-keep-recall",
@@ -526,7 +527,7 @@ def evaluate_out_of_scope(
 
     from bot.nlu.oos import OosDetector
     from training.data import load_texts
-    from training.ood import evaluate_detector, pooled_outputs, served_copy
+    from training.ood import backbone_sentences, evaluate_detector, pooled_outputs, served_copy
 
     detector = OosDetector.load_if_present(path)
     if detector is None:
@@ -537,11 +538,12 @@ def evaluate_out_of_scope(
         )
     texts = load_texts(oos_paths, Columns(ns.text_column, None), limits)
     args_file = path / "training_args.json"
-    tuned = (
-        TrainingArguments.from_dict(json.loads(args_file.read_text())).tuned_layers
+    trained = (
+        TrainingArguments.from_dict(json.loads(args_file.read_text()))
         if args_file.is_file()
         else None
     )
+    tuned = trained.tuned_layers if trained is not None else None
     served = served_copy(classifier.model, tuned)
     max_length = classifier.meta.max_length
     index = {label: i for i, label in enumerate(classifier.labels)}
@@ -552,7 +554,14 @@ def evaluate_out_of_scope(
     x, logits = pooled_outputs(served, classifier.tokenizer, [e.text for e in in_scope], max_length)
     truth = np.array([index.get(e.label, -1) for e in in_scope], dtype=int)
     oos = pooled_outputs(served, classifier.tokenizer, texts, max_length)
-    return evaluate_detector(detector, (x, logits, truth), oos)
+    sentences = None
+    if detector.needs_sentences:
+        # As `serve` decides with the answer index's encoder in its forward (the default).
+        encoder = backbone_sentences(
+            detector.sentence_model or (trained.model if trained else "bundled")
+        )
+        sentences = (encoder.embed([e.text for e in in_scope]), encoder.embed(texts))
+    return evaluate_detector(detector, (x, logits, truth), oos, sentences)
 
 
 def run_models(ns: argparse.Namespace) -> int:

@@ -13,8 +13,10 @@ costs no second forward:
   for intents);
 - `knn`: cosine distance of the unit-length embedding to its k-th nearest training example
   (Sun et al. 2022);
-- a pair joined by `+` (e.g. `mahalanobis+msp`): the mean of the two scores, each
-  z-normalised by its mean and spread on in-scope validation messages.
+- `sentence-knn`: the same in the sentence encoder's space (the backbone before fine-tuning,
+  which the answer index embeds with; the runtime's shared forward gives it for free);
+- two or three joined by `+` (e.g. `knn+energy`): the mean of the scores, each z-normalised
+  by its mean and spread on in-scope validation messages.
 
 Higher always means more out of scope. No out-of-scope examples are needed. The threshold is
 the operating point `OosOptions.keep_recall` on validation data: keep that share of the
@@ -30,18 +32,24 @@ out of the class means and the neighbour bank and used for the threshold too (se
 Every score is z-normalised on in-scope validation messages, so a threshold reads as "this
 many in-scope standard deviations above the in-scope mean" whatever the method.
 
-On Banking77 (benchmarks/oos_benchmark.py) `knn+energy` separates best on every
-out-of-scope set (held-out bank intents, a shop's queries, airline tweets). The nearest
-training example and the head's energy are loosely related on in-scope messages (Spearman
-about 0.5) and agree on out-of-scope ones (0.7-0.9): their mean cancels more in-scope noise
-than it loses out-of-scope signal.
+On Banking77 (benchmarks/oos_benchmark.py) `knn+energy+sentence-knn` (the default) catches
+the most out-of-scope messages at the same in-scope cost on every out-of-scope set (held-out
+bank intents, a shop's queries, airline tweets), `knn+energy` next. The nearest training
+example and the head's energy are loosely related on in-scope messages (Spearman about 0.5)
+and agree on out-of-scope ones (0.7-0.9): their mean cancels more in-scope noise than it loses
+out-of-scope signal. The untuned encoder adds a view fine-tuning has not bent towards the
+intents: a message about something else lands near some intent in the tuned space but still
+far from every training example by topic. Without sentence embeddings (a model served
+without the answer index's encoder in its forward) the detector's fallback, the same method
+without `sentence-knn`, fitted on the same data, is served.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +61,8 @@ from bot.nlu.oos import (  # noqa: F401  (the runtime half, re-exported for fitt
     COMPONENTS,
     DETECTOR_FILE,
     FIELDS,
+    SENTENCE_KNN,
+    SENTENCE_PROBES,
     LoioEstimate,
     OosDetector,
     empty_rows,
@@ -66,6 +76,8 @@ from bot.nlu.oos import (  # noqa: F401  (the runtime half, re-exported for fitt
 
 if TYPE_CHECKING:
     from bot.nlu.classifier import MeanPoolingClassifier
+
+log = logging.getLogger(__name__)
 
 THRESHOLD_SOURCES = ("validation", "draws")
 # Label names that mean "none of the intents" in the conventions supportbot reads.
@@ -250,7 +262,7 @@ class OosOptions:
     """How an out-of-scope detector is fitted.
 
     Args:
-        method: a name in `COMPONENTS`, or two joined by `+` (z-normalised mean).
+        method: a name in `COMPONENTS`, or two or three joined by `+` (z-normalised mean).
         keep_recall: the operating point: the share of the in-scope validation messages the
             classifier answers right that the threshold keeps (see `choose_threshold`).
             0.98 costs at most about 2 points of in-scope accuracy.
@@ -267,7 +279,7 @@ class OosOptions:
         seed: seed of the draws.
     """
 
-    method: str = "knn+energy"
+    method: str = "knn+energy+sentence-knn"
     keep_recall: float = 0.98
     k: int = 1
     threshold_from: str = "validation"
@@ -278,10 +290,10 @@ class OosOptions:
     def __post_init__(self) -> None:
         problems = []
         unknown = [c for c in self.components if c not in COMPONENTS]
-        if unknown or not 1 <= len(self.components) <= 2:
+        if unknown or not 1 <= len(self.components) <= 3:
             problems.append(
-                f"method must be one of {', '.join(COMPONENTS)} or two of them joined by '+', "
-                f"got {self.method!r}"
+                f"method must be one of {', '.join(COMPONENTS)} or two or three of them joined "
+                f"by '+', got {self.method!r}"
             )
         if not 0.5 <= self.keep_recall < 1:
             problems.append(f"keep_recall must be in [0.5, 1), got {self.keep_recall}")
@@ -303,6 +315,12 @@ class OosOptions:
     def components(self) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.method.split("+"))
 
+    def without_sentences(self) -> OosOptions:
+        """The same options without `sentence-knn` (`knn+energy` if nothing else is left):
+        the fallback served without sentence embeddings."""
+        rest = [c for c in self.components if c != SENTENCE_KNN]
+        return dataclasses.replace(self, method="+".join(rest) if rest else "knn+energy")
+
 
 def fit_detector(
     train_embeddings: np.ndarray,
@@ -313,6 +331,8 @@ def fit_detector(
     temperature: float,
     options: OosOptions = OosOptions(),
     oos_label: int | None = None,
+    train_sentences: np.ndarray | None = None,
+    validation_sentences: np.ndarray | None = None,
 ) -> OosDetector:
     """Fit on the training embeddings, normalise and threshold on validation data.
 
@@ -326,11 +346,22 @@ def fit_detector(
         oos_label: the head column of an out-of-scope label, if the data has one: its
             training examples are no class, its validation examples are real
             out-of-scope messages for the threshold.
+        train_sentences / validation_sentences: the sentence encoder's embeddings of the
+            same messages (`sentence-knn` only).
 
     Raises:
         ConfigurationError: fewer than two in-scope labels with validation examples
-            (leave-intents-out needs one to hold out and one to keep).
+            (leave-intents-out needs one to hold out and one to keep), or `sentence-knn`
+            without sentence embeddings.
     """
+    if SENTENCE_KNN in options.components and (
+        train_sentences is None or validation_sentences is None
+    ):
+        raise ConfigurationError(
+            f"out-of-scope method {options.method} needs the sentence encoder's embeddings of "
+            "the training and validation messages"
+        )
+    vs = validation_sentences
     train_labels = np.asarray(train_labels)
     validation_labels = np.asarray(validation_labels)
     n_labels = validation_logits.shape[1]
@@ -344,20 +375,32 @@ def fit_detector(
         temperature,
         options,
         oos_label,
+        train_sentences,
+        vs,
     )
     detector = _fit_parts(
-        options, train_embeddings, train_labels, classes, temperature, n_labels, oos_label
+        options,
+        train_embeddings,
+        train_labels,
+        classes,
+        temperature,
+        n_labels,
+        oos_label,
+        train_sentences,
     )
     in_scope = np.isin(validation_labels, classes)
     x, logits = validation_embeddings[in_scope], validation_logits[in_scope]
-    detector = detector.normalised(x, logits)
+    sx = None if vs is None else vs[in_scope]
+    detector = detector.normalised(x, logits, sx)
     correct = np.array(classes)[logits[:, classes].argmax(axis=1)] == validation_labels[in_scope]
     real = validation_labels == oos_label
     validation_threshold = choose_threshold(
-        detector.score(x, logits),
+        detector.score(x, logits, sx),
         correct,
         options.keep_recall,
-        detector.score(validation_embeddings[real], validation_logits[real])
+        detector.score(
+            validation_embeddings[real], validation_logits[real], None if vs is None else vs[real]
+        )
         if real.any()
         else None,
     )
@@ -380,6 +423,7 @@ def _fit_parts(
     temperature: float,
     n_labels: int,
     oos_label: int | None,
+    sentences: np.ndarray | None = None,
 ) -> OosDetector:
     """A detector that knows only `classes` (not yet normalised or thresholded)."""
     dim = embeddings.shape[1]
@@ -394,6 +438,9 @@ def _fit_parts(
         whitening = tied_whitening(x, np.array([row[c] for c in y], dtype=int), means)
     if "knn" in components:
         bank = unit_rows(x)
+    sentence_bank = empty_rows(0)
+    if SENTENCE_KNN in components and sentences is not None:
+        sentence_bank = unit_rows(sentences[known])
     softmax = [*classes, oos_label] if oos_label is not None else list(classes)
     return OosDetector(
         method="+".join(components),
@@ -406,6 +453,7 @@ def _fit_parts(
         k=options.k,
         center=np.zeros(len(components)),
         scale=np.ones(len(components)),
+        sentence_bank=sentence_bank,
     )
 
 
@@ -418,6 +466,8 @@ def leave_intents_out(
     temperature: float,
     options: OosOptions = OosOptions(),
     oos_label: int | None = None,
+    train_sentences: np.ndarray | None = None,
+    validation_sentences: np.ndarray | None = None,
 ) -> LoioEstimate:
     """Thresholds and pseudo out-of-scope figures from seeded leave-intents-out draws.
 
@@ -428,7 +478,8 @@ def leave_intents_out(
     still learned them; nothing is retrained). The kept intents' validation messages are the
     in-scope side (the normaliser is fitted on them), the held-out intents' validation
     messages the out-of-scope side, joined by real out-of-scope validation examples when
-    `oos_label` has any. The draw's threshold is `choose_threshold` on them.
+    `oos_label` has any. The draw's threshold is `choose_threshold` on them. Sentence
+    embeddings (`sentence-knn`) lose their held-out rows like the neighbour bank.
 
     Raises:
         ConfigurationError: fewer than two in-scope labels have validation examples.
@@ -450,21 +501,35 @@ def leave_intents_out(
         held = set(rng.choice(labelled, size=held_count, replace=False).tolist())
         kept = [c for c in range(n_labels) if c != oos_label and c not in held]
         part = _fit_parts(
-            options, train_embeddings, train_labels, kept, temperature, n_labels, oos_label
+            options,
+            train_embeddings,
+            train_labels,
+            kept,
+            temperature,
+            n_labels,
+            oos_label,
+            train_sentences,
         )
         in_rows = np.isin(validation_labels, kept)
         out_rows = np.isin(validation_labels, list(held))
-        part = part.normalised(validation_embeddings[in_rows], validation_logits[in_rows])
-        in_scores = part.score(validation_embeddings[in_rows], validation_logits[in_rows])
+
+        def rows(
+            selected: np.ndarray,
+        ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+            vs = validation_sentences
+            return (
+                validation_embeddings[selected],
+                validation_logits[selected],
+                None if vs is None else vs[selected],
+            )
+
+        part = part.normalised(*rows(in_rows))
+        in_scores = part.score(*rows(in_rows))
         # Right or wrong as the classifier would be without the held-out intents' logits.
         predicted = np.array(kept)[validation_logits[in_rows][:, kept].argmax(axis=1)]
         correct = predicted == validation_labels[in_rows]
-        real_scores = (
-            part.score(validation_embeddings[real], validation_logits[real])
-            if real is not None and real.any()
-            else None
-        )
-        out_scores = part.score(validation_embeddings[out_rows], validation_logits[out_rows])
+        real_scores = part.score(*rows(real)) if real is not None and real.any() else None
+        out_scores = part.score(*rows(out_rows))
         if real_scores is not None:
             out_scores = np.r_[out_scores, real_scores]
         threshold = choose_threshold(in_scores, correct, options.keep_recall, real_scores)
@@ -554,6 +619,25 @@ def served_copy(model: MeanPoolingClassifier, tuned_layers: int | None) -> MeanP
     return served
 
 
+@dataclass(frozen=True)
+class SentenceEncoder:
+    """The sentence encoder `sentence-knn` measures with (by default the intent model's
+    backbone, which the answer index embeds with): its name and how it embeds texts (unit
+    rows, float32)."""
+
+    name: str
+    embed: Callable[[Sequence[str]], np.ndarray]
+
+
+def backbone_sentences(model: str) -> SentenceEncoder:
+    """The sentence encoder of a backbone (`bundled`, a Hugging Face name or a path), as the
+    answer index embeds with it (bot/retrieval/embedder.py), loaded on first use."""
+    from bot.retrieval.embedder import SentenceEmbedder
+
+    embedder = SentenceEmbedder(model, batch_size=64)
+    return SentenceEncoder(model, lambda texts: np.asarray(embedder(texts), dtype=np.float32))
+
+
 @dataclass(frozen=True, slots=True)
 class FittedDetector:
     """A detector fitted for a trained model, or why there is none.
@@ -568,6 +652,7 @@ class FittedDetector:
     note: str
     oos_label: str | None = None
     served: Any = field(default=None, repr=False)
+    sentences: SentenceEncoder | None = field(default=None, repr=False)
 
     def test_figures(
         self,
@@ -582,8 +667,14 @@ class FittedDetector:
         """
         if self.detector is None or self.served is None or not examples:
             return None
-        x, logits = pooled_outputs(self.served, tokenizer, [t for t, _ in examples], max_length)
-        scores, flags = self.detector.decide(x, logits)
+        texts = [t for t, _ in examples]
+        x, logits = pooled_outputs(self.served, tokenizer, texts, max_length)
+        sentences = (
+            self.sentences.embed(texts)
+            if self.detector.needs_sentences and self.sentences is not None
+            else None
+        )
+        scores, flags = self.detector.decide(x, logits, sentences)
         columns = list(self.detector.columns)
         predicted = np.array(columns)[logits[:, columns].argmax(axis=1)]
         index = {label: i for i, label in enumerate(labels)}
@@ -617,8 +708,13 @@ def fit_for_model(
     options: OosOptions,
     tuned_layers: int | None,
     oos_label: str | None = None,
+    sentences: SentenceEncoder | None = None,
 ) -> FittedDetector:
     """Fit `options.method` for a trained intent model on its own train/validation split.
+
+    A method with `sentence-knn` is fitted with `sentences` (the same texts embedded by the
+    sentence encoder) and carries a fallback fitted without it (`OosDetector.fallback`);
+    with no sentence encoder it is fitted without `sentence-knn`.
 
     Args:
         model / tokenizer / labels: the trained model (head columns in `labels` order).
@@ -628,6 +724,7 @@ def fit_for_model(
         options: method and operating point.
         tuned_layers: the training's `tuned_layers` (see `served_copy`).
         oos_label: the configured out-of-scope label name (default: the conventions).
+        sentences: the sentence encoder (`sentence-knn`).
 
     Returns:
         The detector, or None with the reason when the data cannot support one (fewer than
@@ -642,22 +739,62 @@ def fit_for_model(
         )
     index = {label: i for i, label in enumerate(labels)}
     served = served_copy(model, tuned_layers)
-    train_x, _ = pooled_outputs(served, tokenizer, [t for t, _ in train], max_length)
-    val_x, val_logits = pooled_outputs(served, tokenizer, [t for t, _ in validation], max_length)
+    train_texts, val_texts = [t for t, _ in train], [t for t, _ in validation]
+    train_x, _ = pooled_outputs(served, tokenizer, train_texts, max_length)
+    val_x, val_logits = pooled_outputs(served, tokenizer, val_texts, max_length)
+    train_y = np.array([index[label] for _, label in train], dtype=int)
+    val_y = np.array([index[label] for _, label in validation], dtype=int)
+    embedded: tuple[np.ndarray, np.ndarray] | None = None
+    if SENTENCE_KNN in options.components and sentences is not None:
+        try:
+            embedded = sentences.embed(train_texts), sentences.embed(val_texts)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.warning(
+                "out of scope: the sentence encoder %s cannot embed (%s); fitting %s",
+                sentences.name,
+                exc,
+                options.without_sentences().method,
+            )
+    if embedded is None:
+        options = options.without_sentences()
     try:
-        detector = fit_detector(
-            train_x,
-            np.array([index[label] for _, label in train], dtype=int),
-            val_x,
-            val_logits,
-            np.array([index[label] for _, label in validation], dtype=int),
-            temperature,
-            options,
-            column,
-        )
+        if sentences is not None and embedded is not None:
+            train_s, val_s = embedded
+            detector = fit_detector(
+                train_x,
+                train_y,
+                val_x,
+                val_logits,
+                val_y,
+                temperature,
+                options,
+                column,
+                train_s,
+                val_s,
+            )
+            fallback = fit_detector(
+                train_x,
+                train_y,
+                val_x,
+                val_logits,
+                val_y,
+                temperature,
+                options.without_sentences(),
+                column,
+            )
+            detector = dataclasses.replace(
+                detector,
+                fallback=fallback,
+                sentence_probe=sentences.embed(list(SENTENCE_PROBES)),
+                sentence_model=sentences.name,
+            )
+        else:
+            detector = fit_detector(
+                train_x, train_y, val_x, val_logits, val_y, temperature, options, column
+            )
     except ConfigurationError as exc:
         return FittedDetector(None, f"out of scope: no detector ({exc})", name)
-    return FittedDetector(detector, detector_note(detector, name), name, served)
+    return FittedDetector(detector, detector_note(detector, name), name, served, sentences)
 
 
 def detector_note(detector: OosDetector, oos_label: str | None = None) -> str:
@@ -674,6 +811,11 @@ def detector_note(detector: OosDetector, oos_label: str | None = None) -> str:
             f"in-scope kept {estimate.in_scope_recall:.1%}, accuracy cost "
             f"{100 * estimate.accuracy_drop:.1f} points"
         )
+    if detector.fallback is not None:
+        line += (
+            f"; sentence encoder {detector.sentence_model}, served as {detector.fallback.method} "
+            "where the answer index embeds with another"
+        )
     if oos_label is not None:
         line += f"; label {oos_label!r} trained as out of scope"
         if estimate is not None and estimate.real_oos:
@@ -685,6 +827,7 @@ def evaluate_detector(
     detector: OosDetector,
     in_scope: tuple[np.ndarray, np.ndarray, np.ndarray],
     oos: tuple[np.ndarray, np.ndarray],
+    sentences: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """`supportbot evaluate --oos-data`: how a model's detector does on labelled in-scope
     messages and unlabelled out-of-scope ones, as the runtime decides (`OosDetector.decide`).
@@ -694,6 +837,8 @@ def evaluate_detector(
         in_scope: embeddings, logits and the right label's column (-1: a label the model
             does not know, which counts as wrong) of the in-scope messages.
         oos: embeddings and logits of the out-of-scope messages.
+        sentences: the sentence encoder's embeddings of the in-scope and the out-of-scope
+            messages (a detector with `sentence-knn`).
 
     Returns:
         oos_recall / oos_precision (of the declined messages, the share out of scope, for
@@ -702,8 +847,9 @@ def evaluate_detector(
         out-of-scope messages accepted at 95 % in-scope recall (both threshold-free).
     """
     x, logits, truth = in_scope
-    in_scores, in_flags = detector.decide(x, logits)
-    oos_scores, oos_flags = detector.decide(*oos)
+    in_sentences, oos_sentences = sentences if sentences is not None else (None, None)
+    in_scores, in_flags = detector.decide(x, logits, in_sentences)
+    oos_scores, oos_flags = detector.decide(*oos, oos_sentences)
     columns = list(detector.columns)
     predicted = np.array(columns)[logits[:, columns].argmax(axis=1)] if len(logits) else truth
     correct = predicted == truth

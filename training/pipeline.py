@@ -30,7 +30,7 @@ from training.data import (
     load_examples,
 )
 from training.evaluation import compute_metrics, plot_confusion, render_report
-from training.ood import FittedDetector, OosOptions, fit_for_model
+from training.ood import FittedDetector, OosOptions, backbone_sentences, fit_for_model
 from training.registry import FileModelRegistry, ModelVersion
 from training.split import stratified_split
 from training.trainer import FineTuneResult, encode, fine_tune, predict_logits
@@ -187,6 +187,7 @@ def fit_classifier(
             OosOptions(method=args.oos_method, keep_recall=args.oos_keep_recall, seed=args.seed),
             args.tuned_layers,
             args.oos_label,
+            backbone_sentences(args.model),
         )
     return FittedClassifier(
         task=task,

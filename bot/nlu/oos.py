@@ -2,15 +2,24 @@
 
 The intent model is trained on the intents it knows; a message about anything else still gets
 a softmax that sums to 1 over them, often confidently. An `OosDetector` says how unlike the
-training data a message is, from the two things the runtime computes for every message anyway
-(the mean-pooled encoder output and the head's logits), so declining out-of-scope messages
-costs no second forward. Higher scores mean more out of scope; above `threshold` the message is
-out of scope. `training/ood.py` fits detectors (and explains the methods and the threshold);
-this module scores with one and reads and writes its files next to the intent model:
+training data a message is, from what the runtime computes for every message anyway (the
+intent model's mean-pooled output and the head's logits, and the answer index's query
+embedding, which the shared forward computes from the same pass), so declining out-of-scope
+messages costs no second forward. Higher scores mean more out of scope; above `threshold` the
+message is out of scope. `training/ood.py` fits detectors (and explains the methods and the
+threshold); this module scores with one and reads and writes its files next to the intent
+model:
 
-- `oos_detector.json`: method, temperature, columns, normaliser, threshold, the fitting figures;
-- `oos_detector.npz`: the arrays the method needs (neighbour bank in float16, class means and
-  whitening matrix).
+- `oos_detector.json`: method, temperature, columns, normaliser, threshold, the fitting
+  figures, and the detector to fall back on without sentence embeddings (`fallback`);
+- `oos_detector.npz`: the arrays the method needs (neighbour banks in float16, class means and
+  whitening matrix, the sentence encoder's embeddings of `SENTENCE_PROBES`).
+
+`sentence-knn` measures in the sentence encoder's space (the backbone as it was before
+fine-tuning, which is what the answer index embeds with by default): fine-tuning pulls every
+message towards some intent, the untuned encoder still places it by its topic. A detector
+using it carries a fallback without it, served when the runtime has no sentence embedding of
+the message from the same forward, or one from another encoder (`for_sentence_encoder`).
 """
 
 from __future__ import annotations
@@ -27,7 +36,20 @@ import numpy as np
 from bot.core.datafiles import abbreviate
 from bot.core.errors import ModelNotFoundError
 
-COMPONENTS = ("msp", "energy", "mahalanobis", "knn")
+COMPONENTS = ("msp", "energy", "mahalanobis", "knn", "sentence-knn")
+SENTENCE_KNN = "sentence-knn"
+# Embedded by the sentence encoder when a detector is fitted and again when it is served: the
+# same encoder gives the same vectors, any other encoder does not (see `for_sentence_encoder`).
+SENTENCE_PROBES = (
+    "hi",
+    "Where is my order? It was due last Tuesday and the tracking page still says pending.",
+    "I want a REFUND now!!",
+    "what's the weather like in Paris tomorrow",
+)
+# Largest difference per coordinate between the stored and the serving encoder's probe
+# embeddings (unit vectors) still taken as the same encoder: float32 noise and thread counts
+# move them by ~1e-6; another model or an int8 copy by 1e-2 and more.
+SAME_ENCODER_TOLERANCE = 1e-3
 DETECTOR_FILE = "oos_detector.json"
 ARRAYS_FILE = "oos_detector.npz"
 _CHUNK = 2048  # rows per block when comparing with the neighbour bank (bounded memory)
@@ -149,11 +171,17 @@ class OosDetector:
             out-of-scope label, whose mass then lowers the confidence).
         means / whitening: class means and the whitening matrix (`mahalanobis` only).
         bank: unit-length training embeddings (`knn` only).
+        sentence_bank: the training examples' unit-length sentence embeddings
+            (`sentence-knn` only).
+        sentence_probe: the sentence encoder's embeddings of `SENTENCE_PROBES` when it was
+            fitted (`sentence-knn` only).
         k: which nearest training example `knn` measures the distance to (1: the nearest).
         center / scale: per component, mean and spread on in-scope validation messages.
         threshold: in normalised units; see `training.ood.choose_threshold`.
         keep_recall: the operating point the threshold was chosen for.
         estimate: what leave-intents-out found (None for a detector fitted without it).
+        sentence_model: the sentence encoder `sentence-knn` was fitted with (for messages).
+        fallback: the detector to serve without sentence embeddings (`sentence-knn` only).
     """
 
     method: str
@@ -169,13 +197,53 @@ class OosDetector:
     threshold: float = math.inf
     keep_recall: float = 0.98
     estimate: LoioEstimate | None = field(default=None, compare=False)
+    sentence_bank: np.ndarray = field(default_factory=lambda: empty_rows(0), compare=False)
+    sentence_probe: np.ndarray = field(default_factory=lambda: empty_rows(0), compare=False)
+    sentence_model: str = ""
+    fallback: OosDetector | None = field(default=None, compare=False)
 
     @property
     def components(self) -> tuple[str, ...]:
         return tuple(self.method.split("+"))
 
-    def raw_scores(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """Each component's score, un-normalised, shape (n, components)."""
+    @property
+    def needs_sentences(self) -> bool:
+        """Whether scoring needs the messages' sentence embeddings (`sentence-knn`)."""
+        return SENTENCE_KNN in self.components
+
+    def for_sentence_encoder(self, probe: np.ndarray | None) -> tuple[OosDetector, str]:
+        """The detector to serve, and why, given the serving sentence encoder's embeddings of
+        `SENTENCE_PROBES` (None: the runtime has no sentence embedding from the same forward).
+
+        This detector when it needs no sentences or the encoder is the one it was fitted
+        with; else its fallback (fitted on the same data without `sentence-knn`).
+        """
+        if not self.needs_sentences:
+            return self, self.method
+        same = (
+            probe is not None
+            and probe.shape == self.sentence_probe.shape
+            and float(np.abs(probe - self.sentence_probe).max()) <= SAME_ENCODER_TOLERANCE
+        )
+        if same:
+            return self, self.method
+        if self.fallback is None:
+            raise ValueError(f"{self.method} needs sentence embeddings and has no fallback")
+        why = (
+            "no sentence embedding comes from the same forward"
+            if probe is None
+            else f"the answer index's encoder is not {self.sentence_model or 'the one fitted'}"
+        )
+        return self.fallback, f"{self.fallback.method} ({why})"
+
+    def raw_scores(
+        self, embeddings: np.ndarray, logits: np.ndarray, sentences: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Each component's score, un-normalised, shape (n, components).
+
+        Raises:
+            ValueError: the method uses `sentence-knn` and `sentences` is None.
+        """
         out = []
         for component in self.components:
             if component == "msp":
@@ -184,13 +252,23 @@ class OosDetector:
                 out.append(energy_score(logits, self.temperature, self.columns))
             elif component == "mahalanobis":
                 out.append(mahalanobis_score(embeddings, self.means, self.whitening))
+            elif component == SENTENCE_KNN:
+                if sentences is None:
+                    raise ValueError(
+                        f"the out-of-scope method {self.method} needs the messages' sentence "
+                        "embeddings; serve its fallback (`for_sentence_encoder`) without them"
+                    )
+                out.append(knn_score(sentences, self.sentence_bank, self.k))
             else:
                 out.append(knn_score(embeddings, self.bank, self.k))
         return np.stack(out, axis=1).astype(np.float64)
 
-    def score(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def score(
+        self, embeddings: np.ndarray, logits: np.ndarray, sentences: np.ndarray | None = None
+    ) -> np.ndarray:
         """Out-of-scope score per message (higher: more out of scope)."""
-        return ((self.raw_scores(embeddings, logits) - self.center) / self.scale).mean(axis=1)
+        raw = self.raw_scores(embeddings, logits, sentences)
+        return ((raw - self.center) / self.scale).mean(axis=1)
 
     @property
     def oos_column(self) -> int | None:
@@ -198,23 +276,29 @@ class OosDetector:
         extra = sorted(set(self.softmax_columns) - set(self.columns))
         return extra[0] if extra else None
 
-    def is_out_of_scope(self, embeddings: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def is_out_of_scope(
+        self, embeddings: np.ndarray, logits: np.ndarray, sentences: np.ndarray | None = None
+    ) -> np.ndarray:
         """True where the score is above the threshold."""
-        return self.decide(embeddings, logits)[1]
+        return self.decide(embeddings, logits, sentences)[1]
 
-    def decide(self, embeddings: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decide(
+        self, embeddings: np.ndarray, logits: np.ndarray, sentences: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scores, and whether each message is out of scope: its score is above the threshold,
         or the model's best label is the out-of-scope label it was trained with."""
-        scores = self.score(embeddings, logits)
+        scores = self.score(embeddings, logits, sentences)
         flags = scores > self.threshold
         column = self.oos_column
         if column is not None and len(logits):
             flags |= np.asarray(logits).argmax(axis=1) == column
         return scores, flags
 
-    def normalised(self, embeddings: np.ndarray, logits: np.ndarray) -> OosDetector:
+    def normalised(
+        self, embeddings: np.ndarray, logits: np.ndarray, sentences: np.ndarray | None = None
+    ) -> OosDetector:
         """A copy whose normaliser is the mean and spread of these in-scope messages."""
-        raw = self.raw_scores(embeddings, logits)
+        raw = self.raw_scores(embeddings, logits, sentences)
         center = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
         scale = raw.std(axis=0) if len(raw) > 1 else np.ones(raw.shape[1])
         return OosDetector(
@@ -225,8 +309,8 @@ class OosDetector:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON part (everything but the arrays)."""
-        return {
+        """The JSON part (everything but the arrays; a fallback shares them)."""
+        out: dict[str, Any] = {
             "method": self.method,
             "temperature": self.temperature,
             "columns": list(self.columns),
@@ -238,6 +322,11 @@ class OosDetector:
             "keep_recall": self.keep_recall,
             "estimate": None if self.estimate is None else self.estimate.to_dict(),
         }
+        if self.needs_sentences:
+            out["sentence_model"] = self.sentence_model
+        if self.fallback is not None:
+            out["fallback"] = self.fallback.to_dict()
+        return out
 
     def save(self, directory: Path) -> list[Path]:
         """Write `oos_detector.json` and `oos_detector.npz` into a model directory.
@@ -247,10 +336,16 @@ class OosDetector:
         """
         directory.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, np.ndarray] = {}
-        if "mahalanobis" in self.components:
-            arrays["means"], arrays["whitening"] = self.means, self.whitening
-        if "knn" in self.components:
-            arrays["bank"] = self.bank.astype(np.float16)
+        for part in (self, self.fallback):
+            if part is None:
+                continue
+            if "mahalanobis" in part.components:
+                arrays["means"], arrays["whitening"] = part.means, part.whitening
+            if "knn" in part.components:
+                arrays["bank"] = part.bank.astype(np.float16)
+        if self.needs_sentences:
+            arrays["sentence_bank"] = self.sentence_bank.astype(np.float16)
+            arrays["sentence_probe"] = self.sentence_probe.astype(np.float32)
         json_path, arrays_path = directory / DETECTOR_FILE, directory / ARRAYS_FILE
         json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         with arrays_path.open("wb") as handle:
@@ -282,16 +377,28 @@ class OosDetector:
         data = json.loads((directory / DETECTOR_FILE).read_text())
         with np.load(directory / ARRAYS_FILE, allow_pickle=False) as arrays:
             stored = {name: arrays[name] for name in arrays.files}
-        dim = next((a.shape[1] for a in stored.values()), 0)
+        return cls._from_dict(data, stored)
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], stored: dict[str, np.ndarray]) -> OosDetector:
+        dim = next((a.shape[1] for k, a in stored.items() if not k.startswith("sentence")), 0)
         estimate = data.get("estimate")
         components = str(data["method"]).split("+")
         unknown = [c for c in components if c not in COMPONENTS]
         if unknown:
             raise ValueError(f"unknown method {data['method']!r}")
-        needed = {"knn": "bank", "mahalanobis": "means"}
+        needed = {
+            "knn": "bank",
+            "mahalanobis": "means",
+            SENTENCE_KNN: "sentence_bank",
+        }
         missing = [needed[c] for c in components if c in needed and needed[c] not in stored]
+        if SENTENCE_KNN in components and "fallback" not in data:
+            missing.append("a fallback")
         if missing:
             raise ValueError(f"{ARRAYS_FILE} lacks {', '.join(missing)}")
+        sentences = SENTENCE_KNN in components
+        fallback = data.get("fallback")
         return cls(
             method=str(data["method"]),
             temperature=float(data["temperature"]),
@@ -308,6 +415,14 @@ class OosDetector:
             estimate=None
             if estimate is None
             else LoioEstimate(**estimate | {"thresholds": tuple(estimate["thresholds"])}),
+            sentence_bank=stored["sentence_bank"].astype(np.float32)
+            if sentences
+            else empty_rows(0),
+            sentence_probe=stored["sentence_probe"].astype(np.float32)
+            if sentences
+            else empty_rows(0),
+            sentence_model=str(data.get("sentence_model", "")),
+            fallback=None if fallback is None else cls._from_dict(fallback, stored),
         )
 
 
@@ -322,4 +437,7 @@ FIELDS = (
     "k",
     "center",
     "scale",
+    "sentence_bank",
+    "sentence_probe",
+    "sentence_model",
 )

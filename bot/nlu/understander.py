@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,7 +27,7 @@ from bot.infra.batching import MicroBatcher
 from bot.nlu.artifacts import TASKS, read_live_versions
 from bot.nlu.classifier import TransformerClassifier
 from bot.nlu.entity_model import TokenTagger
-from bot.nlu.oos import OosDetector
+from bot.nlu.oos import SENTENCE_PROBES, OosDetector
 from bot.nlu.shared_encoder import (
     PROBE_TEXTS,
     Branch,
@@ -104,6 +105,15 @@ class ModelSet:
             entity = TokenTagger(models_dir / ENTITY_TASK / live[ENTITY_TASK])
         versions = {task: live[task] for task in SERVED_TASKS if task in live}
         shared = share_forward(intent, sentiment, query_encoder, entity)
+        if oos is not None and oos.needs_sentences:
+            # `sentence-knn` scores the answer index's query embedding, which only the shared
+            # forward gives with no second pass; it must come from the encoder the detector
+            # was fitted with, else the detector's fallback is served.
+            probe = None
+            if shared is not None and "query" in shared.names and query_encoder is not None:
+                probe = np.asarray(query_encoder(list(SENTENCE_PROBES)), dtype=np.float32)
+            oos, how = oos.for_sentence_encoder(probe)
+            log.info("intent %s: out-of-scope detection %s", live["intent"], how)
         if quantized:
             # int8 only where the models compute on their own: the shared layers stay
             # float32, since the answer index was embedded in float32 (int8 moved its
@@ -141,10 +151,17 @@ class ModelSet:
         else:
             intent_pooled, intent_logits = self.intent.pooled_and_logits(texts)
         intents = self.intent.predictions(self.intent.calibrated(intent_logits), top_k=3)
+        query = (
+            torch.nn.functional.normalize(pooled["query"], dim=-1) if "query" in pooled else None
+        )
         oos_scores: Sequence[float | None] = [None] * len(texts)
         oos_flags: Sequence[bool] = [False] * len(texts)
         if self.oos is not None:
-            raw, flags = self.oos.decide(intent_pooled.numpy(), intent_logits.numpy())
+            raw, flags = self.oos.decide(
+                intent_pooled.numpy(),
+                intent_logits.numpy(),
+                query.numpy() if query is not None and self.oos.needs_sentences else None,
+            )
             oos_scores, oos_flags = [round(float(v), 4) for v in raw], flags.tolist()
         if "sentiment" in pooled:
             sentiment_probs = self.sentiment.calibrated(
@@ -152,9 +169,6 @@ class ModelSet:
             )
         else:
             sentiment_probs = self.sentiment.predict_proba(texts)
-        query = (
-            torch.nn.functional.normalize(pooled["query"], dim=-1) if "query" in pooled else None
-        )
         labels = self.sentiment.labels
         neg = labels.index("negative") if "negative" in labels else None
         pos = labels.index("positive") if "positive" in labels else None
@@ -339,6 +353,12 @@ class TransformerUnderstander:
     def intent_labels(self) -> tuple[str, ...]:
         """The intents the live intent model knows (empty before `start`)."""
         return self._models.intent.labels if self._models else ()
+
+    @property
+    def oos_method(self) -> str | None:
+        """The out-of-scope method served (None: no detector, or before `start`)."""
+        oos = self._models.oos if self._models else None
+        return oos.method if oos is not None else None
 
     def ready(self) -> bool:
         return self._models is not None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -27,7 +28,14 @@ from training.ood import (
 )
 
 DIM, CLASSES = 16, 6
-METHODS = [*COMPONENTS, "mahalanobis+msp", "knn+msp", "mahalanobis+knn", "energy+knn"]
+METHODS = [
+    *COMPONENTS,
+    "mahalanobis+msp",
+    "knn+msp",
+    "mahalanobis+knn",
+    "energy+knn",
+    "knn+energy+sentence-knn",
+]
 
 
 def cluster_data(
@@ -62,11 +70,27 @@ def data() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     }
 
 
+def sentences(x: np.ndarray) -> np.ndarray:
+    """Another encoder's view of the same messages: a fixed rotation of the embeddings plus
+    noise (the clusters and the far points stay apart, the coordinates all differ)."""
+    rotation, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(DIM, DIM)))
+    noise = np.random.default_rng(len(x)).normal(0, 0.05, x.shape)
+    return (x @ rotation + noise).astype(np.float32)
+
+
 def fit(data: dict, method: str, **options: object) -> OosDetector:
     train_x, _, train_y = data["train"]
     val_x, val_logits, val_y = data["validation"]
     return fit_detector(
-        train_x, train_y, val_x, val_logits, val_y, 1.5, OosOptions(method=method, **options)
+        train_x,
+        train_y,
+        val_x,
+        val_logits,
+        val_y,
+        1.5,
+        OosOptions(method=method, **options),
+        train_sentences=sentences(train_x),
+        validation_sentences=sentences(val_x),
     )
 
 
@@ -74,10 +98,55 @@ def fit(data: dict, method: str, **options: object) -> OosDetector:
 def test_every_method_ranks_the_far_points_above_the_clusters(data: dict, method: str) -> None:
     detector = fit(data, method)
     x, logits, labels = data["test"]
-    scores = detector.score(x, logits)
+    scores = detector.score(x, logits, sentences(x))
     assert scores[labels == -1].min() > scores[labels >= 0].max()
     assert auroc(scores[labels >= 0], scores[labels == -1]) == 1.0
-    assert detector.is_out_of_scope(x, logits)[labels == -1].all()
+    assert detector.is_out_of_scope(x, logits, sentences(x))[labels == -1].all()
+
+
+def test_sentence_knn_needs_the_sentence_embeddings(data: dict) -> None:
+    train_x, _, train_y = data["train"]
+    val_x, val_logits, val_y = data["validation"]
+    with pytest.raises(ConfigurationError, match="needs the sentence encoder's embeddings"):
+        fit_detector(train_x, train_y, val_x, val_logits, val_y, 1.5, OosOptions())
+    detector = fit(data, "knn+energy+sentence-knn")
+    assert detector.needs_sentences and not fit(data, "knn+energy").needs_sentences
+    x, logits, _ = data["test"]
+    with pytest.raises(ValueError, match="needs the messages' sentence embeddings"):
+        detector.score(x, logits)
+
+
+def test_a_sentence_detector_is_served_only_with_its_own_encoder(
+    data: dict, tmp_path: Path
+) -> None:
+    """The fallback (fitted without sentence-knn) is served when the runtime has no sentence
+    embedding from the same forward, or one from another encoder; the files keep both."""
+    probe = sentences(np.eye(DIM, dtype=np.float32)[:4])
+    detector = dataclasses.replace(
+        fit(data, "knn+energy+sentence-knn"),
+        fallback=fit(data, "knn+energy"),
+        sentence_probe=probe,
+        sentence_model="bundled",
+    )
+    detector.save(tmp_path)
+    loaded = OosDetector.load(tmp_path)
+    assert loaded.method == "knn+energy+sentence-knn" and loaded.sentence_model == "bundled"
+    assert loaded.fallback is not None and loaded.fallback.method == "knn+energy"
+    x, logits, labels = data["test"]
+    # Both banks are stored as float16: cosine distances move by ~1e-3 at most.
+    np.testing.assert_allclose(
+        loaded.raw_scores(x, logits, sentences(x)),
+        detector.raw_scores(x, logits, sentences(x)),
+        atol=2e-3,
+    )
+    served, how = loaded.for_sentence_encoder(probe + 1e-5)
+    assert served is loaded and how == "knn+energy+sentence-knn"
+    for other in (None, probe + 0.05):
+        served, how = loaded.for_sentence_encoder(other)
+        assert served is loaded.fallback and how.startswith("knn+energy (")
+        assert served.threshold == pytest.approx(detector.fallback.threshold)  # type: ignore[union-attr]
+        assert served.is_out_of_scope(x, logits)[labels == -1].all()
+    assert loaded.fallback.for_sentence_encoder(None)[0] is loaded.fallback
 
 
 @pytest.mark.parametrize("keep_recall", [0.8, 0.9, 0.98])
@@ -208,7 +277,7 @@ def test_oos_label_conventions() -> None:
     "options",
     [
         {"method": "cosine"},
-        {"method": "msp+energy+knn"},
+        {"method": "msp+energy+knn+mahalanobis"},
         {"keep_recall": 1.0},
         {"k": 0},
         {"threshold_from": "test"},
@@ -231,7 +300,7 @@ def test_leave_intents_out_needs_two_intents(data: dict) -> None:
 @pytest.mark.slow
 def test_real_model_declines_out_of_scope_and_answers_in_scope(trained_intent) -> None:  # type: ignore[no-untyped-def]
     from bot.nlu.classifier import load_model
-    from training.ood import pooled_outputs
+    from training.ood import backbone_sentences, pooled_outputs
     from training.pipeline import frozen_data
 
     path = trained_intent.version.path
@@ -245,16 +314,9 @@ def test_real_model_declines_out_of_scope_and_answers_in_scope(trained_intent) -
     def outputs(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return pooled_outputs(model, tokenizer, texts, meta.max_length)
 
+    encoder = backbone_sentences("bundled")
     train_x, _ = outputs([e.text for e in train])
     val_x, val_logits = outputs([e.text for e in validation])
-    detector = fit_detector(
-        train_x,
-        np.array([index[e.label] for e in train]),
-        val_x,
-        val_logits,
-        np.array([index[e.label] for e in validation]),
-        meta.temperature,
-    )
     in_scope = ["where is my parcel, it has not arrived", "i forgot my password, help", "hiya!"]
     out_of_scope = [
         "what is the capital of australia",
@@ -262,8 +324,24 @@ def test_real_model_declines_out_of_scope_and_answers_in_scope(trained_intent) -
         "my cat is sick, what should i do",
     ]
     x, logits = outputs(in_scope + out_of_scope)
-    declined = detector.is_out_of_scope(x, logits)
-    assert declined.tolist() == [False] * 3 + [True] * 3, detector.score(x, logits)
+    for method in ("knn+energy+sentence-knn", "knn+energy"):
+        detector = fit_detector(
+            train_x,
+            np.array([index[e.label] for e in train]),
+            val_x,
+            val_logits,
+            np.array([index[e.label] for e in validation]),
+            meta.temperature,
+            OosOptions(method=method),
+            train_sentences=encoder.embed([e.text for e in train]),
+            validation_sentences=encoder.embed([e.text for e in validation]),
+        )
+        probes = encoder.embed(in_scope + out_of_scope)
+        declined = detector.is_out_of_scope(x, logits, probes)
+        assert declined.tolist() == [False] * 3 + [True] * 3, (
+            method,
+            detector.score(x, logits, probes),
+        )
 
 
 @pytest.mark.parametrize("source", ["validation", "draws"])

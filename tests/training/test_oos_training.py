@@ -15,7 +15,7 @@ from bot.nlu.oos import ARRAYS_FILE, DETECTOR_FILE, OosDetector
 from tests.conftest import TINY_INTENTS
 from training.arguments import TrainingArguments
 from training.data import EvaluationDataError, load_texts
-from training.ood import OosOptions, fit_for_model
+from training.ood import OosOptions, backbone_sentences, fit_for_model
 from training.pipeline import TrainingRun, train_task
 
 OFF_TOPIC = [
@@ -33,7 +33,8 @@ OFF_TOPIC = [
     ("changes", "problem"),
     [
         ({"oos_method": "cosine"}, "oos_method must be none, one of"),
-        ({"oos_method": "knn+energy+msp"}, "oos_method must be none, one of"),
+        ({"oos_method": "knn+energy+msp+mahalanobis"}, "oos_method must be none, one of"),
+        ({"oos_method": "knn+knn"}, "oos_method must be none, one of"),
         ({"oos_keep_recall": 1.0}, "oos_keep_recall must be in [0.5, 1)"),
         ({"oos_keep_recall": 0.2}, "oos_keep_recall must be in [0.5, 1)"),
         ({"oos_label": " "}, "oos_label must be a label name"),
@@ -49,7 +50,7 @@ def test_out_of_scope_arguments_round_trip_and_older_versions_get_the_defaults()
     args = TrainingArguments(oos_method="mahalanobis+msp", oos_keep_recall=0.95, oos_label="oos")
     assert TrainingArguments.from_dict(args.to_dict()) == args
     older = {k: v for k, v in args.to_dict().items() if not k.startswith("oos_")}
-    assert TrainingArguments.from_dict(older).oos_method == "knn+energy"
+    assert TrainingArguments.from_dict(older).oos_method == "knn+energy+sentence-knn"
     assert TrainingArguments(oos_method="none").oos_method == "none"
 
 
@@ -119,18 +120,26 @@ def test_training_saves_and_reports_a_detector_that_declines_off_topic_messages(
     path = trained_intent.version.path
     assert (path / DETECTOR_FILE).is_file() and (path / ARRAYS_FILE).is_file()
     summary = trained_intent.metrics["out_of_scope"]
-    assert summary["method"] == "knn+energy" and summary["keep_recall"] == 0.98
+    assert summary["method"] == "knn+energy+sentence-knn" and summary["keep_recall"] == 0.98
     assert summary["leave_intents_out"]["auroc"] > 0.5
-    assert "out of scope: knn+energy, keeping 98% of right in-scope answers" in (
+    assert "out of scope: knn+energy+sentence-knn, keeping 98% of right in-scope answers" in (
+        trained_intent.report
+    )
+    assert "served as knn+energy where the answer index embeds with another" in (
         trained_intent.report
     )
     assert "of in-scope messages declined" in trained_intent.report
     detector = OosDetector.load_if_present(path)
     assert detector is not None and detector.oos_column is None
+    assert detector.fallback is not None and detector.fallback.method == "knn+energy"
     classifier = TransformerClassifier(path)
     in_scope = ["where is my parcel, it has not arrived", "i forgot my password, help", "hiya!"]
-    pooled, logits = classifier.pooled_and_logits(in_scope + OFF_TOPIC)
-    _, declined = detector.decide(pooled.numpy(), logits.numpy())
+    texts = in_scope + OFF_TOPIC
+    pooled, logits = classifier.pooled_and_logits(texts)
+    sentences = backbone_sentences("bundled").embed(texts)
+    _, declined = detector.decide(pooled.numpy(), logits.numpy(), sentences)
+    assert declined.tolist() == [False] * 3 + [True] * 4
+    _, declined = detector.fallback.decide(pooled.numpy(), logits.numpy())
     assert declined.tolist() == [False] * 3 + [True] * 4
 
 
@@ -210,10 +219,13 @@ def test_an_out_of_scope_label_is_trained_on_and_sets_the_threshold(tmp_path: Pa
     assert column is not None and column not in detector.columns
     estimate = detector.estimate
     assert estimate is not None and estimate.real_oos >= 1
-    # The neighbour bank holds no out-of-scope example: 40 in-scope training rows at most.
+    # Neither neighbour bank holds an out-of-scope example: 40 in-scope training rows at most.
     assert len(detector.bank) <= sum(len(t) for t in TINY_INTENTS.values())
+    assert len(detector.sentence_bank) == len(detector.bank)
     # Predicting the label itself is out of scope, whatever the score.
     logits = np.zeros((1, len(detector.softmax_columns)), dtype=np.float32)
     logits[0, column] = 10.0
-    embedding = detector.bank[:1]
-    assert detector.decide(embedding, logits)[1].tolist() == [True]
+    embedding, sentence = detector.bank[:1], detector.sentence_bank[:1]
+    assert detector.decide(embedding, logits, sentence)[1].tolist() == [True]
+    assert detector.fallback is not None
+    assert detector.fallback.decide(embedding, logits)[1].tolist() == [True]

@@ -88,6 +88,8 @@ async def test_out_of_scope_questions_are_declined_and_in_scope_ones_still_serve
     client: TestClient[Any, Any],
 ) -> None:
     """Through the real intent model and its detector, trained on the small shop."""
+    # The answer index's encoder is in the shared forward: the whole detector is served.
+    assert client.app[RUNTIME].understander.oos_method == "knn+energy+sentence-knn"
     for i, text in enumerate(OFF_TOPIC):
         body = await send(client, f"off-{i}", text)
         [reply] = body["replies"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -116,6 +117,35 @@ def test_models_trained_with_frozen_layers_share_one_forward(
     vectors = np.stack([u.query_embedding for u in together])
     assert np.allclose(vectors, embedder(texts), atol=1e-4)
     assert all(u.query_embedding is None for u in alone.classify(texts))
+
+
+def test_the_out_of_scope_detector_uses_the_query_embedding_of_the_same_forward(
+    runtime_models: Path,
+) -> None:
+    """With the answer index's encoder in the shared forward, `sentence-knn` scores its query
+    embedding (no second pass); without it, or with another encoder, the fallback fitted
+    without `sentence-knn` is served. Both decline a clearly off-topic message."""
+    embedder = SentenceEmbedder("bundled")
+    shared = ModelSet.load(runtime_models, quantized=True, query_encoder=embedder)
+    alone = ModelSet.load(runtime_models, quantized=True)
+    assert shared.oos is not None and shared.oos.method == "knn+energy+sentence-knn"
+    assert alone.oos is not None and alone.oos.method == "knn+energy"
+
+    class Shifted:
+        """Another encoder: the same model's vectors, moved."""
+
+        def __call__(self, texts: list[str]) -> np.ndarray:
+            return embedder(texts) + 0.01
+
+        def shareable(self) -> tuple[Any, Any, int] | None:
+            return embedder.shareable()
+
+    other = ModelSet.load(runtime_models, quantized=True, query_encoder=Shifted())
+    assert other.oos is not None and other.oos.method == "knn+energy"
+    texts = ["where is my order", "what's the weather like in Paris tomorrow?"]
+    for models in (shared, alone):
+        understood = models.classify(texts)
+        assert [u.out_of_scope for u in understood] == [False, True], models.oos.method
 
 
 def test_quantized_shared_models_agree_with_float(runtime_models: Path) -> None:
