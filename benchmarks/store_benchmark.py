@@ -3,8 +3,9 @@
 N coroutines act as N concurrent conversations, each doing per message what the bot does:
 look up the conversation id, store the customer message (reading the conversation's state and
 recent messages in the same transaction), and record the bot's turn with its reply. A
-conversation is replaced by a new sender every --length messages. Prints messages per second
-and this process's CPU time per message (event loop plus the driver threads).
+conversation is replaced by a new sender every --length messages. Prints messages per second,
+this process's CPU time per message (event loop plus the driver threads), and how many writes
+each transaction committed on average (group commit, `SqlConversationStore.group_commits`).
 
     .venv/bin/python benchmarks/store_benchmark.py [--url postgresql+asyncpg://...] \\
         [--conversations 100] [--seconds 8]
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 from bot.core.records import Route, Scored, Turn, Understanding
-from bot.store.conversations import SqlConversationStore
+from bot.store.conversations import GroupCommits, SqlConversationStore
 
 UNDERSTOOD = Understanding(
     "order_status",
@@ -36,7 +37,7 @@ UNDERSTOOD = Understanding(
 
 async def run(
     url: str, conversations: int, seconds: float, length: int
-) -> tuple[int, float, float]:
+) -> tuple[int, float, float, GroupCommits]:
     store = SqlConversationStore(url)
     await store.start()
     done = 0
@@ -67,8 +68,14 @@ async def run(
 
     try:
         started, cpu = time.perf_counter(), time.process_time()
+        before = store.group_commits
         await asyncio.gather(*(conversation(i) for i in range(conversations)))
-        return done, time.perf_counter() - started, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        after = store.group_commits
+        commits = GroupCommits(
+            after.writes - before.writes, after.transactions - before.transactions, after.largest
+        )
+        return done, wall, cpu, commits
     finally:
         await store.stop()
 
@@ -82,10 +89,13 @@ def main() -> None:
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         url = ns.url or f"sqlite+aiosqlite:///{Path(folder) / 'bench.db'}"
-        done, wall, cpu = asyncio.run(run(url, ns.conversations, ns.seconds, ns.length))
+        done, wall, cpu, commits = asyncio.run(run(url, ns.conversations, ns.seconds, ns.length))
     print(
         f"{ns.conversations} conversations: {done} messages in {wall:.1f} s = "
-        f"{done / wall:.1f} messages/s; CPU {cpu / max(done, 1) * 1000:.2f} ms per message"
+        f"{done / wall:.1f} messages/s; CPU {cpu / max(done, 1) * 1000:.2f} ms per message; "
+        f"{commits.writes} writes in {commits.transactions} transactions = "
+        f"{commits.writes / max(commits.transactions, 1):.1f} per commit "
+        f"(largest {commits.largest})"
     )
 
 

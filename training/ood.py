@@ -757,40 +757,22 @@ def fit_for_model(
             )
     if embedded is None:
         options = options.without_sentences()
+
+    def fit(with_options: OosOptions, pair: tuple[np.ndarray, np.ndarray] | None) -> OosDetector:
+        train_s, val_s = pair if pair is not None else (None, None)
+        return fit_detector(
+            train_x, train_y, val_x, val_logits, val_y, temperature, with_options, column,
+            train_s, val_s,
+        )  # fmt: skip
+
     try:
+        detector = fit(options, embedded)
         if sentences is not None and embedded is not None:
-            train_s, val_s = embedded
-            detector = fit_detector(
-                train_x,
-                train_y,
-                val_x,
-                val_logits,
-                val_y,
-                temperature,
-                options,
-                column,
-                train_s,
-                val_s,
-            )
-            fallback = fit_detector(
-                train_x,
-                train_y,
-                val_x,
-                val_logits,
-                val_y,
-                temperature,
-                options.without_sentences(),
-                column,
-            )
             detector = dataclasses.replace(
                 detector,
-                fallback=fallback,
+                fallback=fit(options.without_sentences(), None),
                 sentence_probe=sentences.embed(list(SENTENCE_PROBES)),
                 sentence_model=sentences.name,
-            )
-        else:
-            detector = fit_detector(
-                train_x, train_y, val_x, val_logits, val_y, temperature, options, column
             )
     except ConfigurationError as exc:
         return FittedDetector(None, f"out of scope: no detector ({exc})", name)

@@ -48,20 +48,11 @@ from bot.core.records import (
 from bot.store.conversations import SqlConversationStore
 from bot.store.engine import MIGRATIONS_DIR, create_store_engine, normalize_url
 from bot.store.schema import Base, UTCDateTime
-from tests.helpers import PG_SKIP_REASON, angry, pg_schema, understanding
+from tests.helpers import angry, understanding
 
 T = TypeVar("T")
 
 UNREACHABLE_PG = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    """An empty PostgreSQL schema, for what only a server can do (e.g. go away, come back)."""
-    if PG_SKIP_REASON is not None:
-        pytest.skip(PG_SKIP_REASON)
-    async with pg_schema() as url:
-        yield url
 
 
 @pytest.fixture
