@@ -18,6 +18,7 @@ import torch
 
 from bot.core.datafiles import DEFAULT_LIMITS, InputLimits, normalize
 from bot.core.errors import ModelNotFoundError
+from bot.nlu.artifacts import REPLAY_POOL_FILE, TEST_SET_FILE
 from bot.nlu.classifier import ClassifierMeta, TransformerClassifier, save_classifier
 from training.arguments import TrainingArguments
 from training.calibration import calibrate, weighting_correction
@@ -38,9 +39,6 @@ from training.trainer import FineTuneResult, encode, fine_tune, predict_logits
 REPORT_FILE = "report.txt"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.png"
-# The frozen test set a version was evaluated on, and the examples a retrain replays from.
-TEST_SET_FILE = "test_set.jsonl"
-REPLAY_POOL_FILE = "replay_pool.jsonl"
 
 
 @dataclass(frozen=True, slots=True)

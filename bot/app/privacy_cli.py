@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 
 from bot.core.errors import BadRequestError, ConfigurationError
+from bot.nlu.artifacts import REPLAY_POOL_FILE, TEST_SET_FILE
 from bot.retrieval.index import EMBEDDINGS_FILE, INDEX_FILE, EmbeddingAnswerIndex
 from bot.retrieval.sources import AnswerPair
 from bot.settings import Settings, load_settings
 from bot.store.conversations import opened_store
 from bot.store.privacy import RETENTION, Customer, CustomerData, Erasure, Purge, SqlPrivacyStore
-from training.pipeline import REPLAY_POOL_FILE, TEST_SET_FILE
 
 # The files of a model version that hold customer texts (see training/pipeline.py).
 TRAINING_FILES = (REPLAY_POOL_FILE, TEST_SET_FILE)

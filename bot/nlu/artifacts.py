@@ -23,6 +23,11 @@ DEFAULT_BACKBONE = "bundled"
 TASKS = ("intent", "sentiment")
 #: The file registry's state file, as written by `training/registry.py`.
 REGISTRY_FILE = "registry.json"
+# Written beside a trained model version (training/pipeline.py): the frozen test set it was
+# evaluated on, and the examples a retrain replays from. Customer texts: `privacy erase`
+# rewrites them, so the runtime's side knows their names without importing training.
+TEST_SET_FILE = "test_set.jsonl"
+REPLAY_POOL_FILE = "replay_pool.jsonl"
 #: The registry's names: a task directory and a version directory inside it (`intent/v3`).
 #: Only names that match are ever joined to the models directory.
 TASK_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")

@@ -130,6 +130,8 @@ class ModelSet:
             for name, model in own:
                 if name in on_own and model is not None:
                     quantize(model)
+        if shared is not None:
+            shared.release_duplicates()  # one copy of the shared weights per process
         return cls(intent, sentiment, versions, shared, oos, entity)
 
     def classify(self, texts: Sequence[str]) -> list[Understanding]:

@@ -5,8 +5,10 @@ answer index accepts in its place.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -42,17 +44,23 @@ class SentenceEmbedder:
     def _load(self) -> Any:
         with self._lock:
             if self._encoder is None:
-                from sentence_transformers import SentenceTransformer
-
                 quiet_transformers()
-                self._encoder = SentenceTransformer(resolve_backbone(self.model), device="cpu")
+                path = resolve_backbone(self.model)
+                self._encoder = MeanPoolingEncoder.load_if_plain(path)
+                if self._encoder is None:
+                    from sentence_transformers import SentenceTransformer
+
+                    self._encoder = SentenceTransformer(path, device="cpu")
             return self._encoder
 
     def shareable(self) -> tuple[Any, Any, int] | None:
         """(transformers encoder, tokenizer, max tokens) when this model is exactly a
         transformer with mean pooling (and normalization), so that its forward can be shared
         with the classifiers (bot/nlu/shared_encoder.py); None for any other pipeline."""
-        modules = list(self._load())
+        loaded = self._load()
+        if isinstance(loaded, MeanPoolingEncoder):
+            return loaded.encoder, loaded.tokenizer, loaded.max_length
+        modules = list(loaded)
         kinds = [type(module).__name__ for module in modules]
         if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
             return None
@@ -70,6 +78,8 @@ class SentenceEmbedder:
     def __call__(self, texts: Sequence[str]) -> Vectors:
         """L2-normalized float32 embeddings, one row per text."""
         encoder = self._encoder if self._encoder is not None else self._load()
+        if isinstance(encoder, MeanPoolingEncoder):
+            return encoder.encode(texts, self.batch_size)
         vectors = encoder.encode(
             list(texts),
             batch_size=self.batch_size,
@@ -78,6 +88,75 @@ class SentenceEmbedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
+
+
+# The sentence-transformers modules `MeanPoolingEncoder` stands in for, in this order.
+PLAIN_MODULES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+)
+
+
+class MeanPoolingEncoder:
+    """A sentence-transformers model that is a transformer, mean pooling and normalization
+    (the bundled all-MiniLM-L6-v2 and most of its kind), run with transformers alone.
+
+    It computes what `SentenceTransformer.encode` computes for such a model (same tokenizer,
+    truncation, pooling and normalization; the same vectors within float noise, tested)
+    without importing sentence-transformers, which pulls scipy, scikit-learn, pandas and
+    datasets into the process: about 300 MB of every serving replica's memory (measured,
+    issue 19). Any other pipeline (another pooling, a dense layer, lower-casing, a model
+    given by hub name) is loaded with sentence-transformers as before.
+    """
+
+    def __init__(self, encoder: Any, tokenizer: Any, max_length: int) -> None:
+        self.encoder = encoder.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load_if_plain(cls, path: str) -> MeanPoolingEncoder | None:
+        """The model at local directory `path` when it is exactly that pipeline, else None."""
+        root = Path(path)
+        try:
+            modules = json.loads((root / "modules.json").read_text())
+            config = json.loads((root / "sentence_bert_config.json").read_text())
+            types = tuple(str(m["type"]) for m in modules)
+            if types != PLAIN_MODULES or modules[0]["path"] != "":
+                return None
+            pooling = json.loads((root / str(modules[1]["path"]) / "config.json").read_text())
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return None
+        modes = {k for k, v in pooling.items() if k.startswith("pooling_mode_") and v}
+        mean_only = modes == {"pooling_mode_mean_tokens"} and pooling.get(
+            "pooling_mode", "mean"
+        ) in ("mean", None)
+        if not mean_only or config.get("do_lower_case"):
+            return None
+        from transformers import AutoModel, AutoTokenizer
+
+        encoder = AutoModel.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(encoder, tokenizer, int(config.get("max_seq_length") or 512))
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
+        """Unit-length float32 embeddings, one row per text, in input order."""
+        import torch
+
+        from bot.nlu.classifier import length_chunks, mean_pool
+
+        out = np.zeros((len(texts), self.encoder.config.hidden_size), dtype=np.float32)
+        if not texts:
+            return out
+        with torch.inference_mode():
+            for chunk, input_ids, mask in length_chunks(
+                self.tokenizer, texts, self.max_length, batch_size
+            ):
+                hidden = self.encoder(input_ids=input_ids, attention_mask=mask)[0]
+                pooled = torch.nn.functional.normalize(mean_pool(hidden, mask), p=2, dim=1)
+                out[chunk] = pooled.float().numpy()
+        return out
 
 
 def normalized_rows(matrix: npt.NDArray[Any]) -> Vectors:

@@ -119,6 +119,43 @@ def test_models_trained_with_frozen_layers_share_one_forward(
     assert all(u.query_embedding is None for u in alone.classify(texts))
 
 
+def test_the_shared_weights_are_held_once_and_every_forward_still_agrees(
+    runtime_models: Path,
+) -> None:
+    """One copy of the shared embeddings and layers per process (issue 19), each branch's
+    own layers the ones the shared forward runs; the single pass and each model's own
+    forward (the answer index's encoder embedding a search) agree with separately loaded
+    models within 1e-4 (float32) on probe texts."""
+    embedder = SentenceEmbedder("bundled")
+    models = ModelSet.load(runtime_models, quantized=False, query_encoder=embedder)
+    assert models.shared is not None
+    intent, sentiment = models.intent.model.encoder, models.sentiment.model.encoder
+    query = embedder.shareable()
+    assert query is not None
+    for other in (sentiment, query[0]):
+        assert other.embeddings is intent.embeddings
+        assert all(
+            a is b for a, b in zip(other.encoder.layer[:3], intent.encoder.layer[:3], strict=True)
+        )
+        assert other.pooler is None and other.encoder.layer[3] is not intent.encoder.layer[3]
+    texts = ["hi", "where is my order #123?", "this is useless, I want a human now", "danke!"]
+    fresh = SentenceEmbedder("bundled")
+    np.testing.assert_allclose(embedder(texts), fresh(texts), atol=1e-5)
+    understood = models.classify(texts)
+    np.testing.assert_allclose(
+        np.stack([u.query_embedding for u in understood]), fresh(texts), atol=1e-4
+    )
+    for name, separate in (("intent", "intent"), ("sentiment", "sentiment")):
+        own = TransformerClassifier(runtime_models / separate / "v1").predict_proba(texts)
+        model = getattr(models, name)
+        np.testing.assert_allclose(model.predict_proba(texts), own, atol=1e-4)
+    sentiment_scores = [{s.label: s.score for s in u.sentiment_scores} for u in understood]
+    own = TransformerClassifier(runtime_models / "sentiment" / "v1")
+    for scores, probs in zip(sentiment_scores, own.predict_proba(texts), strict=True):
+        for label, p in zip(own.labels, probs, strict=True):
+            assert scores[label] == pytest.approx(float(p), abs=1e-4)
+
+
 def test_the_out_of_scope_detector_uses_the_query_embedding_of_the_same_forward(
     runtime_models: Path,
 ) -> None:
