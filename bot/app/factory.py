@@ -311,6 +311,33 @@ class Warmup:
         return None
 
 
+class LearnedEntityCheck:
+    """Warns at start when the routing file declares learned entity types
+    (`entities.learned`) that the live entity model does not find: a route requiring one
+    then asks for it every time, since nothing in a message can fill it. Needs the started
+    understander. A warning, not a refusal: the entity model may be trained after the
+    routing file is written."""
+
+    def __init__(self, declared: Sequence[str], found: Callable[[], Sequence[str]]) -> None:
+        self.declared = tuple(declared)
+        self.found = found
+
+    async def start(self) -> None:
+        missing = [name for name in self.declared if name not in set(self.found())]
+        if missing:
+            found = self.found()
+            log.warning(
+                "entities.learned: the live entity model does not find %s (%s); routes "
+                "requiring them ask every time: train one with `supportbot train entity "
+                "--data FILE` whose annotations use those types",
+                ", ".join(missing),
+                "it finds " + ", ".join(found) if found else "no entity model is live",
+            )
+
+    async def stop(self) -> None:
+        return None
+
+
 class ApiExposureCheck:
     """Refuses to start when the REST API would be open to other machines with nothing to
     check callers against: `server.host` is not loopback, no API key exists, and
@@ -401,6 +428,9 @@ def create_app(settings: Settings, runtime: Runtime | None = None) -> web.Applic
         runtime.store,
         ApiExposureCheck(settings.server, api_keys),
         runtime.understander,
+        LearnedEntityCheck(
+            runtime.router.config.entities.learned, runtime.understander.entity_types
+        ),
         Warmup(runtime),
         runtime.embed_batcher,
         runtime.answers,

@@ -35,7 +35,7 @@ SENSITIVE_TYPES = frozenset({CARD, IBAN, EMAIL, PHONE})
 # Masked in every customer message before it is stored (PCI DSS: no card number in clear).
 ALWAYS_REDACTED = frozenset({CARD, IBAN})
 # Not entity names: keys of the `entities:` section with another meaning.
-RESERVED_KEYS = frozenset({"phone_region"})
+RESERVED_KEYS = frozenset({"phone_region", "learned"})
 # Slots an answer template can do without: dropped when unknown ("Hi {name}," -> "Hi,").
 OPTIONAL_SLOTS = frozenset({"name"})
 _SPEC_FIELDS = frozenset({"pattern", "lookup", "normalize", "ignore_case", "slot", "looks_like"})
@@ -108,10 +108,14 @@ class EntityConfig:
         definitions: configured entities, in file order.
         phone_region: ISO country code for phone numbers written without `+country`
             (e.g. `DE` reads "030 1234 5678"); None: only international numbers are found.
+        learned: the types the learned entity model finds (`supportbot train entity`),
+            declared so that routes may require them (`requires:`); the model is loaded only
+            at start, so the routing file names them.
     """
 
     definitions: tuple[EntityDefinition, ...] = ()
     phone_region: str | None = None
+    learned: tuple[str, ...] = ()
 
     @property
     def slot_types(self) -> frozenset[str]:
@@ -150,9 +154,38 @@ class EntityConfig:
             definition = _parse_definition(str(name), spec, problems)
             if definition is not None:
                 definitions.append(definition)
+        learned = _parse_learned(section.get("learned"), {d.name for d in definitions}, problems)
         if problems:
             raise ConfigurationError(f"routing config {source}: " + "; ".join(problems))
-        return cls(tuple(definitions), region.upper() if isinstance(region, str) else None)
+        return cls(tuple(definitions), region.upper() if isinstance(region, str) else None, learned)
+
+
+def _parse_learned(value: Any, defined: set[str], problems: list[str]) -> tuple[str, ...]:
+    """`entities.learned`: a list of entity type names the learned model finds."""
+    if value is None:
+        return ()
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        problems.append(
+            "entities.learned: expected a list of the entity types your learned entity model "
+            "finds (e.g. [product, city]), found " + type(value).__name__
+        )
+        return ()
+    out: list[str] = []
+    for name in names:
+        if not _NAME.match(name):
+            problems.append(
+                f"entities.learned: {name!r} is not an entity type name (lower case letters, "
+                "digits and _, starting with a letter)"
+            )
+        elif name in BUILTIN_TYPES or name in defined or name == "name":
+            problems.append(
+                f"entities.learned: {name!r} is already a built-in or configured entity; "
+                "remove it from learned"
+            )
+        elif name not in out:
+            out.append(name)
+    return tuple(out)
 
 
 def _parse_definition(name: str, spec: Any, problems: list[str]) -> EntityDefinition | None:

@@ -182,9 +182,9 @@ class RoutingConfig:
 
 
 def slot_names(entities: EntityConfig) -> tuple[str, ...]:
-    """The slots a route may require: `name`, the built-in entity types and the configured
-    entities."""
-    return ("name", *BUILTIN_TYPES, *(d.name for d in entities.definitions))
+    """The slots a route may require: `name`, the built-in entity types, the configured
+    entities and the declared learned ones (`entities.learned`)."""
+    return ("name", *BUILTIN_TYPES, *(d.name for d in entities.definitions), *entities.learned)
 
 
 def default_question(slot: str) -> str:
@@ -211,7 +211,7 @@ def _with_slots(
                 f"{where}.requires: {slot!r} is not a slot; use name, a built-in entity type "
                 f"({', '.join(BUILTIN_TYPES)}) or an entity of the `entities:` section ("
                 + (", ".join(configured) or "none configured")
-                + ")"
+                + "); a type of your learned entity model goes in `entities.learned: [...]`"
             )
             continue
         questions = (

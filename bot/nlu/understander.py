@@ -356,6 +356,11 @@ class TransformerUnderstander:
         """The intents the live intent model knows (empty before `start`)."""
         return self._models.intent.labels if self._models else ()
 
+    def entity_types(self) -> tuple[str, ...]:
+        """The types the live learned entity model finds (empty: none is live)."""
+        entity = self._models.entity if self._models else None
+        return tuple(entity.meta.entities) if entity is not None else ()
+
     @property
     def oos_method(self) -> str | None:
         """The out-of-scope method served (None: no detector, or before `start`)."""

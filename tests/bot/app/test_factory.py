@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import uuid
@@ -385,3 +386,19 @@ async def test_a_card_number_sent_through_rest_is_masked_in_the_store_console_an
     [stored, *_] = await client.app[RUNTIME].store.transcript(body["conversation_id"])
     assert stored.text == masked
     assert "4111" not in caplog.text and "ada@example.org" not in caplog.text
+
+
+async def test_declared_learned_entity_types_the_model_does_not_find_are_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from bot.app.factory import LearnedEntityCheck
+
+    with caplog.at_level(logging.WARNING, logger="bot.app.factory"):
+        await LearnedEntityCheck(("product",), lambda: ("product", "city")).start()
+        assert caplog.records == []
+        await LearnedEntityCheck(("product", "colour"), lambda: ("product",)).start()
+        await LearnedEntityCheck(("product",), tuple).start()
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "does not find colour (it finds product)" in first
+    assert "does not find product (no entity model is live)" in second
+    assert "supportbot train entity" in first

@@ -5,6 +5,7 @@ re-asks once, then lets go. Fast, on the in-memory fakes."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from bot.core.entities import Entity
 from bot.core.errors import ConfigurationError
 from bot.core.escalation import EscalationPolicy, EscalationSettings
 from bot.core.metrics import Metrics
@@ -553,3 +555,69 @@ async def test_an_unsure_guess_that_needs_no_such_slot_is_not_taken(harness: Har
     )
     await harness.say("hi, order 1234 please")
     assert (await harness.transcript())[-1].details["awaiting"]["intent"] is None
+
+
+async def test_a_learned_entity_type_declared_in_the_routing_file_can_be_required() -> None:
+    """`entities.learned` names the types the learned entity model finds, so a route may
+    require one: asked while missing, filled from the model's entity in the reply."""
+    document = copy.deepcopy(ROUTING)
+    document["entities"]["learned"] = ["product"]
+    document["intents"]["product_availability"] = {
+        "response": "{product} is back in stock next week.",
+        "requires": [{"product": "Which product do you mean?"}],
+    }
+    store = InMemoryConversationStore(ManualClock())
+    understander = ScriptedUnderstander()
+    understander.teach("is it back in stock?", understanding("product_availability", 0.9))
+    sofa = "the blue sofa"
+    found = understanding("greeting", 0.6)
+    understander.teach(
+        sofa, dataclasses.replace(found, entities=(Entity("product", "blue sofa", sofa, 4, 13),))
+    )
+    del document["intents"]["return_item"]  # its handler is not what this test is about
+    router = Router(RoutingConfig.parse(document, "shop.yml"))
+    router.check()
+    service = ConversationService(
+        store,
+        understander,
+        InMemoryAnswerIndex(),
+        router,
+        EscalationPolicy(EscalationSettings()),
+        Metrics(),
+        0.5,
+    )
+    await store.start()
+    try:
+        (ask,) = (await service.handle(Message("fake", "bo", "is it back in stock?"))).replies
+        assert (ask.route, ask.text) == (Route.SLOT_QUESTION, "Which product do you mean?")
+        (reply,) = (await service.handle(Message("fake", "bo", sofa))).replies
+        assert (reply.route, reply.text) == (
+            Route.RESPONSE,
+            "blue sofa is back in stock next week.",
+        )
+    finally:
+        await store.stop()
+
+
+@pytest.mark.parametrize(
+    ("learned", "error"),
+    [
+        (["order_id"], r"entities\.learned: 'order_id' is already a built-in or configured"),
+        (["email"], r"entities\.learned: 'email' is already a built-in or configured"),
+        (["Product"], r"entities\.learned: 'Product' is not an entity type name"),
+        ("product, city", r"entities\.learned: 'product, city' is not an entity type name"),
+        ({"product": 1}, r"entities\.learned: expected a list of the entity types"),
+    ],
+)
+def test_bad_learned_entity_types_are_refused(learned: Any, error: str) -> None:
+    document = copy.deepcopy(ROUTING)
+    document["entities"]["learned"] = learned
+    with pytest.raises(ConfigurationError, match=error):
+        RoutingConfig.parse(document, "shop.yml")
+
+
+def test_an_undeclared_learned_type_says_where_to_declare_it() -> None:
+    document = copy.deepcopy(ROUTING)
+    document["intents"]["product_availability"] = {"answer": True, "requires": ["product"]}
+    with pytest.raises(ConfigurationError, match=r"goes in `entities\.learned: \[\.\.\.\]`"):
+        RoutingConfig.parse(document, "shop.yml")
