@@ -76,15 +76,7 @@ class Harness:
 
     def new_service(self) -> ConversationService:
         """Another replica: its own service over the same store."""
-        return ConversationService(
-            self.store,
-            self.understander,
-            self.answers,
-            self.router,
-            EscalationPolicy(EscalationSettings()),
-            Metrics(),
-            0.5,
-        )
+        return service_for(self.store, self.understander, self.answers, self.router)
 
     async def say(
         self,
@@ -101,6 +93,23 @@ class Harness:
         conversation = await self.store.find_conversation("fake", sender)
         assert conversation is not None
         return await self.store.transcript(conversation.id)
+
+
+def service_for(
+    store: InMemoryConversationStore,
+    understander: ScriptedUnderstander,
+    answers: InMemoryAnswerIndex,
+    router: Router,
+) -> ConversationService:
+    return ConversationService(
+        store,
+        understander,
+        answers,
+        router,
+        EscalationPolicy(EscalationSettings()),
+        Metrics(),
+        0.5,
+    )
 
 
 @pytest.fixture
@@ -130,15 +139,7 @@ async def harness() -> AsyncIterator[Harness]:
 
     router.add_handler("start_return", start_return)
     router.check()
-    service = ConversationService(
-        store,
-        understander,
-        answers,
-        router,
-        EscalationPolicy(EscalationSettings()),
-        Metrics(),
-        0.5,
-    )
+    service = service_for(store, understander, answers, router)
     await store.start()
     try:
         yield Harness(store, understander, answers, router, service, handled)
@@ -577,15 +578,7 @@ async def test_a_learned_entity_type_declared_in_the_routing_file_can_be_require
     del document["intents"]["return_item"]  # its handler is not what this test is about
     router = Router(RoutingConfig.parse(document, "shop.yml"))
     router.check()
-    service = ConversationService(
-        store,
-        understander,
-        InMemoryAnswerIndex(),
-        router,
-        EscalationPolicy(EscalationSettings()),
-        Metrics(),
-        0.5,
-    )
+    service = service_for(store, understander, InMemoryAnswerIndex(), router)
     await store.start()
     try:
         (ask,) = (await service.handle(Message("fake", "bo", "is it back in stock?"))).replies
