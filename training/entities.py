@@ -67,7 +67,7 @@ from bot.nlu.shared_encoder import freeze_lower_layers
 from training.arguments import TrainingArguments
 from training.data import _ALIAS_REFUSED, _RasaLoader
 from training.registry import FileModelRegistry, ModelVersion
-from training.trainer import make_batches, optimizer_and_schedule, seed_everything
+from training.trainer import BestEpoch, make_batches, optimizer_and_schedule, seed_everything
 
 ENTITY_SUFFIXES = {".yml", ".yaml", ".jsonl", ".json", ".ndjson"}
 REPORT_FILE = "report.txt"
@@ -595,7 +595,7 @@ def fit_tagger(
     lengths = [len(ids) for ids in encoded.input_ids]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     fitted = FittedTagger(model, tokenizer, meta, args, note=note)
-    best_f1, best_state, without_gain = -1.0, None, 0
+    best = BestEpoch(args.early_stopping_patience)
     bar = tqdm(
         total=micro_per_epoch * epochs,
         desc=f"entity tagger ({len(train)} sentences, at most {epochs} epochs)",
@@ -646,29 +646,22 @@ def fit_tagger(
                 "seconds": round(time.perf_counter() - epoch_start, 2),
             }
         )
-        if val_f1 is None:
-            fitted.best_epoch = epoch
-            continue
-        if val_f1 > best_f1:
-            best_f1, fitted.best_epoch, without_gain = val_f1, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            without_gain += 1
-            if without_gain >= args.early_stopping_patience and epoch < epochs:
-                fitted.stopped_early = True
-                bar.total = bar.n
-                bar.refresh()
-                if progress:
-                    bar.write(
-                        f"stopped early at epoch {epoch} of at most {epochs} (no validation "
-                        f"span F1 gain for {args.early_stopping_patience} epochs); keeping "
-                        f"epoch {fitted.best_epoch}",
-                        file=sys.stderr,
-                    )
-                break
+        stop = best.update(epoch, val_f1, model)
+        fitted.best_epoch = best.best_epoch
+        if stop and epoch < epochs:
+            fitted.stopped_early = True
+            bar.total = bar.n
+            bar.refresh()
+            if progress:
+                bar.write(
+                    f"stopped early at epoch {epoch} of at most {epochs} (no validation "
+                    f"span F1 gain for {args.early_stopping_patience} epochs); keeping "
+                    f"epoch {fitted.best_epoch}",
+                    file=sys.stderr,
+                )
+            break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore(model)
     model.to("cpu").eval()
     fitted.seconds = time.perf_counter() - started
     return fitted

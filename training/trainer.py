@@ -60,6 +60,40 @@ class FineTuneResult:
     aligned: dict[str, list[float]] = field(default_factory=dict)
 
 
+class BestEpoch:
+    """Early stopping on a validation score, shared by the classifiers and the entity tagger:
+    keeps the best epoch's weights and says when `patience` epochs in a row brought no gain.
+
+    Args:
+        patience: epochs without a better validation score before training stops.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best_score = -1.0
+        self.best_epoch = 0
+        self._state: dict[str, torch.Tensor] | None = None
+        self._without_gain = 0
+
+    def update(self, epoch: int, score: float | None, model: nn.Module) -> bool:
+        """Take an epoch's validation score (None: no validation data, so the latest epoch
+        counts); True when `patience` epochs in a row have not beaten the best."""
+        if score is None:
+            self.best_epoch = epoch
+            return False
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self._without_gain = score, epoch, 0
+            self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return False
+        self._without_gain += 1
+        return self._without_gain >= self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights back (nothing to do without validation scores)."""
+        if self._state is not None:
+            model.load_state_dict(self._state)
+
+
 def early_stop_note(result: FineTuneResult, budget: int, patience: int) -> str:
     """The line that says training ended before its epoch budget, and why."""
     stopped_at = result.history[-1].epoch if result.history else 0
@@ -440,9 +474,7 @@ def fine_tune(
         labels=tuple(labels),
         class_weights=weights.tolist() if weights is not None else None,
     )
-    best_f1 = -1.0
-    best_state: dict[str, torch.Tensor] | None = None
-    epochs_without_gain = 0
+    best = BestEpoch(args.early_stopping_patience)
     # The epoch count is a budget: early stopping may end sooner, so the bar says "at most"
     # and, when it does stop, says so and why instead of ending silently part-way.
     bar = tqdm(
@@ -503,28 +535,21 @@ def fine_tune(
                 epoch, running / max(1, seen), val_f1, val_acc, time.perf_counter() - epoch_start
             )
         )
-        if val_f1 is None:
-            result.best_epoch = epoch
-            continue
-        if val_f1 > best_f1:
-            best_f1, result.best_epoch, epochs_without_gain = val_f1, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            epochs_without_gain += 1
-            if epochs_without_gain >= args.early_stopping_patience and epoch < epochs:
-                result.stopped_early = True
-                # Full bar, no time left: the remaining epochs are not coming.
-                bar.total = bar.n
-                bar.refresh()
-                if progress:
-                    bar.write(
-                        early_stop_note(result, epochs, args.early_stopping_patience),
-                        file=sys.stderr,
-                    )
-                break
+        stop = best.update(epoch, val_f1, model)
+        result.best_epoch = best.best_epoch
+        if stop and epoch < epochs:
+            result.stopped_early = True
+            # Full bar, no time left: the remaining epochs are not coming.
+            bar.total = bar.n
+            bar.refresh()
+            if progress:
+                bar.write(
+                    early_stop_note(result, epochs, args.early_stopping_patience),
+                    file=sys.stderr,
+                )
+            break
     bar.close()
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore(model)
     if align and new_labels:
         result.aligned = align_new_rows(model, labels, new_labels)
     if args.lora:

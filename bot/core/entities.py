@@ -224,18 +224,9 @@ def _parse_definition(name: str, spec: Any, problems: list[str]) -> EntityDefini
         raw_patterns = []
     for index, raw in enumerate(raw_patterns):
         label = f"{where}.pattern" + (f"[{index}]" if len(raw_patterns) > 1 else "")
-        if not isinstance(raw, str) or not raw:
-            problems.append(f"{label}: expected a non-empty regular expression, found {raw!r}")
-            continue
-        try:
-            compiled = re.compile(raw, re.IGNORECASE if ignore_case else 0)
-        except re.error as exc:
-            problems.append(f"{label}: invalid regular expression {raw!r} ({exc})")
-            continue
-        if compiled.match(""):
-            problems.append(f"{label}: {raw!r} matches empty text; it must match something")
-            continue
-        patterns.append(compiled)
+        compiled = _compile(raw, ignore_case, label, problems)
+        if compiled is not None:
+            patterns.append(compiled)
     normalize = spec.get("normalize")
     if normalize is not None:
         if not isinstance(normalize, str) or not normalize:
@@ -279,19 +270,29 @@ def _parse_looks_like(
     found = []
     for index, value in enumerate(raw if isinstance(raw, list) else [raw]):
         label = f"{where}.looks_like" + (f"[{index}]" if isinstance(raw, list) else "")
-        if not isinstance(value, str) or not value:
-            problems.append(f"{label}: expected a non-empty regular expression, found {value!r}")
-            continue
-        try:
-            compiled = re.compile(value, re.IGNORECASE if ignore_case else 0)
-        except re.error as exc:
-            problems.append(f"{label}: invalid regular expression {value!r} ({exc})")
-            continue
-        if compiled.match(""):
-            problems.append(f"{label}: {value!r} matches empty text; it must match something")
-            continue
-        found.append(compiled)
+        compiled = _compile(value, ignore_case, label, problems)
+        if compiled is not None:
+            found.append(compiled)
     return tuple(found)
+
+
+def _compile(
+    raw: Any, ignore_case: bool, label: str, problems: list[str]
+) -> re.Pattern[str] | None:
+    """One regular expression of the routing file (`pattern:`, `looks_like:`), or None with
+    the problem (not a string, invalid, or matching empty text) added to `problems`."""
+    if not isinstance(raw, str) or not raw:
+        problems.append(f"{label}: expected a non-empty regular expression, found {raw!r}")
+        return None
+    try:
+        compiled = re.compile(raw, re.IGNORECASE if ignore_case else 0)
+    except re.error as exc:
+        problems.append(f"{label}: invalid regular expression {raw!r} ({exc})")
+        return None
+    if compiled.match(""):
+        problems.append(f"{label}: {raw!r} matches empty text; it must match something")
+        return None
+    return compiled
 
 
 def _parse_lookup(raw: Any, where: str, problems: list[str]) -> dict[str, str]:
