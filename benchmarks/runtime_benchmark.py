@@ -605,9 +605,10 @@ def server_env(
     name = f"{release}-{mode}".replace(" ", "-").replace(":", "") if release else mode
     store = ns.store_url or f"sqlite+aiosqlite:///{workdir / f'bench-{name}.db'}"
     index = ns.baseline_index if root != ROOT and ns.baseline_index else ns.index
+    models = ns.baseline_models if root != ROOT and ns.baseline_models else ns.models
     env.update(
         {
-            "SUPPORTBOT_MODELS__DIR": str(ns.models),
+            "SUPPORTBOT_MODELS__DIR": str(models),
             "SUPPORTBOT_RETRIEVAL__INDEX_DIR": str(index),
             "SUPPORTBOT_STORE__URL": store,
             "SUPPORTBOT_MODELS__TRAIN_IF_MISSING": "false",
@@ -722,15 +723,25 @@ def main() -> int:
         help="the answer index the baseline serves (default: --index), for a revision that "
         "cannot read this one's index format: build it with that revision's `index build`",
     )
+    parser.add_argument(
+        "--baseline-models",
+        type=Path,
+        metavar="DIR",
+        help="the models root the baseline serves (default: --models): each release on the "
+        "models its own `train` makes, e.g. intent and sentiment trained apart for a release "
+        "before `train intent+sentiment`",
+    )
     ns = parser.parse_args()
     ns.models = ns.models.resolve()
     ns.index = (ns.index or ns.models / "answers").resolve()
-    if ns.baseline_index is not None:
-        if not ns.baseline:
-            sys.exit("--baseline-index needs --baseline REF")
-        ns.baseline_index = ns.baseline_index.resolve()
-    if not (ns.models / "registry.json").is_file():
-        sys.exit(f"{ns.models} holds no registry.json; pass a trained models root with --models")
+    for flag in ("baseline_index", "baseline_models"):
+        if getattr(ns, flag) is not None:
+            if not ns.baseline:
+                sys.exit(f"--{flag.replace('_', '-')} needs --baseline REF")
+            setattr(ns, flag, getattr(ns, flag).resolve())
+    for root in (ns.models, ns.baseline_models):
+        if root is not None and not (root / "registry.json").is_file():
+            sys.exit(f"{root} holds no registry.json; pass a trained models root with --models")
     if not (ns.index / "index.json").is_file():
         sys.exit(f"{ns.index} holds no answer index (index.json); pass one with --index")
     if ns.messages_per_conversation is not None and ns.messages_per_conversation < 1:
@@ -747,7 +758,9 @@ def main() -> int:
     inherited = sorted(k for k in os.environ if k.startswith("SUPPORTBOT_"))
     print("runtime benchmark: supportbot serve under concurrent REST conversations")
     print(
-        f"models {ns.models}, index {ns.index}, quantize "
+        f"models {ns.models}"
+        + (f" (baseline: {ns.baseline_models})" if ns.baseline_models else "")
+        + f", index {ns.index}, quantize "
         f"{'server default' if ns.quantize is None else ns.quantize}, CPUs {os.cpu_count()}, "
         f"load average {os.getloadavg()[0]:.2f}, seed {ns.seed}"
     )

@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import needs_postgres, pg_schema
 from training.arguments import TrainingArguments
-from training.pipeline import TrainingRun, train_task
+from training.pipeline import TrainingRun, train_joint, train_task
 
 # A few intents of the sample shop, phrased the way customers write.
 TINY_INTENTS: dict[str, list[str]] = {
@@ -246,11 +246,7 @@ def runtime_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from bot.retrieval.sources import build_answer_pairs
 
     folder = tmp_path_factory.mktemp("runtime")
-    data = folder / "shop.csv"
-    with data.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "intent", "sentiment"])
-        writer.writerows(RUNTIME_ROWS)
+    data = write_runtime_rows(folder / "shop.csv")
     models = folder / "models"
     for task, epochs in (("intent", 6), ("sentiment", 6)):
         args = TrainingArguments(
@@ -260,4 +256,26 @@ def runtime_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     logs = folder / "conversations.jsonl"
     logs.write_text("".join(json.dumps(c) + "\n" for c in RUNTIME_CONVERSATIONS))
     EmbeddingAnswerIndex.build(build_answer_pairs([logs])).save(models / "answers")
+    return models
+
+
+def write_runtime_rows(path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "intent", "sentiment"])
+        writer.writerows(RUNTIME_ROWS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def joint_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models directory with intent and sentiment trained together on one encoder
+    (`supportbot train intent+sentiment`), live, on the same data as `runtime_models`."""
+    folder = tmp_path_factory.mktemp("joint")
+    data = write_runtime_rows(folder / "shop.csv")
+    models = folder / "models"
+    args = TrainingArguments(
+        epochs=6, batch_size=8, seed=11, validation_fraction=0.2, test_fraction=0.2
+    )
+    train_joint([data], models, args, progress=False)
     return models

@@ -26,8 +26,10 @@ from training.data import (
 from training.registry import FileModelRegistry
 
 DEFAULT_MODELS_DIR = Path("models")
-#: What `train` and `models promote/rollback` take: the classifiers and the entity model.
+#: What `models promote/rollback` take: the classifiers and the entity model.
 TRAIN_TASKS = (*TASKS, "entity")
+#: `train intent+sentiment`: both classifiers on one encoder (one pass per message).
+JOINT = "intent+sentiment"
 MODELS_ENV = "SUPPORTBOT_MODELS__DIR"
 CONFIG_HELP = (
     "YAML settings file, as for `serve`; its models.dir (or SUPPORTBOT_MODELS__DIR) is the "
@@ -125,9 +127,11 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument(
         "task",
-        choices=TRAIN_TASKS,
-        help="intent or sentiment (classifiers), or entity (learned entities from annotated "
-        "examples: Rasa [text](entity) markup or JSONL spans)",
+        choices=(*TRAIN_TASKS, JOINT),
+        help="intent or sentiment (classifiers); intent+sentiment (both on one encoder, "
+        "which the bot runs once per message for both: the default for data labelled with "
+        "both); or entity (learned entities from annotated examples: Rasa [text](entity) "
+        "markup or JSONL spans)",
     )
     train.add_argument(
         "--data",
@@ -371,6 +375,8 @@ def run_train(ns: argparse.Namespace) -> int:
     )
     promote = {"auto": None, "yes": True, "no": False}[ns.promote]
     out, _ = models_dir(ns)
+    if ns.task == JOINT:
+        return _run_train_joint(ns, args, out, promote)
     run = train_task(
         ns.task,
         ns.data,
@@ -390,6 +396,47 @@ def run_train(ns: argparse.Namespace) -> int:
     state = "live" if run.version.live else "not live (promote with `supportbot models promote`)"
     print(f"{ns.task} {run.version.version} is {state}")
     print(run.version.path)
+    return 0
+
+
+def _run_train_joint(
+    ns: argparse.Namespace, args: TrainingArguments, out: Path, promote: bool | None
+) -> int:
+    from training.pipeline import train_joint
+
+    if ns.label_column:
+        raise ConfigurationError(
+            "--label-column names one task's labels; intent+sentiment reads each task's own "
+            "column (intent and sentiment, or label per file): train the tasks one by one to "
+            "rename them"
+        )
+    runs = train_joint(
+        ns.data,
+        out,
+        args,
+        test=ns.test,
+        columns=Columns(ns.text_column, None),
+        progress=not ns.no_progress,
+        promote=promote,
+        limits=limits_from_flags(ns),
+        on_conflict=ns.on_conflict,
+    )
+    for run in runs:
+        for line in run.load_report.lines():
+            print(line)
+        print()
+        print(run.report)
+    for run in runs:
+        state = (
+            "live" if run.version.live else "not live (promote with `supportbot models promote`)"
+        )
+        print(f"{run.version.task} {run.version.version} is {state}")
+    print(
+        f"{' and '.join(f'{r.version.task} {r.version.version}' for r in runs)} share one "
+        "encoder: the bot runs them in one pass when both are live"
+    )
+    for run in runs:
+        print(run.version.path)
     return 0
 
 

@@ -33,8 +33,8 @@ from training.data import (
 from training.evaluation import compute_metrics, plot_confusion, render_report
 from training.ood import FittedDetector, OosOptions, backbone_sentences, fit_for_model
 from training.registry import FileModelRegistry, ModelVersion
-from training.split import stratified_split
-from training.trainer import FineTuneResult, encode, fine_tune, predict_logits
+from training.split import Split, split_like, stratified_split
+from training.trainer import Companion, FineTuneResult, encode, fine_tune, predict_logits
 
 REPORT_FILE = "report.txt"
 METRICS_FILE = "metrics.json"
@@ -155,6 +155,38 @@ def fit_classifier(
     """
     labels = tuple(labels or sorted({e.label for e in [*train, *validation]}))
     result = fine_tune(train, validation, labels, args, progress, init_from, align)
+    return calibrated_fit(task, result, train, validation, args)
+
+
+def fit_joint(
+    first: tuple[str, Sequence[Example], Sequence[Example], Sequence[str]],
+    second: tuple[str, Sequence[Example], Sequence[Example], Sequence[str]],
+    args: TrainingArguments,
+    progress: bool = True,
+) -> tuple[FittedClassifier, FittedClassifier]:
+    """Fine-tune two tasks on one encoder (each `(task, train, validation, labels)`), then
+    calibrate each model on its own validation examples (`fine_tune`'s `companion`)."""
+    (task_a, train_a, val_a, labels_a), (task_b, train_b, val_b, labels_b) = first, second
+    result = fine_tune(
+        train_a, val_a, labels_a, args, progress, companion=Companion(train_b, val_b, labels_b)
+    )
+    assert result.companion is not None
+    return (
+        calibrated_fit(task_a, result, train_a, val_a, args),
+        calibrated_fit(task_b, result.companion, train_b, val_b, args),
+    )
+
+
+def calibrated_fit(
+    task: str,
+    result: FineTuneResult,
+    train: Sequence[Example],
+    validation: Sequence[Example],
+    args: TrainingArguments,
+) -> FittedClassifier:
+    """Calibrate a fine-tuned model on `validation` (temperature, abstain threshold, class
+    weighting taken back) and, for intent models, fit the out-of-scope detector."""
+    labels = result.labels
     pad_id = result.tokenizer.pad_token_id or 0
     val_ids = encode(result.tokenizer, [e.text for e in validation], args.max_length)
     val_logits = predict_logits(result.model, val_ids, pad_id)
@@ -415,6 +447,103 @@ def register_version(
     return version, report, metrics
 
 
+@dataclass
+class _TaskData:
+    """One task's examples, read, checked and split, before training."""
+
+    task: str
+    examples: list[Example]
+    split: Split
+    test: list[Example]
+    labels: tuple[str, ...]
+    load_report: LoadReport
+
+
+def _load_task(
+    task: str,
+    data: Sequence[Path],
+    args: TrainingArguments,
+    test: Sequence[Path],
+    columns: Columns,
+    extra_examples: Sequence[Example],
+    limits: InputLimits,
+    on_conflict: ConflictPolicy,
+    like: Split | None = None,
+) -> _TaskData:
+    """Read and split a task's data (`like`: follow that split text by text, `split_like`)."""
+    load_report = LoadReport()
+    examples = list(
+        load_examples(
+            data, task, columns, args.min_examples_per_label, load_report, limits, on_conflict
+        )
+    )
+    examples += extra_examples
+    test_examples: list[Example] = []
+    if test:
+        test_report = LoadReport()
+        test_examples = load_examples(test, task, columns, 0, test_report, limits, on_conflict)
+        examples = drop_overlap(examples, test_examples, load_report)
+    test_fraction = 0.0 if test else args.test_fraction
+    split = (
+        stratified_split(examples, args.validation_fraction, test_fraction, args.seed)
+        if like is None
+        else split_like(
+            examples, like, normalize, args.validation_fraction, test_fraction, args.seed
+        )
+    )
+    if not test:
+        test_examples = split.test
+    labels = tuple(sorted({e.label for e in examples}))
+    return _TaskData(task, examples, split, test_examples, labels, load_report)
+
+
+def _register_task(
+    out: Path,
+    fitted: FittedClassifier,
+    prepared: _TaskData,
+    test: Sequence[Path],
+    started: float,
+    promote: bool | None,
+    info: dict[str, Any] | None = None,
+) -> TrainingRun:
+    """Register a model fitted on `prepared`, with its test set and replay pool."""
+    split, test_examples = prepared.split, prepared.test
+    report_source = "held-out test set" if test else "held-out test split"
+    if not test_examples:
+        # Nothing was held out for testing (tiny labels or test_fraction 0): report on what
+        # was held out, and say so; fall back to training data only as a last resort.
+        if split.validation:
+            test_examples, report_source = split.validation, "validation split (no test data)"
+        else:
+            test_examples = split.train
+            report_source = "training data (nothing held out: figures are optimistic)"
+    test_keys = {normalize(e.text) for e in test_examples}
+    pool = [e for e in [*split.train, *split.validation] if normalize(e.text) not in test_keys]
+    if not pool:
+        pool = list(split.train)  # the training-data fallback: nothing else to replay
+    version, report, metrics = register_version(
+        out,
+        fitted,
+        VersionData(
+            test=test_examples,
+            pool=pool,
+            test_source=report_source,
+            info={
+                "fingerprint": fingerprint(prepared.examples),
+                "files": prepared.load_report.files,
+                "test_files": [str(p) for p in test],
+                **(info or {}),
+            },
+            train_size=len(split.train),
+        ),
+        started,
+        promote,
+    )
+    return TrainingRun(
+        version=version, report=report, metrics=metrics, load_report=prepared.load_report
+    )
+
+
 def train_task(
     task: str,
     data: Sequence[Path],
@@ -449,60 +578,62 @@ def train_task(
         DataValidationError: the data has problems; nothing was written.
     """
     started = time.perf_counter()
-    load_report = LoadReport()
-    examples = list(
-        load_examples(
-            data, task, columns, args.min_examples_per_label, load_report, limits, on_conflict
-        )
+    prepared = _load_task(task, data, args, test, columns, extra_examples, limits, on_conflict)
+    split = prepared.split
+    fitted = fit_classifier(
+        task, split.train, split.validation, args, progress, init_from, prepared.labels
     )
-    examples += extra_examples
-    test_examples: list[Example] = []
-    if test:
-        test_report = LoadReport()
-        test_examples = load_examples(test, task, columns, 0, test_report, limits, on_conflict)
-        examples = drop_overlap(examples, test_examples, load_report)
-    split = stratified_split(
-        examples,
-        args.validation_fraction,
-        0.0 if test else args.test_fraction,
-        args.seed,
-    )
-    if not test:
-        test_examples = split.test
-    labels = tuple(sorted({e.label for e in examples}))
-    fitted = fit_classifier(task, split.train, split.validation, args, progress, init_from, labels)
+    return _register_task(out, fitted, prepared, test, started, promote)
 
-    report_source = "held-out test set" if test else "held-out test split"
-    if not test_examples:
-        # Nothing was held out for testing (tiny labels or test_fraction 0): report on what
-        # was held out, and say so; fall back to training data only as a last resort.
-        if split.validation:
-            test_examples, report_source = split.validation, "validation split (no test data)"
-        else:
-            test_examples = split.train
-            report_source = "training data (nothing held out: figures are optimistic)"
-    test_keys = {normalize(e.text) for e in test_examples}
-    pool = [e for e in [*split.train, *split.validation] if normalize(e.text) not in test_keys]
-    if not pool:
-        pool = list(split.train)  # the training-data fallback: nothing else to replay
-    version, report, metrics = register_version(
+
+JOINT_TASKS = ("intent", "sentiment")
+
+
+def train_joint(
+    data: Sequence[Path],
+    out: Path,
+    args: TrainingArguments,
+    test: Sequence[Path] = (),
+    columns: Columns = Columns(),
+    progress: bool = True,
+    promote: bool | None = None,
+    limits: InputLimits = DEFAULT_LIMITS,
+    on_conflict: ConflictPolicy = "error",
+) -> list[TrainingRun]:
+    """Train the intent and sentiment classifiers together on one encoder and register a
+    version of each (`supportbot train intent+sentiment`).
+
+    Both read `data` (each task its own labels; a text may carry both), are split text by
+    text the same way, and fine-tune the same tuned layers with a head each. The two
+    versions have identical encoders, so the bot runs their tuned layers once per message
+    instead of once per model (issue 19). Each version is an ordinary classifier: it loads,
+    evaluates, promotes and retrains like one trained alone.
+
+    Raises:
+        DataValidationError: either task's data has problems; nothing was written.
+    """
+    started = time.perf_counter()
+    intent = _load_task(JOINT_TASKS[0], data, args, test, columns, (), limits, on_conflict)
+    sentiment = _load_task(
+        JOINT_TASKS[1], data, args, test, columns, (), limits, on_conflict, like=intent.split
+    )
+    fitted = fit_joint(
+        (intent.task, intent.split.train, intent.split.validation, intent.labels),
+        (sentiment.task, sentiment.split.train, sentiment.split.validation, sentiment.labels),
+        args,
+        progress,
+    )
+    first = _register_task(out, fitted[0], intent, test, started, promote)
+    second = _register_task(
         out,
-        fitted,
-        VersionData(
-            test=test_examples,
-            pool=pool,
-            test_source=report_source,
-            info={
-                "fingerprint": fingerprint(examples),
-                "files": load_report.files,
-                "test_files": [str(p) for p in test],
-            },
-            train_size=len(split.train),
-        ),
+        fitted[1],
+        sentiment,
+        test,
         started,
         promote,
+        info={"trained_with": f"{first.version.task}/{first.version.version}"},
     )
-    return TrainingRun(version=version, report=report, metrics=metrics, load_report=load_report)
+    return [first, second]
 
 
 def frozen_data(version_dir: Path) -> tuple[list[Example], list[Example]]:

@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bot.core.datafiles import DEFAULT_LIMITS, InputLimits, normalize
 from bot.core.errors import SupportbotError
@@ -53,6 +53,9 @@ from training.arguments import TrainingArguments
 from training.data import Example
 from training.feedback import SENTIMENTS, FeedbackSet, StoredLabel, label_counts, read_feedback
 from training.registry import FileModelRegistry
+
+if TYPE_CHECKING:
+    from training.pipeline import FittedClassifier
 
 LOCK_FILE = ".retrain.lock"
 REPORT_MD = "retrain_report.md"
@@ -131,6 +134,9 @@ class TaskPlan:
     too_few: dict[str, int] = field(default_factory=dict)
     new_since_live: int = 0
     skip: str | None = None
+    # Nothing new to learn, but retrained on its replay beside its partner of a pair trained
+    # together, so the two keep one encoder (`train_candidates_together`).
+    replay_only: bool = False
 
     @property
     def train_size(self) -> int:
@@ -153,6 +159,7 @@ class TaskPlan:
             "new_labels": self.new_labels,
             "too_few_examples": self.too_few,
             "skip": self.skip,
+            "replay_only": self.replay_only,
         }
 
 
@@ -444,9 +451,14 @@ def _side_by_side(live: dict[str, Any], candidate: dict[str, Any]) -> dict[str, 
 
 
 def gate(
-    frozen: dict[str, Any], feedback: dict[str, Any], options: RetrainOptions
+    frozen: dict[str, Any],
+    feedback: dict[str, Any],
+    options: RetrainOptions,
+    replay_only: bool = False,
 ) -> list[GateCheck]:
-    """The promotion rules, applied to `_side_by_side` comparisons."""
+    """The promotion rules, applied to `_side_by_side` comparisons (`replay_only`: a model
+    retrained on its replay alone has no feedback to be better on, only the frozen test set
+    to hold)."""
     checks = []
     before, after = frozen["live"]["accuracy"], frozen["candidate"]["accuracy"]
     loss = (before - after) * 100
@@ -480,6 +492,8 @@ def gate(
             + ", ".join(unjudged)
         )
     checks.append(GateCheck("no_sharp_label_drop", not drops, detail))
+    if replay_only:
+        return checks
     if feedback["n"] == 0:
         checks.append(
             GateCheck(
@@ -558,27 +572,12 @@ def _say(stream: TextIO, message: str) -> None:
     stream.flush()
 
 
-def train_candidate(
-    plan: TaskPlan,
-    registry: FileModelRegistry,
-    options: RetrainOptions,
-    progress: TextIO,
-) -> TaskOutcome:
-    """Fine-tune from the live model, compare, gate, and register the candidate."""
-    from bot.nlu.classifier import TransformerClassifier
-    from training.pipeline import (
-        VersionData,
-        evaluate_model,
-        fingerprint,
-        fit_classifier,
-        register_version,
-    )
-    from training.split import stratified_split
-
-    started = time.perf_counter()
-    task = plan.task
+def _retrain_args(
+    plan: TaskPlan, registry: FileModelRegistry, options: RetrainOptions
+) -> tuple[TrainingArguments, Path]:
+    """The live model's training arguments with the retrain's epochs, seed and rate."""
     assert plan.live_version is not None
-    live_path = registry.root / task / plan.live_version
+    live_path = registry.root / plan.task / plan.live_version
     args = TrainingArguments.from_dict(json.loads((live_path / "training_args.json").read_text()))
     args = replace(
         args,
@@ -586,6 +585,15 @@ def train_candidate(
         seed=options.seed,
         learning_rate=options.learning_rate or args.learning_rate,
     )
+    return args, live_path
+
+
+def _retrain_set(
+    plan: TaskPlan, args: TrainingArguments, options: RetrainOptions, progress: TextIO
+) -> tuple[list[Example], list[Example], tuple[str, ...]]:
+    """(train, validation, labels) of a task's retrain."""
+    from training.split import stratified_split
+
     examples = [*plan.replay, *plan.train_feedback]
     # Early stopping watches the replayed examples only: every agent label is learned from
     # (a new intent has a dozen or two, and a tenth of them would be one or two messages of
@@ -597,23 +605,18 @@ def train_candidate(
         train = oversample_new_labels(train, plan.new_labels, args.seed)
     _say(
         progress,
-        f"{task}: fine-tuning from {plan.live_version} on {len(train)} examples "
+        f"{plan.task}: fine-tuning from {plan.live_version} on {len(train)} examples "
         f"({len(plan.replay)} replayed, {len(plan.train_feedback)} from feedback, "
         f"{len(train) - len(split.train) - len(plan.train_feedback)} repeats of new-label "
         "examples; "
         f"{len(split.validation)} kept for early stopping), new labels: "
         f"{', '.join(plan.new_labels) or 'none'}",
     )
-    fitted = fit_classifier(
-        task,
-        train,
-        split.validation,
-        args,
-        options.progress,
-        live_path,
-        labels,
-        align=options.align_new_rows,
-    )
+    return train, split.validation, labels
+
+
+def _say_history(plan: TaskPlan, fitted: FittedClassifier, progress: TextIO) -> None:
+    task = plan.task
     for epoch in fitted.result.history:
         f1 = "-" if epoch.validation_macro_f1 is None else f"{epoch.validation_macro_f1:.4f}"
         _say(
@@ -629,6 +632,119 @@ def train_candidate(
             f"{task}: {len(aligned)} new label row(s) aligned to the old rows' average norm "
             f"{next(iter(aligned.values()))[1]:.3f} (trained: {min(before):.3f}-{max(before):.3f})",
         )
+
+
+def train_candidate(
+    plan: TaskPlan,
+    registry: FileModelRegistry,
+    options: RetrainOptions,
+    progress: TextIO,
+) -> TaskOutcome:
+    """Fine-tune from the live model, compare, gate, and register the candidate."""
+    from training.pipeline import fit_classifier
+
+    started = time.perf_counter()
+    args, live_path = _retrain_args(plan, registry, options)
+    train, validation, labels = _retrain_set(plan, args, options, progress)
+    fitted = fit_classifier(
+        plan.task,
+        train,
+        validation,
+        args,
+        options.progress,
+        live_path,
+        labels,
+        align=options.align_new_rows,
+    )
+    _say_history(plan, fitted, progress)
+    judged = _judge(plan, fitted, registry, options, progress)
+    return _register_candidate(plan, fitted, train, registry, judged, judged.passed, started)
+
+
+def train_candidates_together(
+    plans: Sequence[TaskPlan],
+    registry: FileModelRegistry,
+    options: RetrainOptions,
+    progress: TextIO,
+) -> list[TaskOutcome]:
+    """Retrain a live intent and sentiment pair trained together (one encoder) together:
+    one fine-tune from the live pair, a head each, so the candidates share their encoder
+    too and the bot keeps running their tuned layers once. Each is judged by its own gate; a
+    task retrained on its replay alone (`TaskPlan.replay_only`, nothing new to learn) goes
+    live only beside its partner, never on its own."""
+    from training.pipeline import calibrated_fit
+    from training.trainer import Companion, fine_tune
+
+    started = time.perf_counter()
+    first, second = plans
+    args, live_first = _retrain_args(first, registry, options)
+    _, live_second = _retrain_args(second, registry, options)
+    sets = [_retrain_set(plan, args, options, progress) for plan in plans]
+    _say(
+        progress,
+        f"{first.task} and {second.task}: trained together from {first.live_version} and "
+        f"{second.live_version} (one encoder)",
+    )
+    result = fine_tune(
+        sets[0][0],
+        sets[0][1],
+        sets[0][2],
+        args,
+        options.progress,
+        live_first,
+        align=options.align_new_rows,
+        companion=Companion(*sets[1], init_from=live_second),
+    )
+    assert result.companion is not None
+    fitted = [
+        calibrated_fit(first.task, result, sets[0][0], sets[0][1], args),
+        calibrated_fit(second.task, result.companion, sets[1][0], sets[1][1], args),
+    ]
+    judged = []
+    for plan, model in zip(plans, fitted, strict=True):
+        _say_history(plan, model, progress)
+        judged.append(_judge(plan, model, registry, options, progress))
+    learning = [j.passed for plan, j in zip(plans, judged, strict=True) if not plan.replay_only]
+    outcomes = []
+    for plan, model, (train, _, _), verdict in zip(plans, fitted, sets, judged, strict=True):
+        promote = verdict.passed and (not plan.replay_only or any(learning))
+        if verdict.passed and not promote:
+            verdict.report["decision"] = (
+                "kept as a candidate (not live): retrained only to keep the shared encoder "
+                "with a candidate that did not pass its gate"
+            )
+        outcomes.append(
+            _register_candidate(plan, model, train, registry, verdict, promote, started)
+        )
+    return outcomes
+
+
+@dataclass
+class _Verdict:
+    """A candidate compared with the live model, and the gate's checks."""
+
+    report: dict[str, Any]
+    checks: list[GateCheck]
+    test_metrics: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+
+def _judge(
+    plan: TaskPlan,
+    fitted: FittedClassifier,
+    registry: FileModelRegistry,
+    options: RetrainOptions,
+    progress: TextIO,
+) -> _Verdict:
+    """Evaluate live and candidate side by side and apply the gate."""
+    from bot.nlu.classifier import TransformerClassifier
+    from training.pipeline import evaluate_model
+
+    task = plan.task
+    live_path = registry.root / task / str(plan.live_version)
     _say(progress, f"{task}: evaluating live {plan.live_version} and the candidate")
     heldout = [x.example() for x in plan.heldout]
     live_model = TransformerClassifier(live_path)
@@ -641,14 +757,14 @@ def train_candidate(
         "frozen_test": _side_by_side(live_test, cand_test),
         "feedback": _side_by_side(live_feedback, cand_feedback),
     }
-    checks = gate(comparison["frozen_test"], comparison["feedback"], options)
+    checks = gate(comparison["frozen_test"], comparison["feedback"], options, plan.replay_only)
     passed = all(c.passed for c in checks)
-    reasons = tuple(c.detail for c in checks if not c.passed)
     report = {
         "task": task,
         "decision": "promoted" if passed else "kept as a candidate (not live)",
         "live_before": plan.live_version,
         "init_from": str(live_path),
+        "replay_only": plan.replay_only,
         "options": {
             "tolerance": options.tolerance,
             "max_intent_drop": options.max_intent_drop,
@@ -664,17 +780,35 @@ def train_candidate(
             "replayed": len(plan.replay),
             "feedback": len(plan.train_feedback),
             "weak": sum(1 for e in plan.train_feedback if e.source.endswith(":rating")),
-            "total": len(examples),
+            "total": len(plan.replay) + len(plan.train_feedback),
             "heldout_feedback": len(plan.heldout),
             "new_labels": plan.new_labels,
-            "aligned_rows": aligned,
+            "aligned_rows": fitted.result.aligned,
             "too_few_examples": plan.too_few,
         },
         "gate": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in checks],
-        "reasons": list(reasons),
+        "reasons": [c.detail for c in checks if not c.passed],
         "comparison": comparison,
-        "seconds": round(time.perf_counter() - started, 1),
     }
+    return _Verdict(report, checks, cand_test)
+
+
+def _register_candidate(
+    plan: TaskPlan,
+    fitted: FittedClassifier,
+    train: Sequence[Example],
+    registry: FileModelRegistry,
+    verdict: _Verdict,
+    promote: bool,
+    started: float,
+) -> TaskOutcome:
+    """Register the candidate (live when `promote`) with its retrain report."""
+    from training.pipeline import VersionData, fingerprint, register_version
+
+    task, report = plan.task, verdict.report
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    if not promote and verdict.passed:
+        report["reasons"] = [report["decision"]]
 
     def write_reports(staging: Path) -> None:
         (staging / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
@@ -693,7 +827,7 @@ def train_candidate(
             pool=pool,
             test_source=f"frozen test set of {task} {plan.live_version} and its lineage",
             info={
-                "fingerprint": fingerprint(examples),
+                "fingerprint": fingerprint([*plan.replay, *plan.train_feedback]),
                 "files": [],
                 "test_files": [],
                 "retrained_from": plan.live_version,
@@ -707,8 +841,8 @@ def train_candidate(
             train_size=len(train),
         ),
         started,
-        promote=passed,
-        test_metrics=cand_test,
+        promote=promote,
+        test_metrics=verdict.test_metrics,
         extra_files=write_reports,
     )
     status = "promoted" if version.live else "kept"
@@ -717,10 +851,50 @@ def train_candidate(
         status,
         version.version,
         registry.live(task),
-        reasons,
+        tuple(report["reasons"]),
         plan.summary(),
         report,
     )
+
+
+def trained_together(registry: FileModelRegistry) -> bool:
+    """Whether the live intent and sentiment models have one encoder (the same weights, as
+    `supportbot train intent+sentiment` and a retrain of such a pair make them)."""
+    from safetensors import safe_open
+
+    paths = []
+    for task in TASK_ORDER:
+        live = registry.live(task)
+        if live is None:
+            return False
+        paths.append(registry.root / task / live / "model.safetensors")
+    if not all(path.is_file() for path in paths):
+        return False
+    with safe_open(paths[0], "pt") as a, safe_open(paths[1], "pt") as b:
+        names = list(a.keys())
+        if set(names) != set(b.keys()):
+            return False
+        return all(a.get_tensor(name).equal(b.get_tensor(name)) for name in names)
+
+
+def replay_only(plan: TaskPlan, registry: FileModelRegistry, options: RetrainOptions) -> TaskPlan:
+    """A task with nothing new to learn, planned to retrain on its replay pool beside its
+    partner (the live pair trained together stays one encoder)."""
+    from training.pipeline import frozen_data
+
+    _, _, path = _live_info(registry, plan.task)
+    assert path is not None
+    if not plan.test and not plan.pool:
+        plan.test, plan.pool = frozen_data(path)
+    if not plan.live_labels:
+        from bot.nlu.classifier import read_meta
+
+        plan.live_labels = read_meta(path).labels
+    plan.replay = replay_sample(plan.pool, options.replay, options.seed)
+    plan.train_feedback = []
+    plan.new_labels = []
+    plan.skip, plan.replay_only = None, True
+    return plan
 
 
 def plan_index(
@@ -824,6 +998,11 @@ def retrain(
         for problem in problems:
             _say(progress, f"skipped {problem}")
         plans = [plan_task(task, registry, feedback, options) for task in TASK_ORDER]
+        together = trained_together(registry) and any(p.skip is None for p in plans)
+        if together:
+            # One task learns, the other replays what it knew: trained as one again, the
+            # pair keeps its single encoder and the bot its single pass.
+            plans = [p if p.skip is None else replay_only(p, registry, options) for p in plans]
         index_plan, index_work = plan_index(settings, feedback, options.limits)
         runnable = [p for p in plans if p.skip is None]
         if not runnable and index_work is None:
@@ -844,7 +1023,9 @@ def retrain(
                 "/console/api/messages/{id}/labels)"
             )
         outcomes: list[TaskOutcome] = []
-        for plan in plans:
+        if together and not options.dry_run:
+            outcomes = train_candidates_together(plans, registry, options, progress)
+        for plan in [] if together and not options.dry_run else plans:
             if plan.skip is not None:
                 _say(progress, f"{plan.task}: skipped: {plan.skip}")
                 outcomes.append(
@@ -931,6 +1112,12 @@ def describe(result: RetrainResult) -> list[str]:
                 else ""
             )
         )
+        if plan.get("replay_only"):
+            lines.append(
+                f"{head} nothing new to learn; trained on its replay beside the other task "
+                "(the live pair was trained together: one encoder, one pass in the bot), live "
+                "only if it holds its frozen test set and the other task's candidate goes live"
+            )
         lines.append(
             f"{head} training set {plan['replayed']} replayed (of {plan['replay_pool']}) + "
             f"{plan['feedback_train']} from feedback; evaluation on the frozen test set "

@@ -86,3 +86,37 @@ def stratified_split(
         train += group[n_test + n_val :]
     rng.shuffle(train)
     return Split(train=train, validation=validation, test=test)
+
+
+def split_like(
+    examples: Sequence[Example],
+    reference: Split,
+    key: Callable[[str], str],
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> Split:
+    """Split a second task's examples the way `reference` split the first task's: a text on
+    one side of the reference split is on the same side here (when both tasks train one
+    encoder, a test text of one task must not have been trained on as the other's), and the
+    texts the reference does not have are split stratified as usual.
+
+    Args:
+        key: what makes two texts the same (the loaders' normalisation).
+    """
+    side: dict[str, int] = {}
+    for number, part in enumerate((reference.train, reference.validation, reference.test)):
+        for e in part:
+            side[key(e.text)] = number
+    parts: list[list[Example]] = [[], [], []]
+    rest: list[Example] = []
+    for e in examples:
+        found = side.get(key(e.text))
+        if found is None:
+            rest.append(e)
+        else:
+            parts[found].append(e)
+    more = stratified_split(rest, validation_fraction, test_fraction, seed)
+    train = parts[0] + more.train
+    random.Random(seed).shuffle(train)
+    return Split(train=train, validation=parts[1] + more.validation, test=parts[2] + more.test)

@@ -58,6 +58,35 @@ class FineTuneResult:
     class_weights: list[float] | None = None
     # New labels whose head rows `align_new_rows` rescaled: label -> [norm before, after].
     aligned: dict[str, list[float]] = field(default_factory=dict)
+    # The companion task's model (same encoder object, its own head) after joint training.
+    companion: FineTuneResult | None = None
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A second task fine-tuned with the first on one encoder (multi-task training).
+
+    Its examples get their own head; each batch holds one task's examples and the tuned
+    layers learn from both losses. The two models come out with identical encoders, so the
+    bot serves both with one pass through the tuned layers (issue 19).
+    """
+
+    train: Sequence[Example]
+    validation: Sequence[Example]
+    labels: Sequence[str]
+    # Retraining a pair trained together: the live companion model whose head rows (by
+    # label) the new head starts from; its encoder must be the one `init_from` gives.
+    init_from: Path | None = None
+
+
+class _JointHeads(nn.Module):
+    """The shared encoder and both heads, as one module for the optimizer and early
+    stopping (`head` holds both heads, so `optimizer_and_schedule` gives them the head rate)."""
+
+    def __init__(self, first: MeanPoolingClassifier, second: MeanPoolingClassifier) -> None:
+        super().__init__()
+        self.encoder = first.encoder
+        self.head = nn.ModuleList([first.head, second.head])
 
 
 class BestEpoch:
@@ -209,12 +238,7 @@ def build_model(
     if init_from is not None:
         old, tokenizer, meta = load_model(init_from)
         model = MeanPoolingClassifier(old.encoder, len(labels))
-        with torch.no_grad():
-            for new_index, label in enumerate(labels):
-                if label in meta.labels:
-                    old_index = meta.labels.index(label)
-                    model.head.weight[new_index] = old.head.weight[old_index]
-                    model.head.bias[new_index] = old.head.bias[old_index]
+        copy_head_rows(model, old, meta.labels, labels)
         return model, tokenizer
     source = resolve_backbone(args.model)
     try:
@@ -226,6 +250,21 @@ def build_model(
             "Hugging Face name available offline in the cache, or `bundled`"
         ) from exc
     return MeanPoolingClassifier(encoder, len(labels)), tokenizer
+
+
+def copy_head_rows(
+    model: MeanPoolingClassifier,
+    old: MeanPoolingClassifier,
+    old_labels: Sequence[str],
+    labels: Sequence[str],
+) -> None:
+    """Start `model`'s head rows from `old`'s for the labels both know."""
+    with torch.no_grad():
+        for new_index, label in enumerate(labels):
+            if label in old_labels:
+                old_index = old_labels.index(label)
+                model.head.weight[new_index] = old.head.weight[old_index]
+                model.head.bias[new_index] = old.head.bias[old_index]
 
 
 def _embeddings(
@@ -368,14 +407,17 @@ def _autocast(device: torch.device, args: TrainingArguments) -> tuple[Any, torch
 
 
 def optimizer_and_schedule(
-    model: nn.Module, args: TrainingArguments, examples: int
+    model: nn.Module, args: TrainingArguments, examples: int, micro_per_epoch: int | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
     """AdamW over the trainable encoder parameters (no weight decay on biases and norms) and
     the head (at `head_learning_rate_multiplier` times the rate), with linear warm-up then
     linear decay over the run: (optimizer, scheduler, optimizer steps in the run). Shared by
-    the classifiers and the entity tagger (`model.encoder`, `model.head`)."""
+    the classifiers and the entity tagger (`model.encoder`, `model.head`).
+
+    `micro_per_epoch`: batches per epoch when they are not `examples / batch_size` (joint
+    training batches each task on its own)."""
     epochs = args.resolved_epochs(examples)
-    micro_per_epoch = math.ceil(examples / args.batch_size)
+    micro_per_epoch = micro_per_epoch or math.ceil(examples / args.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / args.gradient_accumulation_steps)
     total_steps = max(1, steps_per_epoch * epochs)
     warmup = int(total_steps * args.warmup_ratio)
@@ -410,6 +452,58 @@ def optimizer_and_schedule(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), total_steps
 
 
+@dataclass
+class _Task:
+    """One task's side of a fine-tuning run: its model (head), encoded data and loss weights."""
+
+    model: MeanPoolingClassifier
+    labels: tuple[str, ...]
+    train_ids: list[list[int]]
+    train_y: torch.Tensor
+    val_ids: list[list[int]]
+    val_y: np.ndarray
+    weights: torch.Tensor | None
+    result: FineTuneResult
+
+    @classmethod
+    def of(
+        cls,
+        model: MeanPoolingClassifier,
+        tokenizer: Any,
+        train: Sequence[Example],
+        validation: Sequence[Example],
+        labels: Sequence[str],
+        args: TrainingArguments,
+    ) -> _Task:
+        index = {label: i for i, label in enumerate(labels)}
+        train_y = torch.tensor([index[e.label] for e in train], dtype=torch.long)
+        weights = class_weights_for(labels, train_y.tolist(), args.class_weighting)
+        return cls(
+            model=model,
+            labels=tuple(labels),
+            train_ids=encode(tokenizer, [e.text for e in train], args.max_length),
+            train_y=train_y,
+            val_ids=encode(tokenizer, [e.text for e in validation], args.max_length),
+            val_y=np.array([index[e.label] for e in validation]),
+            weights=weights,
+            result=FineTuneResult(
+                model=model,
+                tokenizer=tokenizer,
+                labels=tuple(labels),
+                class_weights=weights.tolist() if weights is not None else None,
+            ),
+        )
+
+    def validate(self, pad_id: int, device: torch.device) -> tuple[float | None, float | None]:
+        """Validation macro-F1 and accuracy (None without validation data)."""
+        if not self.val_ids:
+            return None, None
+        predicted = predict_logits(self.model, self.val_ids, pad_id, device=device)
+        labels = predicted.argmax(-1).numpy()
+        f1 = float(f1_score(self.val_y, labels, average="macro", zero_division=0))
+        return f1, float((labels == self.val_y).mean())
+
+
 def fine_tune(
     train: Sequence[Example],
     validation: Sequence[Example],
@@ -418,6 +512,7 @@ def fine_tune(
     progress: bool = True,
     init_from: Path | None = None,
     align: bool = True,
+    companion: Companion | None = None,
 ) -> FineTuneResult:
     """Fine-tune the head and the encoder's top `args.tuned_layers` layers (all of them when
     None); return the best model by validation macro-F1.
@@ -431,10 +526,18 @@ def fine_tune(
         init_from: start from this saved model instead of the backbone.
         align: with `init_from`, give the rows of labels it did not know the old rows'
             average norm after training (`align_new_rows`).
+        companion: a second task trained on the same encoder with its own head (multi-task;
+            with `init_from`, its own `init_from` gives its head's start): batches of both
+            tasks are shuffled together, the epoch budget is the larger task's, and the best
+            epoch is the one with the best mean of the two validation macro-F1s. Its model
+            is `result.companion`.
     """
     started = time.perf_counter()
     seed_everything(args.seed)
-    label_index = {label: i for i, label in enumerate(labels)}
+    if companion is not None and (init_from is None) != (companion.init_from is None):
+        raise ConfigurationError(
+            "joint training starts both models from the backbone, or both from the live pair"
+        )
     model, tokenizer = build_model(labels, args, init_from)
     new_labels: list[str] = []
     if init_from is not None:
@@ -450,36 +553,43 @@ def fine_tune(
             raise ConfigurationError(str(exc)) from exc
     if args.lora:
         _apply_lora(model, args)
+    tasks = [_Task.of(model, tokenizer, train, validation, labels, args)]
+    trained: nn.Module = model
+    if companion is not None:
+        second = MeanPoolingClassifier(model.encoder, len(companion.labels))
+        if companion.init_from is not None:
+            old, _, meta = load_model(companion.init_from)
+            copy_head_rows(second, old, meta.labels, companion.labels)
+        tasks.append(
+            _Task.of(
+                second, tokenizer, companion.train, companion.validation, companion.labels, args
+            )
+        )
+        trained = _JointHeads(model, second)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    trained.to(device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    train_ids = encode(tokenizer, [e.text for e in train], args.max_length)
-    train_y = torch.tensor([label_index[e.label] for e in train], dtype=torch.long)
-    val_ids = encode(tokenizer, [e.text for e in validation], args.max_length)
-    val_y = np.array([label_index[e.label] for e in validation])
-    weights = class_weights_for(labels, train_y.tolist(), args.class_weighting)
-
-    epochs = args.resolved_epochs(len(train))
-    micro_per_epoch = math.ceil(len(train) / args.batch_size)
-    optimizer, scheduler, _ = optimizer_and_schedule(model, args, len(train))
+    # Epochs as for the larger task alone: each task gets the updates it would get alone
+    # (a budget for both together would halve them), so joint training costs about what
+    # training both separately does.
+    examples = sum(len(task.train_ids) for task in tasks)
+    largest = max(len(task.train_ids) for task in tasks)
+    epochs = args.resolved_epochs(largest)
+    micro_per_epoch = sum(math.ceil(len(task.train_ids) / args.batch_size) for task in tasks)
+    optimizer, scheduler, _ = optimizer_and_schedule(trained, args, largest, micro_per_epoch)
     scaler, amp_dtype = _autocast(device, args)
-    loss_weights = weights.to(device) if weights is not None else None
+    loss_weights = [t.weights.to(device) if t.weights is not None else None for t in tasks]
 
     rng = random.Random(args.seed)
-    lengths = [len(x) for x in train_ids]
-    result = FineTuneResult(
-        model=model,
-        tokenizer=tokenizer,
-        labels=tuple(labels),
-        class_weights=weights.tolist() if weights is not None else None,
-    )
+    lengths = [[len(x) for x in task.train_ids] for task in tasks]
+    result = tasks[0].result
     best = BestEpoch(args.early_stopping_patience)
     # The epoch count is a budget: early stopping may end sooner, so the bar says "at most"
     # and, when it does stop, says so and why instead of ending silently part-way.
     bar = tqdm(
         total=micro_per_epoch * epochs,
-        desc=f"fine-tuning ({len(train)} examples, at most {epochs} epochs)",
+        desc=f"fine-tuning ({examples} examples, at most {epochs} epochs)",
         unit="batch",
         disable=not progress,
         dynamic_ncols=True,
@@ -487,19 +597,26 @@ def fine_tune(
     step = 0
     for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
-        model.train()
+        trained.train()
         running, seen = 0.0, 0
-        batches = make_batches(lengths, args.batch_size, rng, args.length_bucketing)
-        for micro, indices in enumerate(batches, start=1):
-            input_ids, mask = collate(train_ids, indices, pad_id)
-            target = train_y[indices].to(device)
+        batches = [
+            (t, indices)
+            for t in range(len(tasks))
+            for indices in make_batches(lengths[t], args.batch_size, rng, args.length_bucketing)
+        ]
+        if len(tasks) > 1:
+            rng.shuffle(batches)
+        for micro, (t, indices) in enumerate(batches, start=1):
+            task = tasks[t]
+            input_ids, mask = collate(task.train_ids, indices, pad_id)
+            target = task.train_y[indices].to(device)
             context: AbstractContextManager[Any] = (
                 torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype else nullcontext()
             )
             with context:
-                logits = model(input_ids.to(device), mask.to(device))
+                logits = task.model(input_ids.to(device), mask.to(device))
             loss = F.cross_entropy(
-                logits.float(), target, weight=loss_weights, label_smoothing=args.label_smoothing
+                logits.float(), target, weight=loss_weights[t], label_smoothing=args.label_smoothing
             )
             scaled = loss / args.gradient_accumulation_steps
             if scaler is not None:
@@ -509,7 +626,7 @@ def fine_tune(
             if micro % args.gradient_accumulation_steps == 0 or micro == len(batches):
                 if scaler is not None:
                     scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -522,23 +639,30 @@ def fine_tune(
             seen += len(indices)
             bar.update(1)
             bar.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{running / seen:.4f}")
-        val_f1 = val_acc = None
-        if len(validation):
-            predicted = predict_logits(model, val_ids, pad_id, device=device).argmax(-1).numpy()
-            val_f1 = float(f1_score(val_y, predicted, average="macro", zero_division=0))
-            val_acc = float((predicted == val_y).mean())
+        scores = []
+        for task in tasks:
+            val_f1, val_acc = task.validate(pad_id, device)
+            scores.append(val_f1)
+            task.result.history.append(
+                EpochLog(
+                    epoch,
+                    running / max(1, seen),
+                    val_f1,
+                    val_acc,
+                    time.perf_counter() - epoch_start,
+                )
+            )
+        score = None if None in scores else sum(s or 0.0 for s in scores) / len(scores)
+        if score is not None:
             bar.set_postfix(
-                epoch=f"{epoch}/{epochs}", loss=f"{running / seen:.4f}", val_f1=f"{val_f1:.4f}"
+                epoch=f"{epoch}/{epochs}", loss=f"{running / seen:.4f}", val_f1=f"{score:.4f}"
             )
-        result.history.append(
-            EpochLog(
-                epoch, running / max(1, seen), val_f1, val_acc, time.perf_counter() - epoch_start
-            )
-        )
-        stop = best.update(epoch, val_f1, model)
-        result.best_epoch = best.best_epoch
+        stop = best.update(epoch, score, trained)
+        for task in tasks:
+            task.result.best_epoch = best.best_epoch
         if stop and epoch < epochs:
-            result.stopped_early = True
+            for task in tasks:
+                task.result.stopped_early = True
             # Full bar, no time left: the remaining epochs are not coming.
             bar.total = bar.n
             bar.refresh()
@@ -549,12 +673,18 @@ def fine_tune(
                 )
             break
     bar.close()
-    best.restore(model)
+    best.restore(trained)
     if align and new_labels:
         result.aligned = align_new_rows(model, labels, new_labels)
     if args.lora:
         model.encoder = model.encoder.merge_and_unload()
-    model.to("cpu").eval()
-    result.model = model
-    result.seconds = time.perf_counter() - started
+        for task in tasks[1:]:
+            task.model.encoder = model.encoder
+    trained.to("cpu").eval()
+    seconds = time.perf_counter() - started
+    for task in tasks:
+        task.result.model = task.model
+        task.result.seconds = seconds
+    if len(tasks) > 1:
+        result.companion = tasks[1].result
     return result

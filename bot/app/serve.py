@@ -50,15 +50,22 @@ def prepare(settings: Settings) -> None:
     missing = [task for task in TASKS if task not in live]
     if missing and models.train_if_missing:
         from training.arguments import TrainingArguments
-        from training.pipeline import train_task
+        from training.pipeline import JOINT_TASKS, train_joint, train_task
 
-        for task in missing:
-            print(
-                f"no live {task} model in {models.dir}: training one on "
-                f"{', '.join(map(str, models.train_data))} (first run only)",
-                flush=True,
-            )
-            run = train_task(task, models.train_data, models.dir, TrainingArguments(), promote=True)
+        print(
+            f"no live {' or '.join(missing)} model in {models.dir}: training on "
+            f"{', '.join(map(str, models.train_data))} (first run only)",
+            flush=True,
+        )
+        if set(missing) == set(JOINT_TASKS):
+            # Both on one encoder: the bot then runs their tuned layers once per message.
+            runs = train_joint(models.train_data, models.dir, TrainingArguments(), promote=True)
+        else:
+            runs = [
+                train_task(task, models.train_data, models.dir, TrainingArguments(), promote=True)
+                for task in missing
+            ]
+        for run in runs:
             print(run.report, flush=True)
     index = settings.retrieval
     if not (index.index_dir / "index.json").exists() and index.build_if_missing:

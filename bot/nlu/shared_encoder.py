@@ -6,7 +6,9 @@ fine-tunes only the top layers of the classifiers (`TrainingArguments.tuned_laye
 embeddings and the lower layers of all three are the same weights. `SharedEncoder` runs
 those common layers once per batch and only the differing top layers per model: with the
 default three tuned layers of a six-layer MiniLM that is 3 + 3 x 3 = 12 layer passes per
-message instead of 18, and one model call per message instead of two.
+message instead of 18, and one model call per message instead of two. Intent and sentiment
+trained together (`supportbot train intent+sentiment`, a head each on one encoder) have the
+same tuned layers as well, run once for both: 3 + 3 + 3 = 9.
 
 Texts are truncated at the longest max length of the models sharing the pass (the answer
 index's encoder takes 256 tokens, the classifiers were trained on 64): a very long message is
@@ -149,14 +151,40 @@ class SharedEncoder:
         self._embeddings = trunk.embeddings
         self._config = trunk.config
         self._shared = list(transformer_layers(trunk) or [])[:depth]
-        self._tops = {
-            b.name: list(transformer_layers(b.encoder) or [])[depth:] for b in self.branches
-        }
+        # Branches whose own layers are equal too (intent and sentiment trained together,
+        # `supportbot train intent+sentiment`) run them once: `_runs` maps the branch whose
+        # layers run to every branch that reads its output.
+        self._tops: dict[str, list[nn.Module]] = {}
+        self._runs: dict[str, list[str]] = {}
+        for branch in self.branches:
+            top = list(transformer_layers(branch.encoder) or [])[depth:]
+            same = next(
+                (
+                    name
+                    for name, other in self._tops.items()
+                    if len(other) == len(top)
+                    and all(_same_weights(a, b) for a, b in zip(other, top, strict=True))
+                ),
+                None,
+            )
+            if same is None:
+                self._tops[branch.name], self._runs[branch.name] = top, [branch.name]
+            else:
+                self._runs[same].append(branch.name)
 
     @property
     def names(self) -> set[str]:
         """The models this forward serves."""
         return {b.name for b in self.branches}
+
+    @property
+    def passes(self) -> list[list[str]]:
+        """The branches' own layers as run: each entry the models reading one run's output
+        (e.g. `[["intent", "sentiment"], ["query"]]` for a jointly trained pair)."""
+        return [list(names) for names in self._runs.values()]
+
+    def _runner(self, name: str) -> str:
+        return next(run for run, names in self._runs.items() if name in names)
 
     def release_duplicates(self) -> None:
         """Hold one copy of what the branches share, and nothing the forward does not use.
@@ -181,7 +209,7 @@ class SharedEncoder:
             encoder.embeddings = trunk.embeddings
             for i in range(self.depth):
                 layers[i] = trunk_layers[i]
-            for i, layer in enumerate(self._tops[branch.name]):
+            for i, layer in enumerate(self._tops[self._runner(branch.name)]):
                 layers[self.depth + i] = layer
             if getattr(encoder, "pooler", None) is not None:
                 encoder.pooler = None  # mean pooling never reads it
@@ -193,12 +221,15 @@ class SharedEncoder:
                     parameter.data = parameter.data.clone()
 
     def quantize_tops(self, names: set[str]) -> None:
-        """int8 dynamic quantization of the named branches' own layers (not the shared ones)."""
+        """int8 dynamic quantization of the named branches' own layers (not the shared ones;
+        layers run for several branches only when all of them are named)."""
         from torch.ao.quantization import quantize_dynamic
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for name in names & set(self._tops):
+            for name, readers in self._runs.items():
+                if not set(readers) <= names:
+                    continue
                 self._tops[name] = [
                     quantize_dynamic(layer, {nn.Linear}, dtype=torch.qint8)
                     for layer in self._tops[name]
@@ -239,12 +270,14 @@ class SharedEncoder:
                 for layer in self._shared:
                     hidden = layer(hidden, layer_mask)
                 lengths = mask.sum(dim=1).tolist()
-                for name, top in self._tops.items():
+                for run, top in self._tops.items():
                     states = hidden
                     for layer in top:
                         states = layer(states, layer_mask)
-                    out[name][chunk] = mean_pool(states, mask).float()
-                    if name in tokens:
-                        for row, i in enumerate(chunk):
-                            tokens[name][i] = states[row, : int(lengths[row])].float()
+                    pooled = mean_pool(states, mask).float()
+                    for name in self._runs[run]:
+                        out[name][chunk] = pooled
+                        if name in tokens:
+                            for row, i in enumerate(chunk):
+                                tokens[name][i] = states[row, : int(lengths[row])].float()
         return out, tokens

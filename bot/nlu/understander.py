@@ -244,11 +244,17 @@ def share_forward(
             continue
         log.info(
             "%s share the embeddings and %d of %d layers: one forward per message "
-            "(largest difference to their own forwards %.1e)%s",
+            "(largest difference to their own forwards %.1e)%s%s",
             ", ".join(names),
             shared.depth,
             len(transformer_layers(intent.model.encoder) or []),
             worst,
+            "".join(
+                f"; {' and '.join(run)} have the same tuned layers (trained together): "
+                "run once for both"
+                for run in shared.passes
+                if len(run) > 1
+            ),
             "".join(f"; {name} runs its own" for name in models if name not in names),
         )
         return shared

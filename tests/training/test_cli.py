@@ -455,3 +455,48 @@ def test_evaluate_confusion_png_title_names_version_n_and_accuracy(
     )
     assert result.returncode == 0, result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_train_intent_and_sentiment_together_prints_both_directories(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    out = tmp_path / "models"
+    result = supportbot(
+        "train",
+        "intent+sentiment",
+        "--data",
+        str(tiny_csv),
+        "--epochs",
+        "1",
+        "--models",
+        str(out),
+        "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert [Path(line) for line in lines[-2:]] == [out / "intent" / "v1", out / "sentiment" / "v1"]
+    assert "intent v1 and sentiment v1 share one encoder" in result.stdout
+    assert "intent model on the" in result.stdout and "sentiment model on the" in result.stdout
+    listing = json.loads(supportbot("models", "--models", str(out), "list", "--json").stdout)
+    assert {task: info["live"] for task, info in listing["tasks"].items()} == {
+        "intent": "v1",
+        "sentiment": "v1",
+    }
+
+
+def test_train_together_refuses_one_label_column_for_two_tasks(
+    tmp_path: Path, tiny_csv: Path
+) -> None:
+    out = tmp_path / "m"
+    result = supportbot(
+        "train",
+        "intent+sentiment",
+        "--data",
+        str(tiny_csv),
+        "--label-column",
+        "intent",
+        "--models",
+        str(out),
+    )
+    assert_refused(result, "--label-column names one task's labels", wrote=out)

@@ -127,3 +127,32 @@ def test_fingerprint_ignores_order() -> None:
     a = [Example("x", "l1", "f", 1), Example("y", "l2", "f", 2)]
     assert fingerprint(a) == fingerprint(list(reversed(a)))
     assert fingerprint(a) != fingerprint(a[:1])
+
+
+def test_joint_training_registers_both_tasks_on_one_encoder(joint_models: Path) -> None:
+    """`train intent+sentiment`: two ordinary versions, live, with identical encoders (what
+    lets the bot run them in one pass), each its own head and calibration, tested on the
+    same held-out texts, both having learned their task."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bot.nlu.artifacts import read_live_versions
+
+    assert read_live_versions(joint_models) == {"intent": "v1", "sentiment": "v1"}
+    intent, sentiment = joint_models / "intent" / "v1", joint_models / "sentiment" / "v1"
+    a, b = load_file(intent / "model.safetensors"), load_file(sentiment / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert TransformerClassifier(intent).labels != TransformerClassifier(sentiment).labels
+    assert json.loads((sentiment / "data.json").read_text())["trained_with"] == "intent/v1"
+
+    def test_texts(version: Path) -> set[str]:
+        lines = (version / "test_set.jsonl").read_text().splitlines()
+        return {json.loads(line)["text"] for line in lines}
+
+    assert test_texts(intent) == test_texts(sentiment) and test_texts(intent)
+    for version in (intent, sentiment):
+        metrics = json.loads((version / "metrics.json").read_text())
+        assert metrics["accuracy"] >= 0.8, version
+        assert metrics["training"]["epochs_run"] >= 1
+    assert json.loads((intent / "metrics.json").read_text())["out_of_scope"] is not None
+    assert json.loads((sentiment / "metrics.json").read_text())["out_of_scope"] is None

@@ -8,7 +8,7 @@ import asyncio
 import hashlib
 import json
 import shutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -206,6 +206,14 @@ def test_gate_rules() -> None:
     assert [c.name for c in same if not c.passed] == ["better_on_feedback"]
     empty = gate(_comparison(0.9, 0.9, steady), _comparison(0.0, 0.0, {}, n=0), options)
     assert "label more messages" in empty[2].detail and not empty[2].passed
+    # Retrained on its replay alone (beside its partner): holding the frozen test set is
+    # all it must do.
+    kept = gate(_comparison(0.9, 0.9, steady), _comparison(0.0, 0.0, {}, n=0), options, True)
+    assert [c.name for c in kept] == ["frozen_test_accuracy", "no_sharp_label_drop"]
+    assert all(c.passed for c in kept)
+    assert not gate(_comparison(0.9, 0.8, steady), _comparison(0, 0, {}, n=0), options, True)[
+        0
+    ].passed
 
 
 def test_second_retrain_is_refused_while_one_runs(tmp_path: Path) -> None:
@@ -541,6 +549,27 @@ OFF_TOPIC = [
 ]
 
 
+async def _agent_labels(
+    aiohttp_client: ClientFactory, settings: Any, texts: Sequence[str], intent: str
+) -> None:
+    """Customers send `texts` over REST; an agent labels each `intent` in the console."""
+    app = create_app(settings)
+    client = await aiohttp_client(app)
+    message_ids = []
+    for i, text in enumerate(texts):
+        response = await client.post("/api/v1/messages", json={"sender": f"c-{i}", "text": text})
+        assert response.status == 200, await response.text()
+        message_ids.append((await response.json())["message_id"])
+    await SqlAccountStore(app[RUNTIME].store, settings.console).add("ana", "agent", PASSWORD)
+    signed = await client.post("/console/api/session", json={"name": "ana", "password": PASSWORD})
+    csrf = {"X-CSRF-Token": (await signed.json())["csrf_token"]}
+    for message_id in message_ids:
+        labelled = await client.post(
+            f"/console/api/messages/{message_id}/labels", json={"intent": intent}, headers=csrf
+        )
+        assert labelled.status == 201, await labelled.text()
+
+
 async def test_agents_out_of_scope_labels_are_learned_by_retrain(
     aiohttp_client: ClientFactory,
     runtime_models: Path,
@@ -553,24 +582,9 @@ async def test_agents_out_of_scope_labels_are_learned_by_retrain(
     models = tmp_path / "models"
     shutil.copytree(runtime_models, models)
     config = _config(tmp_path, models, sqlite_url)
-    settings = runtime_settings(models, sqlite_url)
-    app = create_app(settings)
-    client = await aiohttp_client(app)
-    message_ids = []
-    for i, text in enumerate(OFF_TOPIC):
-        response = await client.post("/api/v1/messages", json={"sender": f"c-{i}", "text": text})
-        assert response.status == 200, await response.text()
-        message_ids.append((await response.json())["message_id"])
-    await SqlAccountStore(app[RUNTIME].store, settings.console).add("ana", "agent", PASSWORD)
-    signed = await client.post("/console/api/session", json={"name": "ana", "password": PASSWORD})
-    csrf = {"X-CSRF-Token": (await signed.json())["csrf_token"]}
-    for message_id in message_ids:
-        labelled = await client.post(
-            f"/console/api/messages/{message_id}/labels",
-            json={"intent": "out_of_scope"},
-            headers=csrf,
-        )
-        assert labelled.status == 201, await labelled.text()
+    await _agent_labels(
+        aiohttp_client, runtime_settings(models, sqlite_url), OFF_TOPIC, "out_of_scope"
+    )
 
     code, result = await _retrain_tiny(config, capsys)
     intent = next(t for t in result["tasks"] if t["task"] == "intent")
@@ -584,3 +598,45 @@ async def test_agents_out_of_scope_labels_are_learned_by_retrain(
     assert column in detector["softmax_columns"] and column not in detector["columns"]
     # Promoted, or kept back by the gate (exit 1): either way v2 learned the label.
     assert code in (0, 1), intent
+
+
+async def test_a_pair_trained_together_is_retrained_together(
+    aiohttp_client: ClientFactory,
+    joint_models: Path,
+    runtime_models: Path,
+    tmp_path: Path,
+    sqlite_url: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Intent and sentiment trained together (one encoder, one pass in the bot): agents
+    label a new intent only, and the retrain trains both from the live pair, sentiment on
+    its replay alone, so the candidates keep one encoder; sentiment never goes live on its
+    own."""
+    from training.registry import FileModelRegistry
+    from training.retrain import trained_together
+
+    models = tmp_path / "models"
+    shutil.copytree(joint_models, models)
+    shutil.copytree(runtime_models / "answers", models / "answers")
+    assert trained_together(FileModelRegistry(models))
+    config = _config(tmp_path, models, sqlite_url)
+    await _agent_labels(
+        aiohttp_client, runtime_settings(models, sqlite_url), CANCEL, "cancel_order"
+    )
+
+    assert await _run_cli("retrain", "--config", str(config), "--dry-run") == 0
+    assert "sentiment: nothing new to learn; trained on its replay" in capsys.readouterr().out
+    code, result = await _retrain_tiny(config, capsys)
+
+    tasks = {t["task"]: t for t in result["tasks"]}
+    assert tasks["intent"]["version"] == "v2" and tasks["sentiment"]["version"] == "v2", tasks
+    assert tasks["sentiment"]["plan"]["replay_only"] is True
+    assert tasks["sentiment"]["plan"]["feedback_train"] == 0
+    intent, sentiment = (load_file(models / t / "v2" / "model.safetensors") for t in tasks)
+    assert intent.keys() == sentiment.keys()
+    assert all(torch.equal(intent[k], sentiment[k]) for k in intent)
+    assert "cancel_order" in read_meta(models / "intent" / "v2").labels
+    live = FileModelRegistry(models)
+    if live.live("sentiment") == "v2":
+        assert live.live("intent") == "v2"  # never live on its own
+    assert code in (0, 1), tasks

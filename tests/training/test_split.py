@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from training.data import Example
-from training.split import Split, stratified_split
+from training.data import Example, normalize
+from training.split import Split, split_like, stratified_split
 
 
 def make_examples(sizes: dict[str, int]) -> list[Example]:
@@ -112,3 +112,30 @@ def test_zero_fractions_keep_everything_for_training() -> None:
 
     assert sorted(texts(split.train)) == sorted(texts(examples))
     assert split.validation == [] and split.test == []
+
+
+def test_a_second_task_is_split_text_by_text_like_the_first() -> None:
+    """Joint training: a text held out for one task is held out for the other (the shared
+    encoder must not have trained on it), whatever its case or spacing; texts only the
+    second task has are split stratified, and nothing is lost."""
+    intents = make_examples({"order": 20, "refund": 20})
+    first = stratified_split(intents, 0.2, 0.2, seed=3)
+    mood = {"order": "neutral", "refund": "negative"}
+    second = [Example(f"  {e.text.upper()} ", mood[e.label], e.source, e.line) for e in intents]
+    extra = [Example(f"thanks a lot {i}", "positive", "more.csv", i) for i in range(10)]
+
+    split = split_like([*second, *extra], first, normalize, 0.2, 0.2, seed=3)
+
+    for mine, reference in (
+        (split.train, first.train),
+        (split.validation, first.validation),
+        (split.test, first.test),
+    ):
+        shared = {normalize(e.text) for e in mine if not e.text.startswith("thanks")}
+        assert shared == {normalize(e.text) for e in reference}
+    parts = (split.train, split.validation, split.test)
+    positives = [[e for e in part if e.label == "positive"] for part in parts]
+    assert [len(p) for p in positives] == [6, 2, 2]
+    assert sorted(texts([*split.train, *split.validation, *split.test])) == sorted(
+        texts([*second, *extra])
+    )

@@ -233,3 +233,70 @@ def test_a_fully_fine_tuned_model_runs_its_own_forward_beside_the_shared_one(
     alone = ModelSet.load(models, quantized=False)
     assert alone.shared is None
     assert alone.classify(["hi"])[0].query_embedding is None
+
+
+def test_branches_with_equal_own_layers_run_them_once(backbone: tuple[object, object]) -> None:
+    """Intent and sentiment trained together have the same tuned layers: the shared forward
+    runs them once for both, and both still get what their own forward gives."""
+    encoder, tokenizer = backbone
+    tuned = copy.deepcopy(encoder)
+    perturb(tuned.encoder.layer[5])  # type: ignore[attr-defined]
+    twin = copy.deepcopy(tuned)
+    shared = SharedEncoder(
+        [Branch("a", encoder), Branch("b", tuned), Branch("c", twin)], tokenizer, 64
+    )
+    assert shared.depth == 5
+    assert sorted(sorted(run) for run in shared.passes) == [["a"], ["b", "c"]]
+    calls = {"b": 0, "c": 0}
+    for name, model in (("b", tuned), ("c", twin)):
+        model.encoder.layer[5].register_forward_hook(  # type: ignore[attr-defined]
+            lambda *_, name=name: calls.__setitem__(name, calls[name] + 1)
+        )
+
+    pooled = shared.pooled(TEXTS)
+
+    assert calls == {"b": 1, "c": 0}  # one chunk of four texts, one run of the twin layers
+    assert torch.equal(pooled["b"], pooled["c"])
+    own = torch.cat([own_pooled(twin, tokenizer, [t]) for t in TEXTS])
+    assert torch.allclose(pooled["c"], own, atol=1e-4)
+    # Quantized only when every model reading the run asked for it.
+    shared.quantize_tops({"b"})
+    assert torch.equal(shared.pooled(TEXTS)["c"], pooled["c"])
+    shared.quantize_tops({"b", "c"})
+    after = shared.pooled(TEXTS)
+    assert torch.equal(after["b"], after["c"]) and not torch.equal(after["c"], pooled["c"])
+    assert torch.nn.functional.cosine_similarity(after["c"], pooled["c"]).min() > 0.99
+
+
+def test_jointly_trained_intent_and_sentiment_are_served_in_one_pass(
+    joint_models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`train intent+sentiment`: the bot runs the shared tuned layers once for both, and what
+    it serves equals each model's own forward within 1e-4 (float32) on probe texts; int8
+    gives the same labels."""
+    embedder = SentenceEmbedder("bundled")
+    with caplog.at_level(logging.INFO, logger="bot.nlu.understander"):
+        models = ModelSet.load(joint_models, quantized=False, query_encoder=embedder)
+    assert models.shared is not None and models.shared.depth == 3
+    assert sorted(sorted(run) for run in models.shared.passes) == [
+        ["intent", "sentiment"],
+        ["query"],
+    ]
+    assert "intent and sentiment have the same tuned layers (trained together)" in caplog.text
+    texts = ["hi", "where is my order #123?", "this is useless, I want a human now", "danke!"]
+    understood = models.classify(texts)
+    intent = TransformerClassifier(joint_models / "intent" / "v1")
+    sentiment = TransformerClassifier(joint_models / "sentiment" / "v1")
+    for u, i_probs, s_probs in zip(
+        understood, intent.predict_proba(texts), sentiment.predict_proba(texts), strict=True
+    ):
+        scores = {s.label: s.score for s in u.sentiment_scores}
+        for label, p in zip(sentiment.labels, s_probs, strict=True):
+            assert scores[label] == pytest.approx(float(p), abs=1e-4)
+        assert u.intent_confidence == pytest.approx(float(i_probs.max()), abs=1e-4)
+    np.testing.assert_allclose(
+        np.stack([u.query_embedding for u in understood]), embedder(texts), atol=1e-4
+    )
+    int8 = ModelSet.load(joint_models, quantized=True, query_encoder=embedder).classify(texts)
+    assert [u.top_intents[0].label for u in int8] == [u.top_intents[0].label for u in understood]
+    assert [u.sentiment for u in int8] == [u.sentiment for u in understood]
