@@ -23,7 +23,7 @@ from training.data import (
     LoadReport,
     load_examples,
 )
-from training.registry import FileModelRegistry
+from training.registry import FileModelRegistry, trained_together
 
 DEFAULT_MODELS_DIR = Path("models")
 #: What `models promote/rollback` take: the classifiers and the entity model.
@@ -633,6 +633,7 @@ def run_models(ns: argparse.Namespace) -> int:
                             task: {"live": registry.live(task), "versions": versions}
                             for task, versions in listing.items()
                         },
+                        "live_trained_together": trained_together(registry),
                     }
                 )
             )
@@ -653,6 +654,12 @@ def run_models(ns: argparse.Namespace) -> int:
                 print(
                     f"  {marker} {v['version']:<6} accuracy {acc}  macro-F1 {f1}  {v['created_at']}"
                 )
+        if trained_together(registry):
+            print(
+                f"live intent {registry.live('intent')} and sentiment "
+                f"{registry.live('sentiment')} were trained together (one encoder): the bot "
+                "runs them in one pass"
+            )
         return 0
     if ns.action == "show":
         path = registry.resolve(ns.model)

@@ -297,3 +297,25 @@ class FileModelRegistry:
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1
         return removed
+
+
+def trained_together(registry: FileModelRegistry) -> bool:
+    """Whether the live intent and sentiment models have one encoder (the same weights, as
+    `supportbot train intent+sentiment` and a retrain of such a pair make them)."""
+    import numpy as np
+    from safetensors import safe_open
+
+    paths = []
+    for task in ("intent", "sentiment"):
+        live = registry.live(task)
+        if live is None:
+            return False
+        paths.append(registry.root / task / live / "model.safetensors")
+    if not all(path.is_file() for path in paths):
+        return False
+    # numpy, not torch: `models list` stays a light command.
+    with safe_open(paths[0], "np") as a, safe_open(paths[1], "np") as b:
+        names = list(a.keys())
+        if set(names) != set(b.keys()):
+            return False
+        return all(np.array_equal(a.get_tensor(name), b.get_tensor(name)) for name in names)

@@ -52,7 +52,7 @@ from bot.settings import Settings
 from training.arguments import TrainingArguments
 from training.data import Example
 from training.feedback import SENTIMENTS, FeedbackSet, StoredLabel, label_counts, read_feedback
-from training.registry import FileModelRegistry
+from training.registry import FileModelRegistry, trained_together
 
 if TYPE_CHECKING:
     from training.pipeline import FittedClassifier
@@ -855,26 +855,6 @@ def _register_candidate(
         plan.summary(),
         report,
     )
-
-
-def trained_together(registry: FileModelRegistry) -> bool:
-    """Whether the live intent and sentiment models have one encoder (the same weights, as
-    `supportbot train intent+sentiment` and a retrain of such a pair make them)."""
-    from safetensors import safe_open
-
-    paths = []
-    for task in TASK_ORDER:
-        live = registry.live(task)
-        if live is None:
-            return False
-        paths.append(registry.root / task / live / "model.safetensors")
-    if not all(path.is_file() for path in paths):
-        return False
-    with safe_open(paths[0], "pt") as a, safe_open(paths[1], "pt") as b:
-        names = list(a.keys())
-        if set(names) != set(b.keys()):
-            return False
-        return all(a.get_tensor(name).equal(b.get_tensor(name)) for name in names)
 
 
 def replay_only(plan: TaskPlan, registry: FileModelRegistry, options: RetrainOptions) -> TaskPlan:

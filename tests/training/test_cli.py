@@ -52,6 +52,7 @@ def test_train_prints_report_and_the_new_directory_last(tmp_path: Path, tiny_csv
     tasks = json.loads(listing.stdout)["tasks"]
     assert tasks["intent"]["live"] == "v1"
     assert [v["version"] for v in tasks["intent"]["versions"]] == ["v1"]
+    assert json.loads(listing.stdout)["live_trained_together"] is False
     # The directory may also follow the action, where users tend to type it.
     after = supportbot("models", "list", "--json", "--models", str(out))
     assert after.returncode == 0, after.stderr
@@ -483,6 +484,9 @@ def test_train_intent_and_sentiment_together_prints_both_directories(
         "intent": "v1",
         "sentiment": "v1",
     }
+    assert listing["live_trained_together"] is True
+    text = supportbot("models", "--models", str(out), "list").stdout
+    assert "live intent v1 and sentiment v1 were trained together (one encoder)" in text
 
 
 def test_train_together_refuses_one_label_column_for_two_tasks(
