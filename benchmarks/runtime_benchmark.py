@@ -640,12 +640,14 @@ async def run_mode(
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as admin:
         startup_s = await server.start(admin, ns.start_timeout)
         try:
-            ready_rss = proc_status(server.pid).get("VmRSS", 0)
+            status = proc_status(server.pid)
+            ready_rss, start_peak = status.get("VmRSS", 0), status.get("VmHWM", 0)
             async with admin.get(f"{server.base}/readyz") as response:
                 versions = (await response.json()).get("models", {})
             print(
                 f"[{label}] server pid {server.pid} on {server.base} ready in {startup_s:.1f} s, "
-                f"models {versions}, RSS {mb(ready_rss):.0f} MB, "
+                f"models {versions}, RSS {mb(ready_rss):.0f} MB (peak while starting "
+                f"{mb(start_peak):.0f} MB), "
                 f"store {env['SUPPORTBOT_STORE__URL']}",
                 flush=True,
             )

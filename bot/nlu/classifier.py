@@ -195,8 +195,11 @@ def read_meta(directory: Path) -> ClassifierMeta:
         ) from exc
 
 
-def load_model(directory: Path) -> tuple[MeanPoolingClassifier, Any, ClassifierMeta]:
-    """Load the module, tokenizer and meta of a model directory (CPU, eval mode)."""
+def load_model(
+    directory: Path, plain: bool = False
+) -> tuple[MeanPoolingClassifier, Any, ClassifierMeta]:
+    """Load the module, tokenizer and meta of a model directory (CPU, eval mode); `plain`:
+    see `read_model_directory`."""
 
     meta = read_meta(directory)
     model, tokenizer = read_model_directory(
@@ -204,6 +207,7 @@ def load_model(directory: Path) -> tuple[MeanPoolingClassifier, Any, ClassifierM
         HEAD_FILE,
         lambda encoder: MeanPoolingClassifier(encoder, len(meta.labels)),
         lambda what: _not_a_model(directory, what),
+        plain,
     )
     return model, tokenizer, meta
 
@@ -213,18 +217,32 @@ def read_model_directory(
     head_file: str,
     build: Callable[[Any], M],
     not_a_model: Callable[[str], Exception],
+    plain: bool = False,
 ) -> tuple[M, Any]:
     """The module `build` makes of the directory's encoder, with `head_file`'s weights in
     its `head`, and the tokenizer (CPU, eval mode): the counterpart of
-    `write_model_directory`, for the classifiers and the entity tagger."""
-    from transformers import AutoModel, AutoTokenizer
+    `write_model_directory`, for the classifiers and the entity tagger.
 
-    quiet_transformers()
+    `plain` (inference only): a BERT encoder runs on plain torch (`bot/nlu/plain_bert.py`),
+    without importing transformers' model code; anything else loads with transformers.
+    """
     missing = [name for name in (head_file, "config.json") if not (directory / name).is_file()]
     if missing:
         raise not_a_model(f"{', '.join(missing)} missing")
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    model = build(AutoModel.from_pretrained(str(directory)))
+    loaded = None
+    if plain:
+        from bot.nlu.plain_bert import load_plain
+
+        loaded = load_plain(directory)
+    if loaded is not None:
+        model = build(loaded[0])
+        tokenizer: Any = loaded[1]
+    else:
+        from transformers import AutoModel, AutoTokenizer
+
+        quiet_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        model = build(AutoModel.from_pretrained(str(directory)))
     head: Any = model.head
     head.load_state_dict(load_file(str(directory / head_file)))
     model.eval()
@@ -241,7 +259,7 @@ class TransformerClassifier:
 
     def __init__(self, directory: Path, batch_size: int = 16) -> None:
         self.directory = directory
-        self.model, self.tokenizer, self.meta = load_model(directory)
+        self.model, self.tokenizer, self.meta = load_model(directory, plain=True)
         self.batch_size = batch_size
 
     @property

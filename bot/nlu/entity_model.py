@@ -140,14 +140,16 @@ def read_entity_meta(directory: Path) -> EntityMeta:
         ) from exc
 
 
-def load_tagger(directory: Path) -> tuple[TokenTaggerModule, Any, EntityMeta]:
-    """Load the module, tokenizer and meta of an entity model directory (CPU, eval mode)."""
+def load_tagger(directory: Path, plain: bool = False) -> tuple[TokenTaggerModule, Any, EntityMeta]:
+    """Load the module, tokenizer and meta of an entity model directory (CPU, eval mode);
+    `plain`: see `read_model_directory`."""
     meta = read_entity_meta(directory)
     model, tokenizer = read_model_directory(
         directory,
         HEAD_FILE,
         lambda encoder: TokenTaggerModule(encoder, len(meta.tags)),
         lambda what: _not_a_model(directory, what),
+        plain,
     )
     return model, tokenizer, meta
 
@@ -313,7 +315,7 @@ class TokenTagger:
 
     def __init__(self, directory: Path, batch_size: int = 16) -> None:
         self.directory = directory
-        self.model, self.tokenizer, self.meta = load_tagger(directory)
+        self.model, self.tokenizer, self.meta = load_tagger(directory, plain=True)
         self.batch_size = batch_size
         self._tags = self.meta.tags
 

@@ -236,6 +236,10 @@ class SharedEncoder:
                 ]
 
     def _mask(self, embedded: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        from bot.nlu.plain_bert import PlainBert, attention_mask_for
+
+        if isinstance(self.branches[0].encoder, PlainBert):
+            return attention_mask_for(attention_mask)
         # The mask format the layers expect (additive 4-d for eager attention, boolean or None
         # for SDPA): built by transformers itself, as the model's own forward does.
         from transformers.masking_utils import create_bidirectional_mask

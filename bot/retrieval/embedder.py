@@ -44,12 +44,12 @@ class SentenceEmbedder:
     def _load(self) -> Any:
         with self._lock:
             if self._encoder is None:
-                quiet_transformers()
                 path = resolve_backbone(self.model)
                 self._encoder = MeanPoolingEncoder.load_if_plain(path)
                 if self._encoder is None:
                     from sentence_transformers import SentenceTransformer
 
+                    quiet_transformers()
                     self._encoder = SentenceTransformer(path, device="cpu")
             return self._encoder
 
@@ -134,11 +134,17 @@ class MeanPoolingEncoder:
         ) in ("mean", None)
         if not mean_only or config.get("do_lower_case"):
             return None
+        from bot.nlu.plain_bert import load_plain
+
+        max_length = int(config.get("max_seq_length") or 512)
+        loaded = load_plain(root)  # a BERT encoder runs without transformers' model code
+        if loaded is not None:
+            return cls(loaded[0], loaded[1], max_length)
         from transformers import AutoModel, AutoTokenizer
 
         encoder = AutoModel.from_pretrained(path)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return cls(encoder, tokenizer, int(config.get("max_seq_length") or 512))
+        return cls(encoder, tokenizer, max_length)
 
     def encode(self, texts: Sequence[str], batch_size: int) -> Vectors:
         """Unit-length float32 embeddings, one row per text, in input order."""

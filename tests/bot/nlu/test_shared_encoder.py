@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bot.nlu.artifacts import resolve_backbone
-from bot.nlu.classifier import TransformerClassifier, mean_pool
+from bot.nlu.classifier import TransformerClassifier, load_model, mean_pool
 from bot.nlu.shared_encoder import Branch, SharedEncoder, common_depth, freeze_lower_layers
 from bot.nlu.understander import ModelSet
 from bot.retrieval.embedder import SentenceEmbedder
@@ -206,9 +206,9 @@ def test_a_fully_fine_tuned_model_runs_its_own_forward_beside_the_shared_one(
     models = tmp_path / "models"
     shutil.copytree(runtime_models, models)
     # As if sentiment was trained with --tuned-layers all: its embeddings moved too.
-    sentiment = TransformerClassifier(models / "sentiment" / "v1")
-    perturb(sentiment.model.encoder.embeddings)
-    sentiment.model.encoder.save_pretrained(models / "sentiment" / "v1")
+    sentiment, _, _ = load_model(models / "sentiment" / "v1")  # transformers' (it can save)
+    perturb(sentiment.encoder.embeddings)
+    sentiment.encoder.save_pretrained(models / "sentiment" / "v1")
     texts = ["hi", "this is useless, I want a human now"]
 
     loaded = ModelSet.load(models, quantized=False, query_encoder=SentenceEmbedder("bundled"))
@@ -226,10 +226,10 @@ def test_a_fully_fine_tuned_model_runs_its_own_forward_beside_the_shared_one(
     assert [u.sentiment for u in quantized.classify(texts)] == [u.sentiment for u in understood]
 
     # Nothing in common at all (intent moved too, no index encoder): each on its own.
-    intent = TransformerClassifier(models / "intent" / "v1")
-    perturb(intent.model.encoder.embeddings)
-    perturb(intent.model.encoder.embeddings)
-    intent.model.encoder.save_pretrained(models / "intent" / "v1")
+    intent, _, _ = load_model(models / "intent" / "v1")
+    perturb(intent.encoder.embeddings)
+    perturb(intent.encoder.embeddings)
+    intent.encoder.save_pretrained(models / "intent" / "v1")
     alone = ModelSet.load(models, quantized=False)
     assert alone.shared is None
     assert alone.classify(["hi"])[0].query_embedding is None

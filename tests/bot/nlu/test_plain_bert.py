@@ -1,0 +1,136 @@
+"""BERT encoders on plain torch (serving without transformers' model code, issue 19): the
+same token ids, offsets and hidden states as transformers, and what is not a plain BERT
+encoder is left to transformers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from bot.nlu.artifacts import resolve_backbone
+from bot.nlu.classifier import TransformerClassifier, length_chunks, mean_pool
+from bot.nlu.plain_bert import PlainBert, PlainTokenizer, load_plain
+
+TEXTS = [
+    "hi",
+    "Where is my order? It was due last Tuesday and the tracking page still says pending.",
+    "I want a REFUND now!!",
+    "Ünïcödé café, naïve 😀 emoji",
+    "",
+    "x " * 300,
+    "中文字符 mixed with English",
+    "  spaces   and\ttabs\n",
+]
+
+
+def reference(directory: Path) -> tuple[object, object]:
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel.from_pretrained(str(directory)).eval(), AutoTokenizer.from_pretrained(
+        str(directory)
+    )
+
+
+def assert_same_as_transformers(directory: Path, atol: float = 1e-5) -> None:
+    loaded = load_plain(directory)
+    assert loaded is not None
+    encoder, tokenizer = loaded
+    model, ref_tokenizer = reference(directory)
+    for max_length in (16, 64, 256):
+        ours = tokenizer(TEXTS, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        theirs = ref_tokenizer(  # type: ignore[operator]
+            TEXTS, truncation=True, max_length=max_length, return_offsets_mapping=True
+        )
+        assert ours["input_ids"] == theirs["input_ids"], max_length
+        assert [list(map(tuple, row)) for row in ours["offset_mapping"]] == [
+            list(map(tuple, row)) for row in theirs["offset_mapping"]
+        ]
+        assert all(ours.word_ids(i) == theirs.word_ids(i) for i in range(len(TEXTS)))
+    assert tokenizer.pad_token_id == ref_tokenizer.pad_token_id  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        for chunk, ids, mask in length_chunks(tokenizer, TEXTS, 256, 3):
+            ours_h = encoder(ids, mask).last_hidden_state
+            theirs_h = model(input_ids=ids, attention_mask=mask).last_hidden_state  # type: ignore[operator]
+            real = mask.bool()
+            assert torch.allclose(ours_h[real], theirs_h[real], atol=atol), chunk
+            assert torch.allclose(mean_pool(ours_h, mask), mean_pool(theirs_h, mask), atol=atol)
+
+
+def test_the_bundled_encoder_matches_transformers() -> None:
+    assert_same_as_transformers(Path(resolve_backbone("bundled")))
+
+
+def test_a_trained_classifier_matches_transformers_and_serves_plain(runtime_models: Path) -> None:
+    directory = runtime_models / "intent" / "v1"
+    assert_same_as_transformers(directory)
+    served = TransformerClassifier(directory)
+    assert isinstance(served.model.encoder, PlainBert)
+    assert isinstance(served.tokenizer, PlainTokenizer)
+
+
+def test_another_bert_shape_matches_and_other_models_are_left_to_transformers(
+    tmp_path: Path,
+) -> None:
+    """A BERT of other dimensions (random weights) runs plain; a model this does not cover
+    (another architecture, another activation, relative positions, a tokenizer whose
+    settings transformers would rewrite) gets None, and transformers loads it."""
+    from transformers import BertConfig, BertModel
+
+    bundled = Path(resolve_backbone("bundled"))
+    torch.manual_seed(3)
+    small = tmp_path / "small"
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        layer_norm_eps=1e-7,
+    )
+    BertModel(config).save_pretrained(small)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"):
+        shutil.copy(bundled / name, small / name)
+    assert_same_as_transformers(small, atol=1e-4)
+
+    def variant(name: str, change: dict[str, object], file: str = "config.json") -> Path:
+        folder = tmp_path / name
+        shutil.copytree(small, folder)
+        data = json.loads((folder / file).read_text())
+        data.update(change)
+        (folder / file).write_text(json.dumps(data))
+        return folder
+
+    assert load_plain(variant("gelu_new", {"hidden_act": "gelu_new"})) is None
+    assert load_plain(variant("relative", {"position_embedding_type": "relative_key"})) is None
+    assert load_plain(variant("roberta", {"model_type": "roberta"})) is None
+    assert load_plain(variant("cased", {"do_lower_case": False}, "tokenizer_config.json")) is None
+    extra = tmp_path / "extra"
+    shutil.copytree(small, extra)
+    (extra / "model.safetensors").unlink()
+    assert load_plain(extra) is None
+
+
+def test_serving_imports_no_transformers_model_code(runtime_models: Path) -> None:
+    """The models and the answer index's encoder load without `transformers.modeling_utils`
+    (and the sympy, scipy and accelerate it pulls in: ~100 MB per replica)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from bot.nlu.understander import ModelSet\n"
+        "from bot.retrieval.embedder import SentenceEmbedder\n"
+        f"models = ModelSet.load(Path({str(runtime_models)!r}), True, SentenceEmbedder())\n"
+        "models.classify(['where is my order'])\n"
+        "assert models.shared is not None\n"
+        "print(sorted(m for m in ('transformers.modeling_utils', 'sympy', 'scipy', "
+        "'accelerate') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
