@@ -55,6 +55,11 @@ class ServerSettings(BaseModel):
         description="serve the REST API without API keys on a non-loopback address (only for "
         "a network you trust); on loopback with no keys, local callers need none",
     )
+    return_freed_memory: bool = Field(
+        False,
+        description="have glibc give freed blocks of 128 KB and more back to the system: "
+        "about 130 MB less resident per replica, about 9 % more CPU per message",
+    )
 
 
 class StoreSettings(BaseModel):
