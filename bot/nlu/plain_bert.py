@@ -23,6 +23,7 @@ the shared forward (`bot/nlu/shared_encoder.py`) finds the layers the same way.
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -259,6 +260,9 @@ class PlainTokenizer:
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
         self._max_length: int | None = None
+        # Truncation is the tokenizer's state: callers with other lengths (the shared forward,
+        # a model's own) must not interleave between setting it and encoding.
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, directory: Path) -> PlainTokenizer | None:
@@ -302,13 +306,14 @@ class PlainTokenizer:
         return_offsets_mapping: bool = False,
     ) -> _Batch:
         limit = max_length if truncation else None
-        if limit != self._max_length:
-            if limit is None:
-                self._tokenizer.no_truncation()
-            else:
-                self._tokenizer.enable_truncation(limit)
-            self._max_length = limit
-        encodings = self._tokenizer.encode_batch(list(texts))
+        with self._lock:
+            if limit != self._max_length:
+                if limit is None:
+                    self._tokenizer.no_truncation()
+                else:
+                    self._tokenizer.enable_truncation(limit)
+                self._max_length = limit
+            encodings = self._tokenizer.encode_batch(list(texts))
         return _Batch(encodings, return_offsets_mapping)
 
 

@@ -134,3 +134,23 @@ def test_serving_imports_no_transformers_model_code(runtime_models: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_callers_with_other_lengths_do_not_truncate_each_other() -> None:
+    """The shared forward and a model's own forward tokenize with one tokenizer at different
+    lengths, from different threads: each call gets its own truncation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tokenizer = PlainTokenizer.load(Path(resolve_backbone("bundled")))
+    assert tokenizer is not None
+    long_texts = ["word " * 100] * 8
+
+    def lengths(max_length: int) -> set[int]:
+        found: set[int] = set()
+        for _ in range(200):
+            found |= {len(ids) for ids in tokenizer(long_texts, max_length=max_length)["input_ids"]}
+        return found
+
+    with ThreadPoolExecutor(2) as pool:
+        short, wide = pool.submit(lengths, 16), pool.submit(lengths, 64)
+        assert short.result() == {16} and wide.result() == {64}
