@@ -163,12 +163,27 @@ def fit_joint(
     second: tuple[str, Sequence[Example], Sequence[Example], Sequence[str]],
     args: TrainingArguments,
     progress: bool = True,
+    init_from: tuple[Path, Path] | None = None,
+    align: bool = True,
 ) -> tuple[FittedClassifier, FittedClassifier]:
     """Fine-tune two tasks on one encoder (each `(task, train, validation, labels)`), then
-    calibrate each model on its own validation examples (`fine_tune`'s `companion`)."""
+    calibrate each model on its own validation examples (`fine_tune`'s `companion`).
+
+    Args:
+        init_from: the live pair to start from (a retrain), first task's model first.
+        align: see `fine_tune`.
+    """
     (task_a, train_a, val_a, labels_a), (task_b, train_b, val_b, labels_b) = first, second
+    start_a, start_b = init_from if init_from is not None else (None, None)
     result = fine_tune(
-        train_a, val_a, labels_a, args, progress, companion=Companion(train_b, val_b, labels_b)
+        train_a,
+        val_a,
+        labels_a,
+        args,
+        progress,
+        start_a,
+        align,
+        companion=Companion(train_b, val_b, labels_b, init_from=start_b),
     )
     assert result.companion is not None
     return (

@@ -672,34 +672,26 @@ def train_candidates_together(
     too and the bot keeps running their tuned layers once. Each is judged by its own gate; a
     task retrained on its replay alone (`TaskPlan.replay_only`, nothing new to learn) goes
     live only beside its partner, never on its own."""
-    from training.pipeline import calibrated_fit
-    from training.trainer import Companion, fine_tune
+    from training.pipeline import fit_joint
 
     started = time.perf_counter()
     first, second = plans
     args, live_first = _retrain_args(first, registry, options)
-    _, live_second = _retrain_args(second, registry, options)
+    live_second = registry.root / second.task / str(second.live_version)
     sets = [_retrain_set(plan, args, options, progress) for plan in plans]
     _say(
         progress,
         f"{first.task} and {second.task}: trained together from {first.live_version} and "
         f"{second.live_version} (one encoder)",
     )
-    result = fine_tune(
-        sets[0][0],
-        sets[0][1],
-        sets[0][2],
+    fitted = fit_joint(
+        (first.task, *sets[0]),
+        (second.task, *sets[1]),
         args,
         options.progress,
-        live_first,
-        align=options.align_new_rows,
-        companion=Companion(*sets[1], init_from=live_second),
+        (live_first, live_second),
+        options.align_new_rows,
     )
-    assert result.companion is not None
-    fitted = [
-        calibrated_fit(first.task, result, sets[0][0], sets[0][1], args),
-        calibrated_fit(second.task, result.companion, sets[1][0], sets[1][1], args),
-    ]
     judged = []
     for plan, model in zip(plans, fitted, strict=True):
         _say_history(plan, model, progress)
@@ -758,10 +750,11 @@ def _judge(
         "feedback": _side_by_side(live_feedback, cand_feedback),
     }
     checks = gate(comparison["frozen_test"], comparison["feedback"], options, plan.replay_only)
-    passed = all(c.passed for c in checks)
     report = {
         "task": task,
-        "decision": "promoted" if passed else "kept as a candidate (not live)",
+        "decision": "promoted"
+        if all(c.passed for c in checks)
+        else "kept as a candidate (not live)",
         "live_before": plan.live_version,
         "init_from": str(live_path),
         "replay_only": plan.replay_only,
@@ -978,7 +971,8 @@ def retrain(
         for problem in problems:
             _say(progress, f"skipped {problem}")
         plans = [plan_task(task, registry, feedback, options) for task in TASK_ORDER]
-        together = trained_together(registry) and any(p.skip is None for p in plans)
+        # The weights are compared only when something is to be learned.
+        together = any(p.skip is None for p in plans) and trained_together(registry)
         if together:
             # One task learns, the other replays what it knew: trained as one again, the
             # pair keeps its single encoder and the bot its single pass.

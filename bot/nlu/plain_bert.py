@@ -35,7 +35,6 @@ from torch import nn
 
 #: The config values this implementation computes exactly as transformers' BertModel does.
 _REQUIRED = {
-    "model_type": "bert",
     "hidden_act": "gelu",
     "position_embedding_type": "absolute",
     "is_decoder": False,
@@ -57,7 +56,6 @@ class PlainConfig:
     max_position_embeddings: int
     type_vocab_size: int
     layer_norm_eps: float
-    pad_token_id: int
 
     @classmethod
     def read(cls, directory: Path) -> PlainConfig | None:
@@ -82,7 +80,6 @@ class PlainConfig:
                 max_position_embeddings=int(raw["max_position_embeddings"]),
                 type_vocab_size=int(raw.get("type_vocab_size", 2)),
                 layer_norm_eps=float(raw.get("layer_norm_eps", 1e-12)),
-                pad_token_id=int(raw.get("pad_token_id") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None
