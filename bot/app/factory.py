@@ -38,6 +38,7 @@ from bot.core.ports import ApiKeyStore
 from bot.core.router import Router, RoutingConfig
 from bot.core.service import ConversationService
 from bot.infra.batching import MicroBatcher
+from bot.infra.memory import trim_heap
 from bot.infra.redis import RedisBus, RedisTurnLocks
 from bot.nlu.understander import TransformerUnderstander
 from bot.retrieval.embedder import SentenceEmbedder, Vectors
@@ -182,6 +183,7 @@ def build_runtime(settings: Settings) -> Runtime:
         reload_interval_s=settings.models.reload_interval_s,
         bus=bus,
         query_encoder=embedder if settings.nlu.share_encoder else None,
+        when_idle=trim_heap if settings.server.trim_memory_when_idle else None,
     )
     # Otherwise query embeddings go through the same worker, micro-batched too.
     embed_batcher: MicroBatcher[str, Vectors] = MicroBatcher(

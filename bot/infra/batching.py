@@ -35,6 +35,10 @@ class MicroBatcher(Generic[T, R]):
         executor: where `fn` runs.
         max_batch: largest batch.
         max_wait_ms: longest extra wait of the first request of a batch.
+        when_idle: run in `executor` when a batch is done and nothing is queued, at most
+            once every `idle_every_s` seconds (e.g. `bot.infra.memory.trim_heap`, so the
+            memory the batches freed does not stay resident); requests that arrive
+            meanwhile wait for it, as for a batch.
     """
 
     def __init__(
@@ -44,8 +48,13 @@ class MicroBatcher(Generic[T, R]):
         max_batch: int = 64,
         max_wait_ms: float = 0.0,
         name: str = "batcher",
+        when_idle: Callable[[], object] | None = None,
+        idle_every_s: float = 1.0,
     ) -> None:
         self._fn = fn
+        self._when_idle = when_idle
+        self.idle_every = idle_every_s
+        self.idle_runs = 0
         self._executor = executor
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
@@ -74,6 +83,7 @@ class MicroBatcher(Generic[T, R]):
     async def _run(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
+        last_idle = time.monotonic()
         while True:
             batch = [await self._queue.get()]
             deadline = time.monotonic() + self.max_wait
@@ -111,3 +121,16 @@ class MicroBatcher(Generic[T, R]):
             for (_, fut), result in zip(live, results, strict=True):
                 if not fut.done():
                     fut.set_result(result)
+            if self._when_idle is not None and self._queue.empty():
+                now = time.monotonic()
+                if now - last_idle >= self.idle_every:
+                    last_idle = now
+                    await self._idle(loop)
+
+    async def _idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._when_idle is not None
+        try:
+            await loop.run_in_executor(self._executor, self._when_idle)
+        except Exception:  # housekeeping: never stops the batches
+            log.exception("%s: idle task failed", self.name)
+        self.idle_runs += 1

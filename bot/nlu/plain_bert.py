@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,12 +95,18 @@ class PlainOutput(NamedTuple):
     last_hidden_state: torch.Tensor
 
 
+def _table(rows: int, width: int) -> nn.Embedding:
+    # Uninitialised: the weights always come from a file. (A random initialisation on the
+    # meta device `PlainBert.load` builds on would import torch._dynamo and sympy.)
+    return nn.Embedding(rows, width, _weight=torch.empty(rows, width))
+
+
 class PlainEmbeddings(nn.Module):
     def __init__(self, config: PlainConfig) -> None:
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.word_embeddings = _table(config.vocab_size, config.hidden_size)
+        self.position_embeddings = _table(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = _table(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -206,13 +213,22 @@ class PlainBert(nn.Module):
     @classmethod
     def load(cls, directory: Path) -> PlainBert | None:
         """The encoder at `directory` (config.json + model.safetensors), or None when it is
-        not a plain BERT encoder or its weights do not fit exactly."""
+        not a plain BERT encoder or its weights do not fit exactly.
+
+        Its parameters come from `SHARED_WEIGHTS`: a tensor equal to one an encoder loaded
+        earlier in this process holds (the backbone's embeddings and untuned layers, which
+        every model trained from it has) is that encoder's parameter, not a copy. The
+        module is built without allocating weights of its own, so loading a model set holds
+        each shared tensor once from the start instead of once per model until the shared
+        forward releases the copies (the peak while starting, issue 19).
+        """
         config = PlainConfig.read(directory)
         weights = directory / "model.safetensors"
         if config is None or not weights.is_file():
             return None
-        model = cls(config)
-        expected = set(model.state_dict())
+        with torch.device("meta"):
+            model = cls(config)
+        expected = {name: p.shape for name, p in model.named_parameters()}
         state: dict[str, torch.Tensor] = {}
         with safe_open(str(weights), "pt") as handle:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
@@ -221,13 +237,49 @@ class PlainBert(nn.Module):
                     state[name] = handle.get_tensor(key)
                 elif not name.startswith(_IGNORED_WEIGHTS):
                     return None  # weights this forward would not use: not a plain encoder
-        if set(state) != expected:
+        if set(state) != set(expected):
             return None
-        if any(state[k].shape != v.shape for k, v in model.state_dict().items()):
+        if any(state[name].shape != shape for name, shape in expected.items()):
             return None
-        # Copied into the module's own tensors: the file's mapping goes when `state` does.
-        model.load_state_dict(state)
-        return model.eval()
+        model.load_state_dict(
+            {name: SHARED_WEIGHTS.parameter(name, tensor) for name, tensor in state.items()},
+            assign=True,
+        )
+        return model.requires_grad_(False).eval()
+
+
+class SharedWeights:
+    """Parameters of the encoders loaded in this process, each distinct tensor held once.
+
+    `parameter(name, tensor)` returns a parameter an earlier encoder holds under the same
+    name when its values are equal (compared in full, never assumed from file names or
+    metadata), else a new one. Held weakly: a model that is unloaded (a retired version)
+    takes its own weights with it. Inference only: the parameters need no gradient, and
+    nothing may change one in place (every encoder holding it would change).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[tuple[str, tuple[int, ...], torch.dtype], list[weakref.ref[Any]]] = {}
+
+    def parameter(self, name: str, tensor: torch.Tensor) -> nn.Parameter:
+        key = (name, tuple(tensor.shape), tensor.dtype)
+        with self._lock:
+            alive = [held for ref in self._held.get(key, ()) if (held := ref()) is not None]
+            found = next((held for held in alive if torch.equal(held, tensor)), None)
+            if found is None:
+                found = nn.Parameter(tensor, requires_grad=False)
+                alive.append(found)
+            self._held[key] = [weakref.ref(held) for held in alive]
+            return found
+
+    def __len__(self) -> int:
+        """How many distinct parameters are held (by encoders still loaded)."""
+        with self._lock:
+            return sum(1 for refs in self._held.values() for ref in refs if ref() is not None)
+
+
+SHARED_WEIGHTS = SharedWeights()
 
 
 class _Batch(dict[str, Any]):

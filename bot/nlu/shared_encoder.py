@@ -189,12 +189,13 @@ class SharedEncoder:
     def release_duplicates(self) -> None:
         """Hold one copy of what the branches share, and nothing the forward does not use.
 
-        Loaded, each model holds its own embeddings and layers, as zero-copy views of its
-        weights file (counted in the process's resident memory once pages are touched). After
+        Loaded through transformers, each model holds its own embeddings and layers, as
+        views of its weights file (counted in the process's resident memory once pages are
+        touched); loaded on plain torch they are already one copy (`SharedWeights`). After
         this, every branch's embeddings and shared layers are the first branch's (equal: that
         is how `common_depth` found them), its own layers are the ones this forward runs
         (int8 after `quantize_tops`), the unused poolers are gone, and what is kept is copied
-        out of the files so their mappings are released. Each model's own forward, still used
+        out of any file's storage so the mappings are released. Each model's own forward, still used
         for texts outside a shared batch (the answer index's encoder embedding a search), then
         computes what the shared forward does. Measured on the sample models (intent,
         sentiment and the index's encoder, loaded in one process): 838 -> 660 MB resident
@@ -216,9 +217,10 @@ class SharedEncoder:
         copied: set[int] = set()
         for branch in self.branches:
             for parameter in branch.encoder.parameters():
-                if id(parameter) not in copied:
-                    copied.add(id(parameter))
-                    parameter.data = parameter.data.clone()
+                data = parameter.data
+                if id(parameter) not in copied and data.untyped_storage().nbytes() > data.nbytes:
+                    copied.add(id(parameter))  # a view into a whole file's storage
+                    parameter.data = data.clone()
 
     def quantize_tops(self, names: set[str]) -> None:
         """int8 dynamic quantization of the named branches' own layers (not the shared ones;

@@ -9,7 +9,7 @@ import itertools
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,6 +338,7 @@ class TransformerUnderstander:
         reload_interval_s: float = 2.0,
         bus: EventBus | None = None,
         query_encoder: QueryEncoder | None = None,
+        when_idle: Callable[[], object] | None = None,
     ) -> None:
         self.models_dir = models_dir
         self.query_encoder = query_encoder
@@ -346,7 +347,7 @@ class TransformerUnderstander:
         self._executor = executor
         self._models: ModelSet | None = None
         self._batcher: MicroBatcher[str, Understanding] = MicroBatcher(
-            self._classify, executor, max_batch, max_wait_ms, name="nlu"
+            self._classify, executor, max_batch, max_wait_ms, name="nlu", when_idle=when_idle
         )
         self._watcher: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None

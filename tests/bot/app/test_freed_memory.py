@@ -1,4 +1,6 @@
-"""`serve` has glibc return large freed blocks (issue 19: batch tensors of a few MB each)."""
+"""Serving has glibc return the memory the batches freed (issue 19: batch tensors of a few MB
+each): the fixed mmap threshold (`server.return_freed_memory`) and the heap trim when the
+model thread is idle (`server.trim_memory_when_idle`)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 SCRIPT = """
 import ctypes, sys
 from bot.app.serve import return_freed_memory
+from bot.infra.memory import trim_heap
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -30,6 +33,8 @@ for block in blocks:
     ctypes.memset(block, 1, 1 << 20)
 for block in blocks[:-1]:  # the last one stays: the heap cannot shrink past it
     libc.free(block)
+if sys.argv[1] == "trimmed":
+    assert trim_heap()
 print(rss_mb() - base)
 """
 
@@ -37,7 +42,7 @@ print(rss_mb() - base)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_batch_sized_blocks_go_back_to_the_system() -> None:
     kept = {}
-    for mode in ("default", "fixed"):
+    for mode in ("default", "fixed", "trimmed"):
         done = subprocess.run(
             [sys.executable, "-c", SCRIPT, mode], capture_output=True, text=True, timeout=60
         )
@@ -45,3 +50,4 @@ def test_freed_batch_sized_blocks_go_back_to_the_system() -> None:
         kept[mode] = int(done.stdout.strip())
     assert kept["default"] > 100  # glibc's default keeps the 150 MB freed behind the pin
     assert kept["fixed"] < 20, kept
+    assert kept["trimmed"] < 20, kept  # the pages behind the pin are returned as well

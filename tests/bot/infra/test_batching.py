@@ -77,3 +77,40 @@ async def test_without_max_wait_batches_form_while_the_previous_one_runs() -> No
         await batcher.stop()
     assert results == list(range(20))
     assert len(sizes) <= 3 and sum(sizes) == 20  # the first alone, the rest together
+
+
+async def test_the_idle_task_runs_when_nothing_is_queued_at_most_once_per_interval() -> None:
+    """`when_idle` (the heap trim in serving) runs on the model thread between batches, only
+    when no request waits, no more often than `idle_every_s`; a failing one stops nothing."""
+    events: list[str] = []
+    threads: set[str] = set()
+
+    def work(items: Sequence[int]) -> list[int]:
+        events.append("batch")
+        return list(items)
+
+    def idle() -> None:
+        events.append("idle")
+        threads.add(threading.current_thread().name)
+        if events.count("idle") == 1:
+            raise OSError("the first one fails")
+
+    with ThreadPoolExecutor(1, thread_name_prefix="model") as pool:
+        batcher: MicroBatcher[int, int] = MicroBatcher(
+            work, pool, 8, 0, when_idle=idle, idle_every_s=0.2
+        )
+        await batcher.start()
+        await batcher.submit(1)
+        assert events == ["batch"]  # not before an interval has passed since the start
+        await asyncio.sleep(0.25)
+        for i in range(5):  # five lone requests in quick succession: one idle run
+            assert await batcher.submit(i) == i
+        await asyncio.sleep(0.25)
+        assert await batcher.submit(9) == 9  # the failed first run did not stop anything
+        await asyncio.sleep(0.05)
+        busy = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        await batcher.stop()
+    assert busy == list(range(20))
+    assert events.count("idle") == batcher.idle_runs == 2
+    assert events.index("idle") == 2  # after the batch that found the queue empty
+    assert threads and all(name.startswith("model") for name in threads)

@@ -14,7 +14,7 @@ import torch
 
 from bot.nlu.artifacts import resolve_backbone
 from bot.nlu.classifier import TransformerClassifier, length_chunks, mean_pool
-from bot.nlu.plain_bert import PlainBert, PlainTokenizer, load_plain
+from bot.nlu.plain_bert import SHARED_WEIGHTS, PlainBert, PlainTokenizer, load_plain
 
 TEXTS = [
     "hi",
@@ -71,6 +71,39 @@ def test_a_trained_classifier_matches_transformers_and_serves_plain(runtime_mode
     served = TransformerClassifier(directory)
     assert isinstance(served.model.encoder, PlainBert)
     assert isinstance(served.tokenizer, PlainTokenizer)
+
+
+def test_encoders_loaded_in_one_process_hold_equal_weights_once(runtime_models: Path) -> None:
+    """A trained model's embeddings and untuned layers are the backbone's, so loaded after
+    it they are the same tensors, not a copy (the peak while starting, issue 19); its tuned
+    layers are its own; a second load of one model holds nothing new; unloaded models take
+    their weights with them."""
+    import gc
+
+    gc.collect()
+    before = len(SHARED_WEIGHTS)
+    backbone = PlainBert.load(Path(resolve_backbone("bundled")))
+    trained = PlainBert.load(runtime_models / "intent" / "v1")
+    again = PlainBert.load(runtime_models / "intent" / "v1")
+    assert backbone is not None and trained is not None and again is not None
+    assert trained.embeddings.word_embeddings.weight is backbone.embeddings.word_embeddings.weight
+    layers = list(zip(backbone.encoder.layer, trained.encoder.layer, strict=True))
+    shared = [
+        all(a is b for a, b in zip(x.parameters(), y.parameters(), strict=True)) for x, y in layers
+    ]
+    assert shared == [True, True, True, False, False, False]  # three tuned layers
+    assert all(a is b for a, b in zip(trained.parameters(), again.parameters(), strict=True))
+    assert not any(p.requires_grad for p in trained.parameters())
+    ids = torch.tensor([[101, 2073, 2003, 2026, 2344, 102]])
+    with torch.inference_mode():
+        expected = trained(ids, torch.ones_like(ids)).last_hidden_state
+        del backbone, again, layers
+        gc.collect()
+        assert len(SHARED_WEIGHTS) > before
+        assert torch.equal(trained(ids, torch.ones_like(ids)).last_hidden_state, expected)
+    del trained
+    gc.collect()
+    assert len(SHARED_WEIGHTS) == before
 
 
 def test_another_bert_shape_matches_and_other_models_are_left_to_transformers(
