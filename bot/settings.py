@@ -86,7 +86,11 @@ class ModelSettings(BaseModel):
     )
     train_if_missing: bool = Field(True, description="train from train_data on first start")
     reload_interval_s: float = Field(2.0, gt=0, description="how often the registry is checked")
-    quantize: bool = Field(True, description="int8 dynamic quantization of linear layers (CPU)")
+    quantize: bool = Field(
+        True,
+        description="int8 for the classifiers' own linear layers, float16 weights (float32 "
+        "arithmetic) for the shared layers and the answer index's (CPU); false: all float32",
+    )
 
 
 class NluSettings(BaseModel):

@@ -115,12 +115,13 @@ class ModelSet:
             oos, how = oos.for_sentence_encoder(probe)
             log.info("intent %s: out-of-scope detection %s", live["intent"], how)
         if quantized:
-            # int8 only where the models compute on their own: the shared layers stay
-            # float32, since the answer index was embedded in float32 (int8 moved its
-            # embeddings too far, see README).
+            # int8 only where the models compute on their own: the shared layers and the
+            # answer index's get float16 weights (float32 arithmetic), since the index was
+            # embedded in float32 and int8 moved its embeddings too far (see README).
             on_own = {"intent", "sentiment"} | ({ENTITY_TASK} if entity else set())
             if shared is not None:
                 shared.quantize_tops(on_own)
+                shared.half_weights()
                 on_own -= shared.names
             own: list[tuple[str, TransformerClassifier | TokenTagger | None]] = [
                 ("intent", intent),
