@@ -157,6 +157,10 @@ _ORDER_STATE = re.compile(
     re.IGNORECASE,
 )
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+# A capitalised word inside a sentence (not its first word): a place, a product, a brand.
+_PROPER = re.compile(r"(?<=[\w,;:)\]] )[\"'(\u201c]?(?P<word>[A-Z][A-Za-z\-]{2,})\b")
+# Capitalised inside a sentence without naming anything a customer asked about.
+_NOT_PROPER = frozenset({"i'm", "i've", "mr", "mrs", "ms", "dr", "dear", "hi", "hello", "ok"})
 _DIGITS = re.compile(r"\d{4,}")
 _NOT_NAMES = frozenset(
     {
@@ -338,9 +342,10 @@ class AnswerCurator:
         """A verdict for each candidate (its curated pair, or None when excluded), with the
         counts added to `report`."""
         shared = self._shared_values(candidates)
+        common = _common_words(candidates)
         out: list[AnswerPair | None] = []
         for candidate in candidates:
-            verdict = self.curate(candidate, shared)
+            verdict = self.curate(candidate, shared, common)
             if report is not None:
                 report.add(candidate, verdict)
             out.append(verdict.pair)
@@ -357,10 +362,14 @@ class AnswerCurator:
         return frozenset(key for key, n in seen.items() if n >= SHARED_MIN_CONVERSATIONS)
 
     def curate(
-        self, candidate: Candidate, shared: frozenset[tuple[str, str]] = frozenset()
+        self,
+        candidate: Candidate,
+        shared: frozenset[tuple[str, str]] = frozenset(),
+        common: frozenset[str] = frozenset(),
     ) -> Verdict:
-        """The verdict for one candidate; `shared` holds values common to many conversations
-        (from `curate_all`), which are the shop's and not a customer's."""
+        """The verdict for one candidate; `shared` holds values and `common` capitalised
+        words common to many conversations' answers (from `curate_all`), which are the shop's
+        and not a customer's."""
         pair = candidate.pair
         names = _customer_names(pair.answer, candidate.customer_texts)
         question = self._scrub_question(pair.question, names)
@@ -422,7 +431,13 @@ class AnswerCurator:
             s for s in placeholders(templated) if s in slot_values or (s == NAME_SLOT and named)
         )
         changed = bool(replacements) or named
-        return Verdict(replace(pair, question=question, answer=templated, slots=slots), (), changed)
+        # "Sorry, we can't ship to Switzerland" answered "do you ship to Switzerland?": said
+        # to someone asking about Norway it is wrong, so it is served only to a question that
+        # names each word the answer repeats from its own (`AnswerPair.echoes`).
+        asked = (pair.question, *candidate.customer_texts)
+        echoes = echoed_words(_replace_names(answer, names)[0], asked, common)
+        curated = replace(pair, question=question, answer=templated, slots=slots, echoes=echoes)
+        return Verdict(curated, (), changed)
 
     def _scrub_question(self, question: str, names: Iterable[str]) -> str:
         """Slot values as placeholders, the customer's name as `{name}`, sensitive details
@@ -435,6 +450,32 @@ class AnswerCurator:
         return _replace_names(out, names)[0]
 
 
+def proper_words(text: str) -> set[str]:
+    """The capitalised words inside the sentences of `text` (a place, a product, a brand:
+    "we can't ship to Switzerland" -> {"switzerland"}), lower-cased."""
+    return {
+        word
+        for match in _PROPER.finditer(text)
+        if (word := match.group("word").lower()) not in _NOT_PROPER
+    }
+
+
+def echoed_words(
+    answer: str, customer_texts: Sequence[str], common: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
+    """The words an answer repeats from what its customer asked about: capitalised inside
+    the answer (a place, a product), written by the customer, and not `common` (named in the
+    answers of many conversations: the shop's payment methods, its programme), sorted."""
+    said = " ".join(customer_texts).lower()
+    return tuple(
+        sorted(
+            word
+            for word in proper_words(answer) - common
+            if re.search(rf"\b{re.escape(word)}\b", said)
+        )
+    )
+
+
 def _sentences_with(text: str, entities: Sequence[Entity]) -> list[str]:
     """The sentences of `text` that hold one of `entities`."""
     return [
@@ -442,6 +483,16 @@ def _sentences_with(text: str, entities: Sequence[Entity]) -> list[str]:
         for m in _SENTENCE.finditer(text)
         if any(m.start() <= e.start < m.end() for e in entities)
     ]
+
+
+def _common_words(candidates: Iterable[Candidate]) -> frozenset[str]:
+    """Capitalised words that the answers of several conversations name (`PayPal`,
+    `Brightpoints`): the shop's, not what one customer asked about."""
+    seen: Counter[str] = Counter()
+    for candidate in candidates:
+        if candidate.pair.kind == "conversation":
+            seen.update(proper_words(candidate.pair.answer))
+    return frozenset(word for word, n in seen.items() if n >= SHARED_MIN_CONVERSATIONS)
 
 
 def _given_names(customer_texts: Sequence[str]) -> set[str]:

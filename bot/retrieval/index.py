@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -157,6 +158,12 @@ class EmbeddingAnswerIndex:
             if required:
                 needs.setdefault(required, []).append(row)
         self._rows_needing = {k: np.asarray(v, dtype=np.int64) for k, v in needs.items()}
+        # Answers that repeat words of their own question (a place, a product): by word.
+        echoing: dict[str, list[int]] = {}
+        for row, pair in enumerate(self.pairs):
+            for word in pair.echoes:
+                echoing.setdefault(word, []).append(row)
+        self._rows_echoing = {k: np.asarray(v, dtype=np.int64) for k, v in echoing.items()}
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -339,16 +346,16 @@ class EmbeddingAnswerIndex:
         if not text.strip():
             return []
         if embedding is not None:
-            return self.search_embedding(embedding, k, intent, slots)
+            return self.search_embedding(embedding, k, intent, slots, text)
         if self._embed_async is not None:
             vector = await self._embed_async(text)
-            return self.search_embedding(vector, k, intent, slots)
+            return self.search_embedding(vector, k, intent, slots, text)
         return await asyncio.to_thread(self._embed_and_search, text, k, intent, slots)
 
     def _embed_and_search(
         self, text: str, k: int, intent: str | None, slots: Mapping[str, str] | None
     ) -> list[Answer]:
-        return self.search_embedding(self._embed([text])[0], k, intent, slots)
+        return self.search_embedding(self._embed([text])[0], k, intent, slots, text)
 
     def search_embedding(
         self,
@@ -356,6 +363,7 @@ class EmbeddingAnswerIndex:
         k: int = 3,
         intent: str | None = None,
         slots: Mapping[str, str] | None = None,
+        text: str = "",
     ) -> list[Answer]:
         """Exact cosine search for an already embedded query (normalized here).
 
@@ -365,6 +373,9 @@ class EmbeddingAnswerIndex:
             intent: search only pairs of this intent and pairs without an intent; None:
                 search all.
             slots: see `search`; None or empty: no template that needs a slot is returned.
+            text: the query's text: an answer that repeats words of the question it was
+                written for (`AnswerPair.echoes`, "we can't ship to Switzerland") is returned
+                only when `text` names each of them; empty: never.
 
         Raises:
             BadRequestError: `k` is below 1.
@@ -384,15 +395,16 @@ class EmbeddingAnswerIndex:
         scores = self._embeddings @ (query / norm)
         rows = self._rows_for(intent)
         rows = self._fillable(rows, slots or {})
+        rows = self._named(rows, text)
         candidates = scores if rows is None else scores[rows]
         answers = []
         for position in self._best(candidates, rows, k):
             row = int(position if rows is None else rows[position])
             pair = self.pairs[row]
             score = float(np.clip(scores[row], -1.0, 1.0))
-            text = fill(pair.answer, slots or {}) if pair.slots else pair.answer
-            if text is not None:
-                answers.append(Answer(text, score, pair.source, pair.question))
+            said = fill(pair.answer, slots or {}) if pair.slots else pair.answer
+            if said is not None:
+                answers.append(Answer(said, score, pair.source, pair.question))
         return answers
 
     def _rows_for(self, intent: str | None) -> npt.NDArray[np.int64] | None:
@@ -409,6 +421,23 @@ class EmbeddingAnswerIndex:
     ) -> npt.NDArray[np.int64] | None:
         """`rows` (None: all) without the templates needing a slot that `slots` lacks."""
         blocked = [r for need, r in self._rows_needing.items() if not need <= slots.keys()]
+        return self._without(rows, blocked)
+
+    def _named(self, rows: npt.NDArray[np.int64] | None, text: str) -> npt.NDArray[np.int64] | None:
+        """`rows` (None: all) without the answers repeating a word `text` does not name."""
+        if not self._rows_echoing:
+            return rows
+        said = text.lower()
+        blocked = [
+            r
+            for word, r in self._rows_echoing.items()
+            if not re.search(rf"\b{re.escape(word)}\b", said)
+        ]
+        return self._without(rows, blocked)
+
+    def _without(
+        self, rows: npt.NDArray[np.int64] | None, blocked: list[npt.NDArray[np.int64]]
+    ) -> npt.NDArray[np.int64] | None:
         if not blocked:
             return rows
         keep = np.ones(len(self.pairs), dtype=bool)

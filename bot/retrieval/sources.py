@@ -59,6 +59,9 @@ class AnswerPair:
         slots: the placeholders `answer` needs filled from the customer's conversation
             (`{order_id}`), set by the curation (bot/retrieval/curation.py); the answer is
             served only when the conversation has told the bot each of them.
+        echoes: words the answer repeats from the question it answered (a place, a product:
+            `switzerland`), set by the curation; the answer is served only to a question
+            that names each of them.
     """
 
     question: str
@@ -67,6 +70,7 @@ class AnswerPair:
     source: str
     kind: PairKind
     slots: tuple[str, ...] = ()
+    echoes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -78,6 +82,8 @@ class AnswerPair:
         }
         if self.slots:  # absent otherwise, so older indexes keep their fingerprint
             data["slots"] = list(self.slots)
+        if self.echoes:
+            data["echoes"] = list(self.echoes)
         return data
 
     @classmethod
@@ -93,6 +99,7 @@ class AnswerPair:
             source=str(data["source"]),
             kind=cast(PairKind, kind),
             slots=tuple(str(s) for s in data.get("slots") or ()),
+            echoes=tuple(str(w) for w in data.get("echoes") or ()),
         )
 
 

@@ -221,3 +221,35 @@ def test_build_answer_pairs_reports_the_curation(tmp_path: Path) -> None:
     assert pair.slots == ("order_id",)  # {x} is no slot: it is left as written
     assert (report.curation.templated, report.curation.excluded) == (1, 1)
     assert any(line.startswith("curation: 2 answers") for line in report.lines())
+
+
+def test_an_answer_repeating_what_its_customer_asked_about_names_it_as_an_echo() -> None:
+    """ "We can't ship to Switzerland" answered "do u ship to switzerland?": said to someone
+    asking about Norway it is wrong, so the pair records the word and is served only to a
+    question naming it (bot/retrieval/index.py). Words many conversations' answers name
+    (the shop's payment methods), words opening a sentence and greeted names are not."""
+    swiss = "Sorry, we deliver within the EU only: not to Switzerland, but to Austria."
+    paypal = "Yes, PayPal is accepted."
+    candidates = [Candidate(chat("do u ship to switzerland? or austria", swiss))]
+    candidates += [Candidate(chat(f"paypal ok? ({i})", paypal)) for i in range(3)]
+    candidates.append(Candidate(chat("is klarna ok?", "Klarna is accepted.")))
+    candidates.append(Candidate(chat("hi, this is Jonas. Parcel broken", "Hi Jonas, sorry!")))
+    pairs = AnswerCurator(SHOP).curate_all(candidates)
+    assert [p.echoes if p else None for p in pairs] == [
+        ("austria", "switzerland"),
+        (),  # PayPal: three conversations' answers name it, so it is the shop's
+        (),
+        (),
+        (),  # "Klarna" opens its sentence: nothing says it is what the customer asked about
+        (),  # the greeted name became {name}
+    ]
+    assert pairs[0] is not None and pairs[0].answer == swiss  # served as written, when named
+    assert AnswerPair.from_dict(pairs[0].to_dict()) == pairs[0]
+    assert "echoes" not in chat("q", "a").to_dict()  # older indexes keep their fingerprint
+
+
+def test_the_sample_logs_answer_switzerland_only_to_a_question_about_switzerland() -> None:
+    pairs = build_answer_pairs([DATA / "conversations.jsonl"], entities=SHOP)
+    swiss = [p for p in pairs if "ship to Switzerland" in p.answer]
+    assert swiss and all("switzerland" in p.echoes for p in swiss)
+    assert not [p for p in pairs if "paypal" in p.echoes]

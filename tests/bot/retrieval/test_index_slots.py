@@ -84,3 +84,20 @@ def test_a_pair_without_slots_keeps_the_old_stored_form() -> None:
     assert AnswerPair.from_dict(plain.to_dict()) == plain
     templated = pairs()[0]
     assert AnswerPair.from_dict(templated.to_dict()) == templated
+
+
+def test_an_answer_repeating_its_questions_words_goes_only_to_a_question_naming_them() -> None:
+    """A pair with `echoes` ("klarna": the answer was about what that customer asked) is
+    skipped for a query that does not name each word, and never found by a vector alone."""
+    echoing = AnswerPair(
+        "pay with klarna", "Klarna is fine.", None, "a:1", "conversation", echoes=("klarna",)
+    )
+    general = AnswerPair("pay with card", "Cards are fine.", None, "a:2", "faq")
+    index = EmbeddingAnswerIndex.build([echoing, general], model="keywords", embed=keyword_embed)
+    vector = query("pay with klarna")
+    best = index.search_embedding(vector, k=1, text="can I pay with Klarna?")
+    assert [a.text for a in best] == ["Klarna is fine."]
+    for text in ("can I pay with paypal?", "klarnas", ""):
+        assert [a.text for a in index.search_embedding(vector, k=2, text=text)] == [
+            "Cards are fine."
+        ]

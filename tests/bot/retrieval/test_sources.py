@@ -126,6 +126,7 @@ def test_resolved_conversations_give_question_and_answer(tmp_path: Path) -> None
             None,
             f"{path}:6",
             "conversation",
+            echoes=("austria",),  # served only to a question naming Austria
         ),
     ]
     assert (report.conversations, report.unresolved, report.without_pair) == (6, 1, 2)
