@@ -34,7 +34,7 @@ def test_build_prints_counts_and_the_directory_last(built: tuple[Path, str]) -> 
     assert (out / "index.json").is_file() and (out / "embeddings.npy").is_file()
     assert "skipped data/utterances.csv" in stdout  # labelled utterances are not answers
     counts = next(line for line in lines if line.startswith("pairs: "))
-    assert " from conversations, 36 from FAQ, 0 approved" in counts
+    assert " from conversations, 39 from FAQ, 0 approved" in counts
     assert any(line.startswith("duplicates dropped: ") for line in lines)
     # Curation with the sample shop's routing (order_id): counts, reasons, frequent exclusions.
     curation = next(line for line in lines if line.startswith("curation: "))

@@ -253,3 +253,25 @@ def test_the_sample_logs_answer_switzerland_only_to_a_question_about_switzerland
     swiss = [p for p in pairs if "ship to Switzerland" in p.answer]
     assert swiss and all("switzerland" in p.echoes for p in swiss)
     assert not [p for p in pairs if "paypal" in p.echoes]
+
+
+def test_the_sample_index_sends_norway_to_the_general_answer_not_switzerlands() -> None:
+    """The real sample index and encoder: "do you ship to norway?" lies nearest the logs'
+    Switzerland answer, which only a question naming Switzerland gets; Norway gets the FAQ's
+    general answer."""
+    from bot.retrieval.embedder import SentenceEmbedder
+    from bot.retrieval.index import EmbeddingAnswerIndex
+
+    embed = SentenceEmbedder()
+    pairs = build_answer_pairs([DATA / "conversations.jsonl", DATA / "faq.csv"], entities=SHOP)
+    index = EmbeddingAnswerIndex.build(pairs, embed=embed)
+    for text in ("do you ship to norway?", "do u ship to iceland"):
+        (vector,) = embed([text])
+        (naming,) = index.search_embedding(vector, k=1, text=f"{text} (switzerland)")
+        assert "can't ship to Switzerland" in naming.text  # the nearest pair, by embedding
+        (served,) = index.search_embedding(vector, k=1, text=text)
+        assert "switzerland" not in served.text.lower()
+        assert served.text.startswith("We deliver to every EU country")  # the FAQ's
+    (vector,) = embed(["do you ship to switzerland?"])
+    (served,) = index.search_embedding(vector, k=1, text="do you ship to switzerland?")
+    assert "can't ship to Switzerland" in served.text
