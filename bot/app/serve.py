@@ -15,6 +15,7 @@ from aiohttp import web
 from bot.core.errors import ConfigurationError
 from bot.core.logs import configure_logging
 from bot.core.router import RoutingConfig
+from bot.infra.memory import return_freed_memory
 from bot.nlu.artifacts import TASKS, read_live_versions
 from bot.settings import Settings, load_settings
 
@@ -118,34 +119,6 @@ def limit_blas_threads() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
-
-
-#: glibc's mallopt parameter for the size from which allocations get their own mapping.
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 128 * 1024
-
-
-def return_freed_memory() -> bool:
-    """Have glibc give large freed blocks back to the system in the serving process.
-
-    glibc serves allocations of 128 KB and more from their own mappings, returned to the
-    system when freed, but it raises that threshold (up to 32 MB) each time such a block is
-    freed, after which the model's batch tensors (a few MB each, every batch) come from the
-    heap, which keeps what they freed. Fixing the threshold at 128 KB, measured with the
-    runtime benchmark at 100 conversations: resident 548-553 -> 462-463 MB when ready,
-    597-616 -> 479-484 MB at the peak, for 8-9 % more CPU per message (each batch's tensors
-    are mapped and unmapped): off by default (`server.return_freed_memory`, issue 19).
-    False where the C library has no `mallopt` (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
 def run_serve(ns: argparse.Namespace) -> int:

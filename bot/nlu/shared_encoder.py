@@ -241,11 +241,12 @@ class SharedEncoder:
         """float16 weights for every linear layer left in float32: the shared layers and the
         tops `quantize_tops` did not make int8 (the answer index's). The arithmetic stays
         float32 (fbgemm converts the weights as it multiplies), so outputs move by float16
-        rounding only: on the sample index (500 utterances) and 2,000 Bitext questions (1,000
+        rounding only: on the sample index (1,002 utterances) and 2,000 Bitext questions (1,000
         queries), top-1 retrieval agreed with float32 on every query (cosine 1.0000; int8 for
-        the same layers: 72-94 %). A lone message is faster (the weights are read from memory
-        once per message: 9.7 -> 6.3 ms for a six-layer MiniLM), batches of 16 run as fast as
-        float32, and those layers take half the memory. False (nothing changed) where the
+        the same layers: 77-96 %, `benchmarks/precision_benchmark.py --int8`). A lone message
+        is faster (the weights are read from memory once per message: 9.7 -> 6.3 ms for a
+        six-layer MiniLM), batches of 16 run as fast as float32, and those layers take half
+        the memory. False (nothing changed) where the
         quantized engine has no float16 kernels (fbgemm is x86's). Call before
         `release_duplicates`.
         """

@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.core.datafiles import normalize
 from bot.core.entities import (
@@ -59,6 +59,8 @@ from bot.core.library import ExcludedAnswer
 
 if TYPE_CHECKING:  # sources.py runs the curation, so it cannot be imported back at run time
     from bot.retrieval.sources import AnswerPair
+
+T = TypeVar("T")
 
 NAME_SLOT = "name"
 PLACEHOLDER = "{{type}}"  # `mask` template: an order_id span becomes {order_id}
@@ -160,7 +162,7 @@ _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 # A capitalised word inside a sentence (not its first word): a place, a product, a brand.
 _PROPER = re.compile(r"(?<=[\w,;:)\]] )[\"'(\u201c]?(?P<word>[A-Z][A-Za-z\-]{2,})\b")
 # Capitalised inside a sentence without naming anything a customer asked about.
-_NOT_PROPER = frozenset({"i'm", "i've", "mr", "mrs", "ms", "dr", "dear", "hi", "hello", "ok"})
+_NOT_PROPER = frozenset({"mr", "mrs", "ms", "dr", "dear", "hi", "hello", "ok"})
 _DIGITS = re.compile(r"\d{4,}")
 _NOT_NAMES = frozenset(
     {
@@ -342,7 +344,7 @@ class AnswerCurator:
         """A verdict for each candidate (its curated pair, or None when excluded), with the
         counts added to `report`."""
         shared = self._shared_values(candidates)
-        common = _common_words(candidates)
+        common = _recurring(candidates, proper_words)
         out: list[AnswerPair | None] = []
         for candidate in candidates:
             verdict = self.curate(candidate, shared, common)
@@ -353,13 +355,9 @@ class AnswerCurator:
 
     def _shared_values(self, candidates: Iterable[Candidate]) -> frozenset[tuple[str, str]]:
         """(type, value) pairs that the answers of several conversations name."""
-        seen: Counter[tuple[str, str]] = Counter()
-        for candidate in candidates:
-            if candidate.pair.kind == "conversation":
-                seen.update(
-                    {(e.type, e.value) for e in self.extractor.extract(candidate.pair.answer)}
-                )
-        return frozenset(key for key, n in seen.items() if n >= SHARED_MIN_CONVERSATIONS)
+        return _recurring(
+            candidates, lambda answer: {(e.type, e.value) for e in self.extractor.extract(answer)}
+        )
 
     def curate(
         self,
@@ -460,20 +458,24 @@ def proper_words(text: str) -> set[str]:
     }
 
 
+def named_words(text: str, words: Iterable[str]) -> set[str]:
+    """Those of the lower-case `words` that `text` names as whole words, in any case."""
+    said = text.lower()
+    tokens = set(re.findall(r"\w+", said))
+    return {
+        word
+        for word in words
+        if (word in tokens if "-" not in word else re.search(rf"\b{re.escape(word)}\b", said))
+    }
+
+
 def echoed_words(
     answer: str, customer_texts: Sequence[str], common: frozenset[str] = frozenset()
 ) -> tuple[str, ...]:
     """The words an answer repeats from what its customer asked about: capitalised inside
     the answer (a place, a product), written by the customer, and not `common` (named in the
     answers of many conversations: the shop's payment methods, its programme), sorted."""
-    said = " ".join(customer_texts).lower()
-    return tuple(
-        sorted(
-            word
-            for word in proper_words(answer) - common
-            if re.search(rf"\b{re.escape(word)}\b", said)
-        )
-    )
+    return tuple(sorted(named_words(" ".join(customer_texts), proper_words(answer) - common)))
 
 
 def _sentences_with(text: str, entities: Sequence[Entity]) -> list[str]:
@@ -485,14 +487,14 @@ def _sentences_with(text: str, entities: Sequence[Entity]) -> list[str]:
     ]
 
 
-def _common_words(candidates: Iterable[Candidate]) -> frozenset[str]:
-    """Capitalised words that the answers of several conversations name (`PayPal`,
-    `Brightpoints`): the shop's, not what one customer asked about."""
-    seen: Counter[str] = Counter()
+def _recurring(candidates: Iterable[Candidate], found: Callable[[str], set[T]]) -> frozenset[T]:
+    """What `found` finds in the answers of at least `SHARED_MIN_CONVERSATIONS`
+    conversations: the shop's (its hotline, `PayPal`), not one customer's."""
+    seen: Counter[T] = Counter()
     for candidate in candidates:
         if candidate.pair.kind == "conversation":
-            seen.update(proper_words(candidate.pair.answer))
-    return frozenset(word for word, n in seen.items() if n >= SHARED_MIN_CONVERSATIONS)
+            seen.update(found(candidate.pair.answer))
+    return frozenset(key for key, n in seen.items() if n >= SHARED_MIN_CONVERSATIONS)
 
 
 def _given_names(customer_texts: Sequence[str]) -> set[str]:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from collections import Counter
@@ -36,7 +35,7 @@ from bot.core.errors import (
 from bot.core.library import ExcludedAnswer
 from bot.core.records import Answer
 from bot.nlu.artifacts import DEFAULT_BACKBONE
-from bot.retrieval.curation import excluded_from_dict
+from bot.retrieval.curation import excluded_from_dict, named_words
 from bot.retrieval.embedder import AsyncEmbed, Embed, SentenceEmbedder, Vectors, normalized_rows
 from bot.retrieval.sources import AnswerPair
 
@@ -427,12 +426,8 @@ class EmbeddingAnswerIndex:
         """`rows` (None: all) without the answers repeating a word `text` does not name."""
         if not self._rows_echoing:
             return rows
-        said = text.lower()
-        blocked = [
-            r
-            for word, r in self._rows_echoing.items()
-            if not re.search(rf"\b{re.escape(word)}\b", said)
-        ]
+        named = named_words(text, self._rows_echoing)
+        blocked = [r for word, r in self._rows_echoing.items() if word not in named]
         return self._without(rows, blocked)
 
     def _without(

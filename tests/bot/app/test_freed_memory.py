@@ -11,8 +11,7 @@ import pytest
 
 SCRIPT = """
 import ctypes, sys
-from bot.app.serve import return_freed_memory
-from bot.infra.memory import trim_heap
+from bot.infra.memory import return_freed_memory, trim_heap
 
 def rss_mb():
     for line in open("/proc/self/status"):
