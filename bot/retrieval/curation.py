@@ -69,6 +69,10 @@ MAX_EXCLUDED_SAVED = 500
 # A value named in the answers of at least this many conversations is the shop's (its hotline,
 # opening hours, a price), not one customer's.
 SHARED_MIN_CONVERSATIONS = 3
+#: Lower-case words count as what one customer wrote about ("sorry the teapot arrived
+#: broken"), beside capitalised ones, only in logs of at least this many conversations: in
+#: fewer, "order" and "refund" recur as seldom as "teapot" and every answer would hang on them.
+WORDS_MIN_CONVERSATIONS = 30
 ALWAYS_PRIVATE = frozenset({CARD, IBAN})
 # Prices and times in an answer are the shop's (a fee, opening hours) unless the customer
 # wrote the same value.
@@ -163,6 +167,26 @@ _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 _PROPER = re.compile(r"(?<=[\w,;:)\]] )[\"'(\u201c]?(?P<word>[A-Z][A-Za-z\-]{2,})\b")
 # Capitalised inside a sentence without naming anything a customer asked about.
 _NOT_PROPER = frozenset({"mr", "mrs", "ms", "dr", "dear", "hi", "hello", "ok"})
+# A word of three letters or more, in any script: what an answer may repeat of what its
+# customer wrote about (a teapot, a colour, their mother), not only what is capitalised.
+_WORD = re.compile(r"[^\W\d_]{3,}")
+# Words any question and its answer share: never what one customer named. (Most recur in many
+# conversations' answers anyway; this keeps a small log's answers from hanging on them.)
+_FUNCTION_WORDS = frozenset(
+    {
+        *("the", "and", "for", "you", "your", "yours", "with", "that", "this", "these", "those"),
+        *("have", "has", "had", "are", "was", "were", "can", "could", "will", "would", "not"),
+        *("but", "from", "our", "ours", "out", "all", "any", "please", "thanks", "thank", "what"),
+        *("when", "where", "which", "who", "whom", "how", "why", "there", "here", "they", "them"),
+        *("their", "its", "yes", "just", "also", "into", "about", "after", "before", "then"),
+        *("than", "some", "more", "most", "only", "one", "two", "get", "got", "been", "being"),
+        *("did", "does", "doing", "done", "don", "may", "might", "should", "very", "much"),
+        *("still", "like", "know", "need", "want", "see", "use", "make", "take", "let", "well"),
+        *("hello", "dear", "sorry", "again", "now", "today", "because", "every", "each", "other"),
+        *("same", "such", "own", "too", "off", "over", "under", "her", "his", "him", "she"),
+        *("yet", "via", "per", "way", "able", "sure", "okay"),
+    }
+)
 _DIGITS = re.compile(r"\d{4,}")
 _NOT_NAMES = frozenset(
     {
@@ -223,8 +247,15 @@ class CurationReport:
     reasons: Counter[str] = field(default_factory=Counter)
     excluded_answers: Counter[str] = field(default_factory=Counter)
     examples: dict[str, ExcludedAnswer] = field(default_factory=dict)
+    #: Kept answers served only to a question naming what their customer wrote about, and
+    #: how many answers each such word conditions.
+    conditional: int = 0
+    echoes: Counter[str] = field(default_factory=Counter)
 
     def add(self, candidate: Candidate, verdict: Verdict) -> None:
+        if verdict.pair is not None and verdict.pair.echoes:
+            self.conditional += 1
+            self.echoes.update(verdict.pair.echoes)
         if verdict.pair is None:
             self.excluded += 1
             self.reasons.update(verdict.reasons)
@@ -250,6 +281,15 @@ class CurationReport:
             f"templated ({{order_id}}-style placeholders), {self.trusted} trusted (FAQ and "
             f"approved), {self.excluded} excluded"
         ]
+        if self.conditional:
+            words = ", ".join(word for word, _ in self.echoes.most_common(top))
+            more = ", ..." if len(self.echoes) > top else ""
+            one = self.conditional == 1
+            out.append(
+                f"{self.conditional} kept answer{'' if one else 's'} repeat{'s' if one else ''} "
+                f"what {'its' if one else 'their'} customer wrote about ({words}{more}): "
+                "served only to a question naming it too"
+            )
         if self.excluded:
             reasons = ", ".join(f"{reason} {n}" for reason, n in self.reasons.most_common())
             out.append(f"excluded by reason (an answer may have several): {reasons}")
@@ -281,6 +321,7 @@ class CurationReport:
             "trusted": self.trusted,
             "excluded": self.excluded,
             "distinct_excluded": len(self.excluded_answers),
+            "conditional": self.conditional,
             "reasons": dict(self.reasons.most_common()),
             "excluded_answers": [
                 {
@@ -344,10 +385,11 @@ class AnswerCurator:
         """A verdict for each candidate (its curated pair, or None when excluded), with the
         counts added to `report`."""
         shared = self._shared_values(candidates)
-        common = _recurring(candidates, proper_words)
+        words = sum(c.pair.kind == "conversation" for c in candidates) >= WORDS_MIN_CONVERSATIONS
+        common = _recurring(candidates, content_words if words else proper_words, asked=words)
         out: list[AnswerPair | None] = []
         for candidate in candidates:
-            verdict = self.curate(candidate, shared, common)
+            verdict = self.curate(candidate, shared, common, words)
             if report is not None:
                 report.add(candidate, verdict)
             out.append(verdict.pair)
@@ -364,10 +406,11 @@ class AnswerCurator:
         candidate: Candidate,
         shared: frozenset[tuple[str, str]] = frozenset(),
         common: frozenset[str] = frozenset(),
+        words: bool = False,
     ) -> Verdict:
-        """The verdict for one candidate; `shared` holds values and `common` capitalised
-        words common to many conversations' answers (from `curate_all`), which are the shop's
-        and not a customer's."""
+        """The verdict for one candidate; `shared` holds values and `common` words common to
+        many conversations (from `curate_all`), which are the shop's and not a customer's;
+        `words`: lower-case words can be echoes too (`WORDS_MIN_CONVERSATIONS`)."""
         pair = candidate.pair
         names = _customer_names(pair.answer, candidate.customer_texts)
         question = self._scrub_question(pair.question, names)
@@ -433,7 +476,7 @@ class AnswerCurator:
         # to someone asking about Norway it is wrong, so it is served only to a question that
         # names each word the answer repeats from its own (`AnswerPair.echoes`).
         asked = (pair.question, *candidate.customer_texts)
-        echoes = echoed_words(_replace_names(answer, names)[0], asked, common)
+        echoes = echoed_words(_replace_names(answer, names)[0], asked, common, words)
         curated = replace(pair, question=question, answer=templated, slots=slots, echoes=echoes)
         return Verdict(curated, (), changed)
 
@@ -469,13 +512,24 @@ def named_words(text: str, words: Iterable[str]) -> set[str]:
     }
 
 
+def content_words(text: str) -> set[str]:
+    """The words of three letters or more of `text` that are not function words, and its
+    capitalised ones (`proper_words`), lower-cased."""
+    return {w.lower() for w in _WORD.findall(text)} - _FUNCTION_WORDS | proper_words(text)
+
+
 def echoed_words(
-    answer: str, customer_texts: Sequence[str], common: frozenset[str] = frozenset()
+    answer: str,
+    customer_texts: Sequence[str],
+    common: frozenset[str] = frozenset(),
+    words: bool = False,
 ) -> tuple[str, ...]:
-    """The words an answer repeats from what its customer asked about: capitalised inside
-    the answer (a place, a product), written by the customer, and not `common` (named in the
-    answers of many conversations: the shop's payment methods, its programme), sorted."""
-    return tuple(sorted(named_words(" ".join(customer_texts), proper_words(answer) - common)))
+    """The words an answer repeats from what its customer wrote, sorted: capitalised inside
+    the answer ("we can't ship to Switzerland") and, with `words`, any but function words
+    ("sorry the teapot arrived broken"); never `common` ones (named in many conversations:
+    the shop's payment methods, its programme, "order", "arrived")."""
+    said = content_words(answer) if words else proper_words(answer)
+    return tuple(sorted(named_words(" ".join(customer_texts), said - common)))
 
 
 def _sentences_with(text: str, entities: Sequence[Entity]) -> list[str]:
@@ -487,13 +541,18 @@ def _sentences_with(text: str, entities: Sequence[Entity]) -> list[str]:
     ]
 
 
-def _recurring(candidates: Iterable[Candidate], found: Callable[[str], set[T]]) -> frozenset[T]:
-    """What `found` finds in the answers of at least `SHARED_MIN_CONVERSATIONS`
-    conversations: the shop's (its hotline, `PayPal`), not one customer's."""
+def _recurring(
+    candidates: Iterable[Candidate], found: Callable[[str], set[T]], asked: bool = False
+) -> frozenset[T]:
+    """What `found` finds in the answers (`asked`: or in the customers' messages) of at least
+    `SHARED_MIN_CONVERSATIONS` conversations: the shop's (its hotline, `PayPal`) and what
+    many customers write ("ordered", "arrived"), not one customer's."""
     seen: Counter[T] = Counter()
     for candidate in candidates:
         if candidate.pair.kind == "conversation":
-            seen.update(found(candidate.pair.answer))
+            pair = candidate.pair
+            texts = (pair.answer, *((pair.question, *candidate.customer_texts) if asked else ()))
+            seen.update(set().union(*(found(text) for text in texts)))
     return frozenset(key for key, n in seen.items() if n >= SHARED_MIN_CONVERSATIONS)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,16 +185,22 @@ def test_the_report_lists_counts_reasons_and_the_most_frequent_excluded_answers(
         Candidate(chat("q3", "Orders ship within 1 business day.")),
         Candidate(chat("q4", "BC-204719 is in stock. - Ana")),
         Candidate(AnswerPair("q5", "FAQ answer.", None, "faq.csv:2", "faq")),
+        Candidate(chat("my Tova set broke", "Sorry about the Tova set! Send a photo.")),
     ]
     AnswerCurator(SHOP).curate_all(candidates, report)
     lines = report.lines()
     assert lines[0] == (
-        "curation: 5 answers: 1 kept as written, 0 templated ({order_id}-style placeholders), "
+        "curation: 6 answers: 2 kept as written, 0 templated ({order_id}-style placeholders), "
         "1 trusted (FAQ and approved), 3 excluded"
     )
-    assert lines[1].startswith("excluded by reason (an answer may have several): ")
-    assert "first-person action 2" in lines[1] and "agent signature 1" in lines[1]
-    assert lines[3] == "  2x [first-person action] I checked it for you."
+    assert lines[1] == (
+        "1 kept answer repeats what its customer wrote about (tova): served only to a "
+        "question naming it too"
+    )
+    assert lines[2].startswith("excluded by reason (an answer may have several): ")
+    assert "first-person action 2" in lines[2] and "agent signature 1" in lines[2]
+    assert lines[4] == "  2x [first-person action] I checked it for you."
+    assert report.to_dict()["conditional"] == 1
 
 
 def test_build_answer_pairs_reports_the_curation(tmp_path: Path) -> None:
@@ -240,12 +247,39 @@ def test_an_answer_repeating_what_its_customer_asked_about_names_it_as_an_echo()
         (),  # PayPal: three conversations' answers name it, so it is the shop's
         (),
         (),
-        (),  # "Klarna" opens its sentence: nothing says it is what the customer asked about
+        (),  # "Klarna" opens its sentence: in 6 conversations, only capitals tell a name
         (),  # the greeted name became {name}
     ]
     assert pairs[0] is not None and pairs[0].answer == swiss  # served as written, when named
     assert AnswerPair.from_dict(pairs[0].to_dict()) == pairs[0]
     assert "echoes" not in chat("q", "a").to_dict()  # older indexes keep their fingerprint
+
+
+def test_in_logs_of_30_conversations_lowercase_words_their_customer_wrote_are_echoes_too() -> None:
+    """ "I'm so sorry the teapot arrived broken" said to someone whose mug broke is wrong too.
+    With enough conversations to tell one customer's words from everyone's, an answer's
+    lower-case words its customer wrote count as well; not function words ("the", "please")
+    and not what three or more conversations' customers or answers name ("arrived")."""
+    teapot = "I'm so sorry the teapot arrived broken! Please send us a photo of it."
+    candidates = [
+        Candidate(chat("my glass teapot arrived in pieces", teapot)),
+        Candidate(chat("is klarna ok?", "Klarna is accepted.")),
+        *(
+            Candidate(chat(f"the {thing} arrived broken", "Please send us a photo."))
+            for thing in ("lamp", "vase")
+        ),
+    ]
+    filler = [Candidate(chat(f"where is order {i}?", "Orders ship in a day.")) for i in range(26)]
+    pairs = AnswerCurator(SHOP).curate_all([*candidates, *filler])
+    assert [p.echoes if p else None for p in pairs[:4]] == [
+        ("teapot",),
+        ("klarna",),  # capitalised or not, it is what the customer asked about
+        (),  # "photo" and "please": not what "the lamp arrived broken" said
+        (),
+    ]
+    assert not any(p and p.echoes for p in pairs[4:])  # "orders": 26 conversations name it
+    fewer = AnswerCurator(SHOP).curate_all([*candidates, *filler[1:]])  # 29 conversations
+    assert [p.echoes if p else None for p in fewer[:2]] == [(), ()]
 
 
 def test_the_sample_logs_answer_switzerland_only_to_a_question_about_switzerland() -> None:
@@ -255,23 +289,57 @@ def test_the_sample_logs_answer_switzerland_only_to_a_question_about_switzerland
     assert not [p for p in pairs if "paypal" in p.echoes]
 
 
-def test_the_sample_index_sends_norway_to_the_general_answer_not_switzerlands() -> None:
-    """The real sample index and encoder: "do you ship to norway?" lies nearest the logs'
-    Switzerland answer, which only a question naming Switzerland gets; Norway gets the FAQ's
-    general answer."""
+@pytest.fixture(scope="module")
+def sample_index() -> tuple[Any, Any]:
+    """The real sample index (conversations and FAQ, curated) and the bundled encoder."""
     from bot.retrieval.embedder import SentenceEmbedder
     from bot.retrieval.index import EmbeddingAnswerIndex
 
     embed = SentenceEmbedder()
     pairs = build_answer_pairs([DATA / "conversations.jsonl", DATA / "faq.csv"], entities=SHOP)
-    index = EmbeddingAnswerIndex.build(pairs, embed=embed)
-    for text in ("do you ship to norway?", "do u ship to iceland"):
+    return embed, EmbeddingAnswerIndex.build(pairs, embed=embed)
+
+
+@pytest.mark.parametrize(
+    ("word", "nearest", "others", "instead", "asked"),
+    [
+        # "do you ship to norway?" lies nearest the logs' Switzerland answer: Norway gets the
+        # FAQ's general answer.
+        (
+            "switzerland",
+            "can't ship to Switzerland",
+            ("do you ship to norway?", "do u ship to iceland"),
+            "We deliver to every EU country",
+            "do you ship to switzerland?",
+        ),
+        # "I'm really sorry the teapot arrived broken" lies nearest other broken items too.
+        (
+            "teapot",
+            "the teapot arrived broken",
+            ("my mug arrived broken", "the vase came broken, what now"),
+            "Please send us a photo of the item and the box",
+            "my teapot arrived broken",
+        ),
+    ],
+)
+def test_the_sample_index_serves_an_answer_about_what_its_customer_named_only_when_named(
+    sample_index: tuple[Any, Any],
+    word: str,
+    nearest: str,
+    others: tuple[str, ...],
+    instead: str,
+    asked: str,
+) -> None:
+    """The real sample index and encoder: the nearest pair, by embedding, repeats what its
+    own customer named; only a question naming it too gets it, the others a general answer."""
+    embed, index = sample_index
+    for text in others:
         (vector,) = embed([text])
-        (naming,) = index.search_embedding(vector, k=1, text=f"{text} (switzerland)")
-        assert "can't ship to Switzerland" in naming.text  # the nearest pair, by embedding
+        (naming,) = index.search_embedding(vector, k=1, text=f"{text} ({word})")
+        assert nearest in naming.text
         (served,) = index.search_embedding(vector, k=1, text=text)
-        assert "switzerland" not in served.text.lower()
-        assert served.text.startswith("We deliver to every EU country")  # the FAQ's
-    (vector,) = embed(["do you ship to switzerland?"])
-    (served,) = index.search_embedding(vector, k=1, text="do you ship to switzerland?")
-    assert "can't ship to Switzerland" in served.text
+        assert word not in served.text.lower()
+        assert instead in served.text
+    (vector,) = embed([asked])
+    (served,) = index.search_embedding(vector, k=1, text=asked)
+    assert nearest in served.text
