@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+import weakref
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -33,6 +35,15 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 CHANNEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # A key's last use is written at most this often: not one database write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: How long `any_active` trusts its last answer (it is asked for every request without a
+#: key): the first key created, or the last one revoked, by another process (`supportbot
+#: api-keys`) takes effect on a running bot within this.
+ANY_ACTIVE_REMEMBERED_S = 1.0
+# `any_active`'s last answer per store (a process's view of its database), shared by every
+# `SqlApiKeyStore` on it, so a key created or revoked through one is seen by all at once.
+_ANY_ACTIVE: weakref.WeakKeyDictionary[SqlConversationStore, tuple[float, bool]] = (
+    weakref.WeakKeyDictionary()
+)
 INVALID_KEY = (
     "this API key is not valid: it is unknown, or was not copied whole; `supportbot api-keys "
     "list` shows the keys (by their first characters)"
@@ -103,10 +114,14 @@ class SqlApiKeyStore:
     Args:
         store: the conversation store whose database and connection pool are shared, and
             whose `clock` stamps creation, last use and revocation.
+        remembered_s: how long `any_active` trusts its last answer.
     """
 
-    def __init__(self, store: SqlConversationStore) -> None:
+    def __init__(
+        self, store: SqlConversationStore, remembered_s: float = ANY_ACTIVE_REMEMBERED_S
+    ) -> None:
         self.store = store
+        self.remembered_s = remembered_s
 
     async def create(
         self, name: str, channels: Iterable[str], key: str | None = None
@@ -143,6 +158,7 @@ class SqlApiKeyStore:
                 "moment, or a key starting with the same characters exists; run the command "
                 "again (a new key is drawn) or pick another name"
             ) from exc
+        _ANY_ACTIVE.pop(self.store, None)
         return IssuedApiKey(key, _to_api_key(row))
 
     async def keys(self) -> list[ApiKey]:
@@ -164,6 +180,7 @@ class SqlApiKeyStore:
                     "see `supportbot api-keys list`"
                 )
             row.revoked_at = self.store.clock()
+        _ANY_ACTIVE.pop(self.store, None)
         return _to_api_key(row)
 
     async def find(self, key: str) -> ApiKey | None:
@@ -200,10 +217,17 @@ class SqlApiKeyStore:
         return found
 
     async def any_active(self) -> bool:
-        """Whether any key is not revoked."""
+        """Whether any key is not revoked: read again once `remembered_s` has passed, or at
+        once after a key was created or revoked through this process's store."""
+        now = time.monotonic()
+        known = _ANY_ACTIVE.get(self.store)
+        if known is not None and now - known[0] < self.remembered_s:
+            return known[1]
         query = select(exists().where(ApiKeyRow.revoked_at.is_(None)))
         async with self.store.reading("check for API keys") as session:
-            return bool(await session.scalar(query))
+            found = bool(await session.scalar(query))
+        _ANY_ACTIVE[self.store] = (now, found)
+        return found
 
     async def message_channel(self, message_id: int) -> str | None:
         """The channel of the conversation holding a message (None when there is none)."""

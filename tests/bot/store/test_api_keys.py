@@ -99,6 +99,28 @@ async def test_revoked_keys_are_refused_and_their_names_free_again(
     assert [(k.name, k.revoked_at is None) for k in listed] == [("rasa", False), ("rasa", True)]
 
 
+async def test_a_key_made_by_another_process_counts_within_the_remembered_time(
+    keys: SqlApiKeyStore, database_url: str
+) -> None:
+    """`any_active` is asked for every request without a key, so its answer is remembered:
+    a key made through this process's store counts at once, one made by another process
+    (`supportbot api-keys create` on the same database) once `remembered_s` has passed."""
+    same = SqlApiKeyStore(keys.store, remembered_s=60)
+    assert await same.any_active() is False
+    other = SqlConversationStore(database_url)  # another process's view of the database
+    await other.start()
+    try:
+        await SqlApiKeyStore(other).create("crm", DEFAULT)
+        assert await same.any_active() is False  # remembered
+        assert await SqlApiKeyStore(keys.store, remembered_s=0).any_active() is True
+        # Read again (above): every store of this process sees it now.
+        assert await same.any_active() is True
+        await SqlApiKeyStore(keys.store).revoke("crm")  # through this process's store
+        assert await same.any_active() is False  # at once
+    finally:
+        await other.stop()
+
+
 async def test_last_use_is_written_at_most_once_a_minute(
     keys: SqlApiKeyStore, clock: ManualClock
 ) -> None:
