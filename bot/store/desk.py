@@ -97,6 +97,18 @@ TIMEOUT_VALUES = tuple(status.value for status in EscalationStatus if handoff.ca
 MAX_OTHER_CONVERSATIONS = 20
 
 
+_ANSWER_CONTROLS = select(
+    AnswerControlRow.source,
+    AnswerControlRow.disabled,
+    AnswerControlRow.answer,
+    AnswerControlRow.action,
+    AnswerControlRow.approved_answer_id,
+    AnswerControlRow.author,
+    AnswerControlRow.updated_at,
+    AnswerControlRow.question,
+)
+
+
 class SqlDeskStore:
     """The `DeskStore` port: the console's queries and changes, on the conversation store's
     database.
@@ -503,19 +515,10 @@ class SqlDeskStore:
     async def answer_controls(self) -> list[AnswerControl]:
         """Every indexed answer agents disabled, edited or approved (one small table, read
         by the service for every answer it chooses)."""
-        columns = (
-            AnswerControlRow.source,
-            AnswerControlRow.disabled,
-            AnswerControlRow.answer,
-            AnswerControlRow.action,
-            AnswerControlRow.approved_answer_id,
-            AnswerControlRow.author,
-            AnswerControlRow.updated_at,
-            AnswerControlRow.question,
-        )
-        # Plain rows, not ORM objects: the service reads this for every answer it chooses.
+        # Plain rows, not ORM objects, from a statement built once: the service reads this
+        # for every answer it chooses.
         async with self.store.reading("read the answer library's decisions") as session:
-            rows = (await session.execute(select(*columns))).all()
+            rows = (await session.execute(_ANSWER_CONTROLS)).all()
         return [AnswerControl(s, bool(d), a, c, i, by, at, q) for s, d, a, c, i, by, at, q in rows]
 
     async def answer_usage(self) -> dict[str, AnswerUsage]:
