@@ -12,6 +12,7 @@ NEGATIVE_MESSAGE = "negative_message"
 NEGATIVE_TREND = "negative_trend"
 ASKED_FOR_HUMAN = "asked_for_human"
 REPEATED_FALLBACK = "repeated_fallback"
+UPSET_FALLBACK = "upset_fallback"
 LATER_MESSAGE = "later_message"
 
 
@@ -26,6 +27,11 @@ class EscalationSettings(BaseModel):
         0.7, description="escalate when mean negativity over the window reaches this"
     )
     max_failed_turns: int = Field(2, ge=1, description="fallbacks in a row before a hand-off")
+    upset_fallback: float = Field(
+        0.7,
+        description="hand off at the first turn the bot cannot help when the message's "
+        "negativity reaches this: an upset customer is not asked to rephrase",
+    )
     handoff_intents: list[str] = Field(
         ["talk_to_human"], description='intents that mean "I want a person"'
     )
@@ -118,9 +124,23 @@ class EscalationPolicy:
         )
 
     def after_fallbacks(self, failed_turns: int, understanding: Understanding) -> Escalation | None:
-        """Escalate once the bot has failed `max_failed_turns` turns in a row."""
+        """Escalate once the bot has failed `max_failed_turns` turns in a row, or at once when
+        the message it cannot help with is upset (negativity >= `upset_fallback`): "could
+        you rephrase?" to "third time I'm asking where my money is" makes things worse."""
+        negativity = understanding.negativity
         if failed_turns < self.settings.max_failed_turns:
-            return None
+            if negativity < self.settings.upset_fallback:
+                return None
+            return Escalation(
+                UPSET_FALLBACK,
+                priority=round(1.0 + max(0.0, negativity), 4),
+                explanation=f"The bot could not help an upset customer (negativity "
+                f"{negativity:.2f}).",
+                scores={
+                    "failed_turns": float(failed_turns),
+                    "negativity": round(negativity, 4),
+                },
+            )
         return Escalation(
             REPEATED_FALLBACK,
             priority=round(1.0 + max(0.0, understanding.negativity), 4),

@@ -169,7 +169,8 @@ class Escalation:
     """A decision to hand a conversation to a person, and why.
 
     Attributes:
-        reason: `negative_message`, `negative_trend`, `asked_for_human`, `repeated_fallback`.
+        reason: `negative_message`, `negative_trend`, `asked_for_human`, `repeated_fallback`,
+            `upset_fallback`.
         priority: higher is more urgent (how negative, set at escalation time).
         explanation: one sentence a person can read.
         scores: the numbers behind the decision.

@@ -8,6 +8,7 @@ const REASONS = {
   negative_message: "Negative message",
   negative_trend: "Negative trend",
   repeated_fallback: "Bot could not help",
+  upset_fallback: "Upset, bot could not help",
 };
 const CHANNELS = { widget: "Web chat", telegram: "Telegram", rest: "REST API", rasa: "Rasa" };
 

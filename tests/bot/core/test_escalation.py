@@ -5,6 +5,7 @@ from bot.core.escalation import (
     NEGATIVE_MESSAGE,
     NEGATIVE_TREND,
     REPEATED_FALLBACK,
+    UPSET_FALLBACK,
     EscalationPolicy,
     EscalationSettings,
 )
@@ -67,3 +68,15 @@ def test_repeated_fallbacks_escalate_at_the_configured_count() -> None:
     escalation = policy.after_fallbacks(3, understanding(0.0))
     assert escalation is not None and escalation.reason == REPEATED_FALLBACK
     assert escalation.scores["failed_turns"] == 3
+
+
+def test_an_upset_customer_the_bot_cannot_help_is_handed_off_at_the_first_fallback() -> None:
+    policy = EscalationPolicy(EscalationSettings(max_failed_turns=2, upset_fallback=0.7))
+    assert policy.after_fallbacks(1, understanding(0.69)) is None  # asked to rephrase
+    escalation = policy.after_fallbacks(1, understanding(0.83))
+    assert escalation is not None and escalation.reason == UPSET_FALLBACK
+    assert escalation.scores == {"failed_turns": 1.0, "negativity": 0.83}
+    assert escalation.priority == 1.83 and "0.83" in escalation.explanation
+    # At the configured count, it is a repeated fallback whatever the mood.
+    repeated = policy.after_fallbacks(2, understanding(0.9))
+    assert repeated is not None and repeated.reason == REPEATED_FALLBACK

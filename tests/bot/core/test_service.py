@@ -27,6 +27,7 @@ from bot.core.escalation import (
     NEGATIVE_MESSAGE,
     NEGATIVE_TREND,
     REPEATED_FALLBACK,
+    UPSET_FALLBACK,
     EscalationPolicy,
     EscalationSettings,
 )
@@ -370,6 +371,17 @@ async def test_the_bot_asks_to_rephrase_then_hands_off_after_max_failed_turns(
         assert conversation.failed_turns == 0  # the hand-off ended the ladder
         types = await core.console.types()
         assert types == ["message"] * max_failed_turns + ["escalation.opened"]
+
+
+async def test_an_upset_customer_the_bot_cannot_help_is_handed_off_not_asked_to_rephrase(
+    core: InMemoryCore,
+) -> None:
+    mild = await core.say("blorp", sender="bob", negativity=0.5)
+    assert mild.replies[0].route == Route.REPHRASE  # a calm one is asked to rephrase
+    result = await core.say("third time i'm asking where my money is", negativity=0.83)
+    assert result.replies[0].route == Route.HANDOFF and result.status == ConversationStatus.WAITING
+    (escalation,) = await core.store.open_escalations()
+    assert escalation.reason == UPSET_FALLBACK and escalation.scores["negativity"] == 0.83
 
 
 async def test_a_good_answer_resets_the_failed_turns(core: InMemoryCore) -> None:
