@@ -253,9 +253,6 @@ class CurationReport:
     echoes: Counter[str] = field(default_factory=Counter)
 
     def add(self, candidate: Candidate, verdict: Verdict) -> None:
-        if verdict.pair is not None and verdict.pair.echoes:
-            self.conditional += 1
-            self.echoes.update(verdict.pair.echoes)
         if verdict.pair is None:
             self.excluded += 1
             self.reasons.update(verdict.reasons)
@@ -269,10 +266,14 @@ class CurationReport:
                 )
         elif candidate.pair.kind != "conversation":
             self.trusted += 1
-        elif verdict.templated:
-            self.templated += 1
         else:
-            self.kept += 1
+            if verdict.templated:
+                self.templated += 1
+            else:
+                self.kept += 1
+            if verdict.pair.echoes:
+                self.conditional += 1
+                self.echoes.update(verdict.pair.echoes)
 
     def lines(self, top: int = 5) -> list[str]:
         total = self.kept + self.templated + self.trusted + self.excluded

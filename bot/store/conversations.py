@@ -547,8 +547,9 @@ class SqlConversationStore:
         u = turn.understanding
         # Core statements, not the ORM: this runs for every message while the (SQLite)
         # write lock is held, and three statements instead of five keep it short.
-        touch = _TOUCH if turn.failed_turns is None else _TOUCH_FAILED
-        touching = {"b_conversation": conversation_id, "b_now": now, "b_failed": turn.failed_turns}
+        touch, touching = _TOUCH, {"b_conversation": conversation_id, "b_now": now}
+        if turn.failed_turns is not None:
+            touch, touching = _TOUCH_FAILED, {**touching, "b_failed": turn.failed_turns}
         annotation = {
             "b_message": turn.message_id,
             "b_conversation": conversation_id,
