@@ -136,6 +136,7 @@ def run_one(
     slots: list[str],
     args: TrainingArguments,
     scheme: str,
+    crf: bool = True,
 ) -> tuple[float, dict[str, Any], float]:
     """Train on `train` (a seeded share held out for early stopping), test on `test`; the
     macro F1 over `slots`, the full metrics and the seconds taken."""
@@ -145,7 +146,7 @@ def run_one(
     # As `supportbot train entity` does: 10 % held out for early stopping (a 70-query draw's
     # 7 are too few: fit_tagger trains on them too, for the whole epoch budget).
     n_val = max(1, round(len(order) * args.validation_fraction))
-    fitted = fit_tagger(order[n_val:], order[:n_val], args, scheme=scheme, progress=False)
+    fitted = fit_tagger(order[n_val:], order[:n_val], args, scheme=scheme, progress=False, crf=crf)
     metrics = fitted.evaluate(test)
     seconds = time.perf_counter() - started
     # As `serve` runs it: the tuned top layers int8 (the shared lower layers stay float32).
@@ -184,6 +185,12 @@ def main() -> int:
         "--tuned-layers", default="3", help="top layers fine-tuned: a number or `all` (3)"
     )
     parser.add_argument("--scheme", choices=("all", "first"), default="all")
+    parser.add_argument(
+        "--crf",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the CRF layer (the default, what `train entity` runs; --no-crf: without)",
+    )
     parser.add_argument("--intents", nargs="+", default=list(INTENTS), choices=INTENTS)
     parser.add_argument("--skip-full", action="store_true", help="only the 70-query draws")
     parser.add_argument("--skip-draws", action="store_true", help="only the full set")
@@ -253,7 +260,7 @@ def main() -> int:
             for draw in range(ns.first_draw, ns.first_draw + ns.draws):
                 sample = random.Random(1000 + draw).sample(pool, min(ns.size, len(pool)))
                 macro, metrics, seconds = run_one(
-                    sample, test, slots, arguments(draw, ns.epochs), ns.scheme
+                    sample, test, slots, arguments(draw, ns.epochs), ns.scheme, ns.crf
                 )
                 draws.append({"macro_f1": macro, "micro_f1": metrics["micro_f1"], "s": seconds})
                 print(
@@ -264,7 +271,7 @@ def main() -> int:
         if not ns.skip_full:
             clean = [e for e in full if key(e.text) not in test_keys]
             macro, metrics, seconds = run_one(
-                clean, test, slots, arguments(0, ns.full_epochs or None), ns.scheme
+                clean, test, slots, arguments(0, ns.full_epochs or None), ns.scheme, ns.crf
             )
             row["ours_full"] = macro
             row["ours_full_int8"] = macro_over(metrics["int8"], slots)
@@ -290,7 +297,7 @@ def main() -> int:
     print(
         f"macro slot F1 on {tested}, one model per intent (as published); ours: exact spans, "
         f"{ns.draws} draw(s) of {ns.size} queries; tuned layers {ns.tuned_layers}, scheme "
-        f"{ns.scheme}, {elapsed / 60:.1f} min"
+        f"{ns.scheme}, {'CRF layer' if ns.crf else 'no CRF'}, {elapsed / 60:.1f} min"
     )
     columns = ["ours_70", *SERVICES, "ours_full", "ours_full_int8", "Snips_full"]
     header = [

@@ -221,6 +221,12 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
         help="entity models: train the BIO tags on every word piece (all, the default) or on "
         "the first piece of each word only (first)",
     )
+    train.add_argument(
+        "--no-crf",
+        action="store_true",
+        help="entity models: train without the CRF layer (learned tag transitions and a "
+        "loss over each sentence's whole tag sequence)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_columns(train)
     _add_on_conflict(train)
@@ -468,6 +474,7 @@ def run_train_entity(ns: argparse.Namespace) -> int:
         progress=not ns.no_progress,
         promote=promote,
         limits=limits_from_flags(ns),
+        crf=not ns.no_crf,
     )
     print(f"read {len(run.files)} file(s): {', '.join(run.files)}")
     print()

@@ -56,6 +56,7 @@ from bot.nlu.entity_model import (
     SCHEMES,
     EntityMeta,
     TokenTaggerModule,
+    allowed_transitions,
     best_tags,
     decode_spans,
     encode_with_offsets,
@@ -510,15 +511,47 @@ def predict_spans(
     encoded = encode_with_offsets(tokenizer, texts, meta.max_length)
     logits = token_logits(model, tokenizer, encoded.input_ids, batch_size)
     tags = meta.tags
+    learned = model.transitions.detach().cpu()  # zero without a CRF layer: no change
     return [
         decode_spans(
             text,
-            best_tags(logits[i], encoded.words[i], tags),
+            best_tags(logits[i], encoded.words[i], tags, learned),
             encoded.offsets[i],
             encoded.words[i],
         )
         for i, text in enumerate(texts)
     ]
+
+
+#: The CRF transitions' learning rate: at the head's (2e-3) they moved by 0.13 at most in a
+#: run, too little to steer a path (Adam moves each by about its rate per step); 0.05 was
+#: chosen on held-out training queries (benchmarks/entity_benchmark.py --dev; 0.2: no better).
+CRF_LEARNING_RATE = 0.05
+
+#: Scores that stand for "never" in the CRF's log-space sums (finite, so a gold sequence
+#: that breaks BIO after truncation costs a lot instead of an infinite loss).
+_NEVER = -1e4
+
+
+def crf_nll(
+    emissions: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor, transitions: torch.Tensor
+) -> torch.Tensor:
+    """Per sentence, the negative log-likelihood of the gold tag sequence under a linear-chain
+    CRF: `emissions` (batch, words, tags) from the head, `gold` (batch, words) tag ids,
+    `mask` (batch, words) True for real words (each row starts with one), `transitions`
+    (tags + 1, tags) with row `tags` the start, BIO's forbidden moves already at `_NEVER`."""
+    batch, length, n_tags = emissions.shape
+    start, moves = transitions[n_tags], transitions[:n_tags]
+    rows = torch.arange(batch, device=emissions.device)
+    score = start[gold[:, 0]] + emissions[rows, 0, gold[:, 0]]
+    alpha = start[None, :] + emissions[:, 0]
+    for i in range(1, length):
+        here = mask[:, i]
+        step = moves[gold[:, i - 1], gold[:, i]] + emissions[rows, i, gold[:, i]]
+        score = score + torch.where(here, step, torch.zeros_like(step))
+        nxt = torch.logsumexp(alpha[:, :, None] + moves[None], dim=1) + emissions[:, i]
+        alpha = torch.where(here[:, None], nxt, alpha)
+    return torch.logsumexp(alpha, dim=-1) - score
 
 
 def fit_tagger(
@@ -529,6 +562,7 @@ def fit_tagger(
     synonyms: dict[str, dict[str, str]] | None = None,
     scheme: str = "all",
     progress: bool = True,
+    crf: bool = True,
 ) -> FittedTagger:
     """Fine-tune a BIO tagger on `train`, keep the epoch with the best validation span F1.
 
@@ -538,6 +572,9 @@ def fit_tagger(
     Args:
         entities: the entity names (default: those in `train` and `validation`).
         scheme: `first` trains on the first piece of each word, `all` on every piece.
+        crf: add a linear-chain CRF over the words' first pieces (the default): its loss (the
+            whole tag sequence's likelihood) is added to the per-piece cross-entropy, and its
+            learned tag transitions are used when decoding (`TokenTaggerModule`).
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -588,9 +625,23 @@ def fit_tagger(
         piece_targets(e.spans, encoded.offsets[i], encoded.words[i], tag_index, scheme)
         for i, e in enumerate(train)
     ]
+    starts = [word_starts(words) for words in encoded.words]
+    word_gold = [
+        word_tags([t[p] for p in w], meta.tags) for t, w in zip(targets, starts, strict=True)
+    ]
+    never = torch.zeros(len(meta.tags) + 1, len(meta.tags))
+    never.masked_fill_(~allowed_transitions(meta.tags), _NEVER)
+    never = never.to(device)
+    if crf:
+        model.transitions.requires_grad_(True)
     epochs = args.resolved_epochs(len(train))
     micro_per_epoch = math.ceil(len(train) / args.batch_size)
-    optimizer, scheduler, _ = optimizer_and_schedule(model, args, len(train))
+    optimizer, scheduler, _ = optimizer_and_schedule(
+        model,
+        args,
+        len(train),
+        extra=[{"params": [model.transitions], "lr": CRF_LEARNING_RATE}] if crf else (),
+    )
     rng = random.Random(args.seed)
     lengths = [len(ids) for ids in encoded.input_ids]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -624,6 +675,9 @@ def fit_tagger(
                 ignore_index=IGNORE,
                 label_smoothing=args.label_smoothing,
             )
+            if crf:
+                transitions = model.transitions + never
+                loss = loss + _crf_loss(logits, indices, starts, word_gold, transitions)
             (loss / args.gradient_accumulation_steps).backward()
             if micro % args.gradient_accumulation_steps == 0 or micro == len(batches):
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -665,6 +719,51 @@ def fit_tagger(
     model.to("cpu").eval()
     fitted.seconds = time.perf_counter() - started
     return fitted
+
+
+def word_tags(targets: Sequence[int], tags: Sequence[str]) -> list[int]:
+    """The gold tag ids at a sentence's words (their first pieces' targets) as valid BIO, the
+    CRF's gold path: IGNORE is `O`, and an `I-x` not after `B-x`/`I-x` (a span that began
+    inside the previous word) is `B-x`, as decoding reads it."""
+    index = {tag: i for i, tag in enumerate(tags)}
+    out, previous = [], OUTSIDE
+    for target in targets:
+        tag = tags[target] if target >= 0 else OUTSIDE
+        if tag.startswith("I-") and previous not in (f"B-{tag[2:]}", tag):
+            tag = f"B-{tag[2:]}"
+        out.append(index[tag])
+        previous = tag
+    return out
+
+
+def _crf_loss(
+    logits: torch.Tensor,
+    indices: Sequence[int],
+    starts: Sequence[Sequence[int]],
+    word_gold: Sequence[Sequence[int]],
+    transitions: torch.Tensor,
+) -> torch.Tensor:
+    """The CRF's negative log-likelihood per word of a batch, over each sentence's words
+    (their first pieces' logits, `word_tags` gold); sentences without a word are left out."""
+    rows = [row for row, i in enumerate(indices) if starts[i]]
+    if not rows:
+        return logits.sum() * 0.0
+    width = max(len(starts[indices[row]]) for row in rows)
+    position = torch.zeros(len(rows), width, dtype=torch.long)
+    gold = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for k, row in enumerate(rows):
+        words = starts[indices[row]]
+        position[k, : len(words)] = torch.tensor(words)
+        gold[k, : len(words)] = torch.tensor(word_gold[indices[row]])
+        mask[k, : len(words)] = True
+    device = logits.device
+    picked = logits[torch.tensor(rows, device=device)].float()
+    emissions = torch.gather(
+        picked, 1, position.to(device)[:, :, None].expand(-1, -1, picked.shape[-1])
+    )
+    nll = crf_nll(emissions, gold.to(device), mask.to(device), transitions)
+    return nll.sum() / mask.sum()
 
 
 def split_annotated(
@@ -712,6 +811,7 @@ def train_entities(
     progress: bool = True,
     promote: bool | None = None,
     limits: InputLimits = DEFAULT_LIMITS,
+    crf: bool = True,
 ) -> EntityTrainingRun:
     """Validate annotated data, fine-tune, evaluate and register an `entity` version.
 
@@ -737,7 +837,9 @@ def train_entities(
             if validation
             else (train, "training data (nothing held out: figures are optimistic)")
         )
-    fitted = fit_tagger(train, validation, args, loaded.entities, loaded.synonyms, scheme, progress)
+    fitted = fit_tagger(
+        train, validation, args, loaded.entities, loaded.synonyms, scheme, progress, crf
+    )
     test_metrics = fitted.evaluate(test_examples)
     registry = FileModelRegistry(out)
     staging = registry.stage("entity")
@@ -755,6 +857,7 @@ def train_entities(
             "validation": fitted.evaluate(validation) if validation else None,
             "training": {
                 "scheme": scheme,
+                "crf": crf,
                 "note": fitted.note,
                 "epochs_run": len(fitted.history),
                 "best_epoch": fitted.best_epoch,
@@ -779,7 +882,8 @@ def train_entities(
         report = render_entity_report(test_metrics, f"entity model on the {source}") + (
             f"training: {len(train)} train / {len(validation)} validation / "
             f"{len(test_examples)} test sentences, {len(fitted.history)} epoch(s), best epoch "
-            f"{fitted.best_epoch}, {seconds} s; tagging scheme {scheme}, tuned layers "
+            f"{fitted.best_epoch}, {seconds} s; tagging scheme {scheme}"
+            f"{', CRF layer' if crf else ''}, tuned layers "
             f"{args.tuned_layers if args.tuned_layers is not None else 'all'}\n"
             + (f"{fitted.note}\n" if fitted.note else "")
         )

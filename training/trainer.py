@@ -407,7 +407,11 @@ def _autocast(device: torch.device, args: TrainingArguments) -> tuple[Any, torch
 
 
 def optimizer_and_schedule(
-    model: nn.Module, args: TrainingArguments, examples: int, micro_per_epoch: int | None = None
+    model: nn.Module,
+    args: TrainingArguments,
+    examples: int,
+    micro_per_epoch: int | None = None,
+    extra: Sequence[dict[str, Any]] = (),
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR, int]:
     """AdamW over the trainable encoder parameters (no weight decay on biases and norms) and
     the head (at `head_learning_rate_multiplier` times the rate), with linear warm-up then
@@ -415,7 +419,8 @@ def optimizer_and_schedule(
     the classifiers and the entity tagger (`model.encoder`, `model.head`).
 
     `micro_per_epoch`: batches per epoch when they are not `examples / batch_size` (joint
-    training batches each task on its own)."""
+    training batches each task on its own); `extra`: more parameter groups (`params`, `lr`),
+    on the same schedule (the entity tagger's CRF transitions)."""
     epochs = args.resolved_epochs(examples)
     micro_per_epoch = micro_per_epoch or math.ceil(examples / args.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / args.gradient_accumulation_steps)
@@ -441,6 +446,7 @@ def optimizer_and_schedule(
             "weight_decay": 0.0,
             "lr": args.learning_rate * args.head_learning_rate_multiplier,
         },
+        *({"weight_decay": 0.0, **group} for group in extra),
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
 

@@ -7,7 +7,8 @@ A model directory (`models/entity/vN/`) holds:
 - `entity_head.safetensors`: the linear layer from each token's last hidden state to its BIO
   tag (`O`, `B-city`, `I-city`, ...);
 - `entity.json`: the tags, the entity names, max length, backbone, tuned layers, the tagging
-  scheme and the synonyms learned from the training data (`Berlin` -> `BER`).
+  scheme, the synonyms learned from the training data (`Berlin` -> `BER`) and, for a model
+  trained with a CRF layer, its learned tag-transition scores.
 
 A text's spans are read from the word pieces' offsets in the text, so `text[start:end]` is
 exactly what the entity covers. A word's tag is its first piece's: a span never ends inside a
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +44,19 @@ def bio_tags(entities: Sequence[str]) -> tuple[str, ...]:
 
 
 class TokenTaggerModule(nn.Module):
-    """Encoder + dropout + linear head over every token state; returns (batch, tokens, tags)."""
+    """Encoder + dropout + linear head over every token state; returns (batch, tokens, tags).
+
+    `transitions` (tags + 1, tags): the score of tag `to` following tag `from` (row `tags`:
+    the sentence start) from one word to the next, added to the tag scores when decoding;
+    learned by a CRF layer (training/entities.py), zero for a model trained without one.
+    """
 
     def __init__(self, encoder: Any, num_tags: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.encoder: Any = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(int(encoder.config.hidden_size), num_tags)
+        self.transitions = nn.Parameter(torch.zeros(num_tags + 1, num_tags), requires_grad=False)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -72,12 +79,14 @@ class EntityMeta:
     scheme: str = "all"
     synonyms: dict[str, dict[str, str]] = field(default_factory=dict)
     task: str = "entity"
+    transitions: tuple[tuple[float, ...], ...] | None = None
 
     @property
     def tags(self) -> tuple[str, ...]:
         return bio_tags(self.entities)
 
     def to_dict(self) -> dict[str, Any]:
+        learned = {"transitions": [list(row) for row in self.transitions or ()]}
         return {
             "task": self.task,
             "entities": list(self.entities),
@@ -87,6 +96,7 @@ class EntityMeta:
             "tuned_layers": self.tuned_layers,
             "scheme": self.scheme,
             "synonyms": self.synonyms,
+            **(learned if self.transitions else {}),
         }
 
     @classmethod
@@ -103,13 +113,24 @@ class EntityMeta:
                 for k, v in (data.get("synonyms") or {}).items()
             },
             task=str(data.get("task", "entity")),
+            transitions=_transitions(data.get("transitions")),
         )
+
+
+def _transitions(raw: Any) -> tuple[tuple[float, ...], ...] | None:
+    if raw is None:
+        return None
+    return tuple(tuple(float(x) for x in row) for row in raw)
 
 
 def save_tagger(
     model: TokenTaggerModule, tokenizer: Any, meta: EntityMeta, directory: Path
 ) -> None:
-    """Write a model directory in the format described in this module's docstring."""
+    """Write a model directory in the format described in this module's docstring (the
+    model's learned transitions, if any, into `entity.json`)."""
+    learned = model.transitions.detach().cpu()
+    if bool(learned.any()):
+        meta = replace(meta, transitions=tuple(tuple(row) for row in learned.tolist()))
     write_model_directory(
         model, tokenizer, meta.tags, meta.to_dict(), directory, HEAD_FILE, META_FILE
     )
@@ -151,6 +172,15 @@ def load_tagger(directory: Path, plain: bool = False) -> tuple[TokenTaggerModule
         lambda what: _not_a_model(directory, what),
         plain,
     )
+    if meta.transitions is not None:
+        learned = torch.tensor(meta.transitions, dtype=torch.float32)
+        if learned.shape != model.transitions.shape:
+            raise _not_a_model(
+                directory,
+                f"{META_FILE} has {tuple(learned.shape)} transition scores for "
+                f"{len(meta.tags)} tags",
+            )
+        model.transitions.data.copy_(learned)
     return model, tokenizer, meta
 
 
@@ -212,10 +242,16 @@ def allowed_transitions(tags: Sequence[str]) -> torch.Tensor:
     return allowed
 
 
-def best_tags(logits: torch.Tensor, words: Sequence[int | None], tags: Sequence[str]) -> list[str]:
+def best_tags(
+    logits: torch.Tensor,
+    words: Sequence[int | None],
+    tags: Sequence[str],
+    transitions: torch.Tensor | None = None,
+) -> list[str]:
     """Per-piece tags read at each word's first piece: the most likely tag sequence over the
     words that is valid BIO (Viterbi with `I-x` allowed only after `B-x`/`I-x`), so a
-    multi-word entity comes out as one span of one type instead of fragments."""
+    multi-word entity comes out as one span of one type instead of fragments; with
+    `transitions` (a CRF layer's, see `TokenTaggerModule`) their scores count too."""
     positions = word_starts(words)
     out = [OUTSIDE] * len(words)
     if not positions:
@@ -223,6 +259,8 @@ def best_tags(logits: torch.Tensor, words: Sequence[int | None], tags: Sequence[
     scores = torch.log_softmax(logits[positions].float(), dim=-1)
     allowed = allowed_transitions(tags)
     blocked = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    if transitions is not None:
+        blocked = blocked + transitions.float()
     best = scores[0] + blocked[len(tags)]
     back = []
     for row in scores[1:]:
@@ -318,6 +356,9 @@ class TokenTagger:
         self.model, self.tokenizer, self.meta = load_tagger(directory, plain=True)
         self.batch_size = batch_size
         self._tags = self.meta.tags
+        self._transitions = (
+            None if self.meta.transitions is None else self.model.transitions.detach().clone()
+        )
 
     @property
     def entities(self) -> tuple[str, ...]:
@@ -349,7 +390,7 @@ class TokenTagger:
                     f"{len(logits[i])} token states for {len(encoded.offsets[i])} word pieces: "
                     "the states come from another tokenizer or max length"
                 )
-            tags = best_tags(logits[i], encoded.words[i], self._tags)
+            tags = best_tags(logits[i], encoded.words[i], self._tags, self._transitions)
             found = decode_spans(text, tags, encoded.offsets[i], encoded.words[i])
             out.append([self._entity(text, name, start, end) for name, start, end in found])
         return out

@@ -24,10 +24,12 @@ from training.entities import (
     MIN_VALIDATION,
     EntityDataError,
     Span,
+    crf_nll,
     load_annotated,
     parse_markup,
     piece_targets,
     span_metrics,
+    word_tags,
 )
 
 TEMPLATES = (
@@ -198,6 +200,84 @@ def test_bio_targets_and_constrained_decoding_round_trip() -> None:
     argmax = [tags[int(k)] for k in logits.argmax(-1)]
     assert len(decode_spans(text, argmax, encoded.offsets[0], encoded.words[0])) == 2
 
+    # Learned transitions (a CRF layer's) count in the path: "Angeles" alone reads as outside,
+    # but a city's beginning is strongly followed by its inside.
+    logits[4] = -5.0
+    logits[4, index["O"]], logits[4, index["I-city"]] = 1.0, 0.5
+    plain = best_tags(logits, encoded.words[0], tags)
+    assert decode_spans(text, plain, encoded.offsets[0], encoded.words[0]) == [("city", 8, 11)]
+    transitions = torch.zeros(len(tags) + 1, len(tags))
+    transitions[index["B-city"], index["I-city"]] = 2.0
+    steered = best_tags(logits, encoded.words[0], tags, transitions)
+    assert decode_spans(text, steered, encoded.offsets[0], encoded.words[0]) == [("city", 8, 19)]
+
+
+def test_the_crf_loss_is_minus_the_log_share_of_the_gold_path_among_all_paths() -> None:
+    import itertools
+
+    import torch
+
+    torch.manual_seed(0)
+    batch, words, n_tags = 3, 4, 3
+    emissions = torch.randn(batch, words, n_tags)
+    transitions = torch.randn(n_tags + 1, n_tags)
+    gold = torch.randint(0, n_tags, (batch, words))
+    lengths = [4, 2, 1]
+    mask = torch.tensor([[i < n for i in range(words)] for n in lengths])
+
+    def score(b: int, path: tuple[int, ...]) -> torch.Tensor:
+        total = transitions[n_tags, path[0]] + emissions[b, 0, path[0]]
+        for i in range(1, len(path)):
+            total = total + transitions[path[i - 1], path[i]] + emissions[b, i, path[i]]
+        return total
+
+    nll = crf_nll(emissions, gold, mask, transitions)
+    for b, n in enumerate(lengths):
+        every = [score(b, p) for p in itertools.product(range(n_tags), repeat=n)]
+        expected = torch.logsumexp(torch.stack(every), 0) - score(b, tuple(gold[b, :n].tolist()))
+        assert float(nll[b]) == pytest.approx(float(expected), abs=1e-4)
+    # The gold path is valid BIO: a span that began inside the previous word begins here.
+    tags = bio_tags(["city"])
+    assert word_tags([0, 2, 2, -100, 1, 2], tags) == [0, 1, 2, 0, 1, 2]
+    # Padding words change nothing.
+    longer = crf_nll(
+        torch.cat([emissions, torch.randn(batch, 2, n_tags)], 1),
+        torch.cat([gold, torch.zeros(batch, 2, dtype=torch.long)], 1),
+        torch.cat([mask, torch.zeros(batch, 2, dtype=torch.bool)], 1),
+        transitions,
+    )
+    assert torch.allclose(longer, nll, atol=1e-5)
+
+
+def test_learned_transitions_are_saved_with_the_model_and_checked_when_loaded(
+    tmp_path: Path,
+) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from bot.core.errors import ModelNotFoundError
+    from bot.nlu.artifacts import resolve_backbone
+    from bot.nlu.entity_model import EntityMeta, TokenTaggerModule, load_tagger, save_tagger
+
+    source = resolve_backbone("bundled")
+    meta = EntityMeta(entities=("city",), max_length=32)
+    model = TokenTaggerModule(AutoModel.from_pretrained(source), len(meta.tags))
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    save_tagger(model, tokenizer, meta, tmp_path / "plain")
+    assert "transitions" not in json.loads((tmp_path / "plain" / "entity.json").read_text())
+    assert TokenTagger(tmp_path / "plain")._transitions is None  # decoded as before
+    learned = torch.arange(12, dtype=torch.float32).reshape(4, 3) / 10
+    model.transitions.data.copy_(learned)
+    save_tagger(model, tokenizer, meta, tmp_path / "crf")
+    loaded, _, loaded_meta = load_tagger(tmp_path / "crf")
+    assert torch.equal(loaded.transitions.detach(), learned)
+    assert loaded_meta.transitions is not None and len(loaded_meta.transitions) == 4
+    stored = json.loads((tmp_path / "crf" / "entity.json").read_text())
+    stored["transitions"] = stored["transitions"][:2]
+    (tmp_path / "crf" / "entity.json").write_text(json.dumps(stored))
+    with pytest.raises(ModelNotFoundError, match=r"\(2, 3\) transition scores for 3 tags"):
+        load_tagger(tmp_path / "crf")
+
 
 @pytest.mark.slow
 def test_train_entity_finds_an_unseen_city_and_the_artifact_round_trips(
@@ -231,6 +311,11 @@ def test_train_entity_finds_an_unseen_city_and_the_artifact_round_trips(
     assert meta["tags"] == ["O", "B-city", "I-city"] and meta["tuned_layers"] == 3
     metrics = json.loads((version / "metrics.json").read_text())
     assert set(metrics["per_entity"]) == {"city"}
+    # The CRF layer (the default) learned its transitions: a move the data makes scores above
+    # one it never makes (a city is followed by "since monday", never by another city).
+    transitions = meta["transitions"]
+    assert metrics["training"]["crf"] is True and len(transitions) == 4
+    assert transitions[1][0] > transitions[1][1]  # B-city -> O over B-city -> B-city
     assert (version / "test_set.jsonl").is_file()
     # Loaded again from disk: Madrid and Amsterdam were never in the training data.
     tagger = TokenTagger(version)
