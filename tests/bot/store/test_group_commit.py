@@ -298,17 +298,22 @@ async def test_a_group_whose_connection_is_lost_is_committed_write_by_write(pg_u
         await store.stop()
 
 
-async def until_waiting(raw: asyncpg.Connection, count: int) -> None:
-    """Return once `count` other sessions of this role wait for a lock."""
+async def until_blocked(raw: asyncpg.Connection, count: int, by_pid: int | None = None) -> None:
+    """Return once `count` sessions of this role wait for a lock, or with `by_pid` for a lock
+    that session holds. (Counting every waiting session of the role once let the test go on
+    before the group it needed waited: the groups then ran one after the other, no deadlock.)
+    A session queued behind another waiter is blocked by that waiter, not the lock holder."""
     for _ in range(250):
-        waiting = await raw.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE usename = current_user AND wait_event_type = 'Lock'"
+        blocked = await raw.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = current_user AND "
+            "cardinality(pg_blocking_pids(pid)) > 0 AND "
+            "($1::int IS NULL OR $1::int = ANY(pg_blocking_pids(pid)))",
+            by_pid,
         )
-        if waiting >= count:
+        if blocked >= count:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{count} sessions never waited for a lock")
+    raise AssertionError(f"{count} sessions never waited for a lock (holder: {by_pid})")
 
 
 async def test_replicas_whose_groups_deadlock_commit_every_write(
@@ -333,10 +338,11 @@ async def test_replicas_whose_groups_deadlock_commit_every_write(
         await hold_x.execute(lock, x.id)
         await hold_y.execute(lock, y.id)
         group_a = [asyncio.create_task(a.receive(c.id, f"a to {c.sender}")) for c in (x, y)]
-        await until_waiting(hold_x, 1)
+        await until_blocked(hold_x, 1, hold_x.get_server_pid())  # A's group waits for X
         group_b = [asyncio.create_task(b.receive(c.id, f"b to {c.sender}")) for c in (y, x)]
-        await until_waiting(hold_x, 2)
+        await until_blocked(hold_y, 1, hold_y.get_server_pid())  # B's group waits for Y
         await holding_x.commit()  # A takes X, then waits for Y
+        await until_blocked(hold_y, 2)  # ... behind B, who waits for hold_y
         await holding_y.commit()  # B takes Y (it asked first), then waits for X
         results = await asyncio.gather(*group_a, *group_b, return_exceptions=True)
         assert all(isinstance(result, Received) for result in results), results
