@@ -56,10 +56,10 @@ from bot.nlu.entity_model import (
     SCHEMES,
     EntityMeta,
     TokenTaggerModule,
-    allowed_transitions,
     best_tags,
     decode_spans,
     encode_with_offsets,
+    forbidden_moves,
     save_tagger,
     token_logits,
     word_starts,
@@ -629,9 +629,7 @@ def fit_tagger(
     word_gold = [
         word_tags([t[p] for p in w], meta.tags) for t, w in zip(targets, starts, strict=True)
     ]
-    never = torch.zeros(len(meta.tags) + 1, len(meta.tags))
-    never.masked_fill_(~allowed_transitions(meta.tags), _NEVER)
-    never = never.to(device)
+    never = forbidden_moves(meta.tags).clamp(min=_NEVER).to(device)
     if crf:
         model.transitions.requires_grad_(True)
     epochs = args.resolved_epochs(len(train))

@@ -128,26 +128,20 @@ class EscalationPolicy:
         the message it cannot help with is upset (negativity >= `upset_fallback`): "could
         you rephrase?" to "third time I'm asking where my money is" makes things worse."""
         negativity = understanding.negativity
-        if failed_turns < self.settings.max_failed_turns:
-            if negativity < self.settings.upset_fallback:
-                return None
-            return Escalation(
-                UPSET_FALLBACK,
-                priority=round(1.0 + max(0.0, negativity), 4),
-                explanation=f"The bot could not help an upset customer (negativity "
-                f"{negativity:.2f}).",
-                scores={
-                    "failed_turns": float(failed_turns),
-                    "negativity": round(negativity, 4),
-                },
-            )
+        scores = {"failed_turns": float(failed_turns)}
+        if failed_turns >= self.settings.max_failed_turns:
+            reason = REPEATED_FALLBACK
+            explanation = f"The bot could not help {failed_turns} times in a row."
+            scores["intent_confidence"] = round(understanding.intent_confidence, 4)
+        elif negativity >= self.settings.upset_fallback:
+            reason = UPSET_FALLBACK
+            explanation = f"The bot could not help an upset customer (negativity {negativity:.2f})."
+        else:
+            return None
+        scores["negativity"] = round(negativity, 4)
         return Escalation(
-            REPEATED_FALLBACK,
-            priority=round(1.0 + max(0.0, understanding.negativity), 4),
-            explanation=f"The bot could not help {failed_turns} times in a row.",
-            scores={
-                "failed_turns": float(failed_turns),
-                "intent_confidence": round(understanding.intent_confidence, 4),
-                "negativity": round(understanding.negativity, 4),
-            },
+            reason,
+            priority=round(1.0 + max(0.0, negativity), 4),
+            explanation=explanation,
+            scores=scores,
         )

@@ -17,6 +17,7 @@ word.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -242,6 +243,14 @@ def allowed_transitions(tags: Sequence[str]) -> torch.Tensor:
     return allowed
 
 
+@functools.lru_cache(maxsize=16)
+def forbidden_moves(tags: tuple[str, ...]) -> torch.Tensor:
+    """`allowed_transitions` as scores: 0 where BIO allows the move, -inf where it does not;
+    built once per tag set, not per message (read only: callers add to it, never into it)."""
+    allowed = allowed_transitions(tags)
+    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+
+
 def best_tags(
     logits: torch.Tensor,
     words: Sequence[int | None],
@@ -257,8 +266,7 @@ def best_tags(
     if not positions:
         return out
     scores = torch.log_softmax(logits[positions].float(), dim=-1)
-    allowed = allowed_transitions(tags)
-    blocked = torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    blocked = forbidden_moves(tuple(tags))
     if transitions is not None:
         blocked = blocked + transitions.float()
     best = scores[0] + blocked[len(tags)]
