@@ -121,9 +121,10 @@ def add_parsers(commands: argparse._SubParsersAction[Any]) -> None:
     """Register `train`, `evaluate` and `models` on the top-level parser."""
     train = commands.add_parser(
         "train",
-        help="fine-tune an intent or sentiment classifier and register a new version",
-        description="Fine-tune a classifier from support logs. The last line printed is the "
-        "new version's directory.",
+        help="fine-tune the intent and sentiment classifiers (apart or together) or the "
+        "entity model, and register a new version",
+        description="Fine-tune a classifier (or the entity model) from support logs. The last "
+        "line printed is the new version's directory (two lines for intent+sentiment).",
     )
     train.add_argument(
         "task",

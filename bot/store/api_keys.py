@@ -10,6 +10,7 @@ key is 256 random bits, not something a person chose, so its hash cannot be gues
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -42,6 +43,11 @@ ANY_ACTIVE_REMEMBERED_S = 1.0
 # `any_active`'s last answer per store (a process's view of its database), shared by every
 # `SqlApiKeyStore` on it, so a key created or revoked through one is seen by all at once.
 _ANY_ACTIVE: weakref.WeakKeyDictionary[SqlConversationStore, tuple[float, bool]] = (
+    weakref.WeakKeyDictionary()
+)
+# One read at a time per store: when the answer expires, the requests waiting on it (100
+# concurrent conversations: up to 100) share the next read instead of each making its own.
+_ANY_ACTIVE_READ: weakref.WeakKeyDictionary[SqlConversationStore, asyncio.Lock] = (
     weakref.WeakKeyDictionary()
 )
 INVALID_KEY = (
@@ -218,16 +224,27 @@ class SqlApiKeyStore:
 
     async def any_active(self) -> bool:
         """Whether any key is not revoked: read again once `remembered_s` has passed, or at
-        once after a key was created or revoked through this process's store."""
-        now = time.monotonic()
+        once after a key was created or revoked through this process's store; callers that
+        find the answer expired together share one read."""
+        known = self._remembered()
+        if known is not None:
+            return known
+        async with _ANY_ACTIVE_READ.setdefault(self.store, asyncio.Lock()):
+            known = self._remembered()  # a concurrent caller has just read it
+            if known is not None:
+                return known
+            now = time.monotonic()
+            query = select(exists().where(ApiKeyRow.revoked_at.is_(None)))
+            async with self.store.reading("check for API keys") as session:
+                found = bool(await session.scalar(query))
+            _ANY_ACTIVE[self.store] = (now, found)
+            return found
+
+    def _remembered(self) -> bool | None:
         known = _ANY_ACTIVE.get(self.store)
-        if known is not None and now - known[0] < self.remembered_s:
+        if known is not None and time.monotonic() - known[0] < self.remembered_s:
             return known[1]
-        query = select(exists().where(ApiKeyRow.revoked_at.is_(None)))
-        async with self.store.reading("check for API keys") as session:
-            found = bool(await session.scalar(query))
-        _ANY_ACTIVE[self.store] = (now, found)
-        return found
+        return None
 
     async def message_channel(self, message_id: int) -> str | None:
         """The channel of the conversation holding a message (None when there is none)."""

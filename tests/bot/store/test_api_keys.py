@@ -3,14 +3,17 @@ time, revoked for good, names reusable once revoked, and the migration that make
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect, select
+from sqlalchemy import Connection, event, inspect, select
+from sqlalchemy.engine import Engine
 
 from bot.core.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from bot.core.ports import ApiKeyStore
@@ -119,6 +122,30 @@ async def test_a_key_made_by_another_process_counts_within_the_remembered_time(
         assert await same.any_active() is False  # at once
     finally:
         await other.stop()
+
+
+async def test_requests_that_find_the_answer_expired_together_share_one_read(
+    keys: SqlApiKeyStore,
+) -> None:
+    """At 100 concurrent conversations the remembered answer expires under up to 100
+    requests at once: they wait for one query instead of making 100."""
+    statements: list[str] = []
+
+    def count(_conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if "api_keys" in statement:
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        store = SqlApiKeyStore(keys.store, remembered_s=60)
+        assert await asyncio.gather(*(store.any_active() for _ in range(40))) == [False] * 40
+        assert len(statements) == 1
+        await SqlApiKeyStore(keys.store).create("crm", DEFAULT)  # forgets the answer
+        statements.clear()
+        assert await asyncio.gather(*(store.any_active() for _ in range(40))) == [True] * 40
+        assert len(statements) == 1
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
 
 
 async def test_last_use_is_written_at_most_once_a_minute(
