@@ -10,13 +10,10 @@ key is 256 random bits, not something a person chose, so its hash cannot be gues
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
 import secrets
-import time
-import weakref
 from collections.abc import Iterable
 from datetime import timedelta
 
@@ -26,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from bot.core.errors import BadRequestError, ConflictError, NotFoundError, UnauthorizedError
 from bot.core.records import ApiKey, IssuedApiKey
 from bot.store.conversations import SqlConversationStore
+from bot.store.remembered import Remembered
 from bot.store.schema import ApiKeyRow, ConversationRow, MessageRow
 
 KEY_START = "sb_"
@@ -41,15 +39,9 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 #: api-keys`) takes effect on a running bot within this.
 ANY_ACTIVE_REMEMBERED_S = 1.0
 # `any_active`'s last answer per store (a process's view of its database), shared by every
-# `SqlApiKeyStore` on it, so a key created or revoked through one is seen by all at once.
-_ANY_ACTIVE: weakref.WeakKeyDictionary[SqlConversationStore, tuple[float, bool]] = (
-    weakref.WeakKeyDictionary()
-)
-# One read at a time per store: when the answer expires, the requests waiting on it (100
-# concurrent conversations: up to 100) share the next read instead of each making its own.
-_ANY_ACTIVE_READ: weakref.WeakKeyDictionary[SqlConversationStore, asyncio.Lock] = (
-    weakref.WeakKeyDictionary()
-)
+# `SqlApiKeyStore` on it, so a key created or revoked through one is seen by all at once; when
+# it expires under many requests (100 concurrent conversations), they share the next read.
+_ANY_ACTIVE: Remembered[bool] = Remembered()
 INVALID_KEY = (
     "this API key is not valid: it is unknown, or was not copied whole; `supportbot api-keys "
     "list` shows the keys (by their first characters)"
@@ -164,7 +156,7 @@ class SqlApiKeyStore:
                 "moment, or a key starting with the same characters exists; run the command "
                 "again (a new key is drawn) or pick another name"
             ) from exc
-        _ANY_ACTIVE.pop(self.store, None)
+        _ANY_ACTIVE.forget(self.store)
         return IssuedApiKey(key, _to_api_key(row))
 
     async def keys(self) -> list[ApiKey]:
@@ -186,7 +178,7 @@ class SqlApiKeyStore:
                     "see `supportbot api-keys list`"
                 )
             row.revoked_at = self.store.clock()
-        _ANY_ACTIVE.pop(self.store, None)
+        _ANY_ACTIVE.forget(self.store)
         return _to_api_key(row)
 
     async def find(self, key: str) -> ApiKey | None:
@@ -226,25 +218,12 @@ class SqlApiKeyStore:
         """Whether any key is not revoked: read again once `remembered_s` has passed, or at
         once after a key was created or revoked through this process's store; callers that
         find the answer expired together share one read."""
-        known = self._remembered()
-        if known is not None:
-            return known
-        async with _ANY_ACTIVE_READ.setdefault(self.store, asyncio.Lock()):
-            known = self._remembered()  # a concurrent caller has just read it
-            if known is not None:
-                return known
-            now = time.monotonic()
-            query = select(exists().where(ApiKeyRow.revoked_at.is_(None)))
-            async with self.store.reading("check for API keys") as session:
-                found = bool(await session.scalar(query))
-            _ANY_ACTIVE[self.store] = (now, found)
-            return found
+        return await _ANY_ACTIVE.get(self.store, self.remembered_s, self._read_any_active)
 
-    def _remembered(self) -> bool | None:
-        known = _ANY_ACTIVE.get(self.store)
-        if known is not None and time.monotonic() - known[0] < self.remembered_s:
-            return known[1]
-        return None
+    async def _read_any_active(self) -> bool:
+        query = select(exists().where(ApiKeyRow.revoked_at.is_(None)))
+        async with self.store.reading("check for API keys") as session:
+            return bool(await session.scalar(query))
 
     async def message_channel(self, message_id: int) -> str | None:
         """The channel of the conversation holding a message (None when there is none)."""

@@ -46,6 +46,7 @@ from bot.core.background import cancel_and_wait
 from bot.core.errors import BadRequestError, NotFoundError, StoreUnavailableError
 from bot.core.records import Role
 from bot.store.conversations import SqlConversationStore
+from bot.store.desk import forget_answer_controls
 from bot.store.lease import SqlLease
 from bot.store.schema import (
     AnswerControlRow,
@@ -257,6 +258,8 @@ class SqlPrivacyStore:
                 session.add(
                     ErasureRow(erased_by=erased_by, counts=counts, created_at=self.store.clock())
                 )
+        if not dry_run:
+            forget_answer_controls(self.store)
         checkpointed = True if dry_run else await self.checkpoint()
         return Erasure(
             customer,

@@ -6,11 +6,14 @@ agent's edit."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, event, select
+from sqlalchemy.engine import Engine
 
 from bot.core.ports import ConversationStore, DeskStore
 from bot.core.records import Feedback, Role, Route, Turn
@@ -110,6 +113,46 @@ async def test_usage_counts_the_bots_answers_per_source_and_their_ratings(stores
         "logs.jsonl:12": (3, 1, 2),
         "faq.csv:3": (1, 0, 1),
     }
+
+
+async def test_the_decisions_are_read_once_for_concurrent_answers_and_again_after_a_change(
+    stores: Stores, clock: ManualClock
+) -> None:
+    """The service reads the library's decisions for every answer it chooses: concurrent
+    answers share one read, remembered for `controls_remembered_s`; a decision made through a
+    store of this process counts at once, one made by another process once that has passed."""
+    store, desk = stores
+    if not isinstance(store, SqlConversationStore):
+        pytest.skip("the in-memory desk has no database read to share")
+    statements: list[str] = []
+
+    def count(_conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if "answer_controls" in statement and statement.lstrip().upper().startswith("SELECT"):
+            statements.append(statement)
+
+    served = SqlDeskStore(store, controls_remembered_s=60)
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        assert await asyncio.gather(*(served.answer_controls() for _ in range(30))) == [[]] * 30
+        assert len(statements) == 1
+        assert await served.answer_controls() == [] and len(statements) == 1  # remembered
+        await desk.disable_answer("logs.jsonl:12", True, "ana", "where is my refund")
+        assert [c.source for c in await served.answer_controls()] == ["logs.jsonl:12"]
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+    other = SqlConversationStore(store.url, clock=clock)  # another process's view
+    await other.start()
+    try:
+        await SqlDeskStore(other).disable_answer("faq.csv:3", True, "bo", "gift cards?")
+        assert [c.source for c in await served.answer_controls()] == ["logs.jsonl:12"]
+        fresh = SqlDeskStore(store, controls_remembered_s=0)
+        assert sorted(c.source for c in await fresh.answer_controls()) == [
+            "faq.csv:3",
+            "logs.jsonl:12",
+        ]
+        assert len(await served.answer_controls()) == 2  # every store of the process sees it
+    finally:
+        await other.stop()
 
 
 async def test_disabling_editing_and_approving_keep_one_decision_per_answer(

@@ -490,6 +490,8 @@ async def test_erase_takes_the_answer_library_decisions_about_the_customer_with_
     )
     assert edit.approved_answer_id is not None and edit.approved_answer_id != alices
     await desk.disable_answer("logs.jsonl:7", True, "ann", question=BOB_TEXT)
+    # Read (and remembered, as the service reads them) before the erasure: it must forget them.
+    assert len(await desk.answer_controls()) == 2
     privacy = SqlPrivacyStore(store)
 
     dry = await privacy.erase(Customer(sender="alice"), "dpo", dry_run=True)
